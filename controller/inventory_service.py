@@ -1,0 +1,98 @@
+"""InventoryService: the nodes, applications and workloads recorded in the store."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import grpc
+
+from telltale.controller.errors import NotFound
+from telltale.controller.policies import PolicyView
+from telltale.controller.rpc import page_size, require, unary
+from telltale.controller.store import Store
+from telltale.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
+
+
+class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
+    """Serves inventory listings."""
+
+    def __init__(self, store: Store, policies: PolicyView) -> None:
+        self._store = store
+        self._policies = policies
+
+    @unary
+    async def ListNodes(  # noqa: N802
+        self, request: inventory_pb2.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inventory_pb2.ListNodesResponse:
+        nodes = sorted(await self._store.list_nodes(), key=lambda n: n.node_id)
+        for node in nodes:
+            node.in_sync = node.applied_policy_revision == self._policies.revision
+        token = request.page.page_token
+        if token:
+            nodes = [n for n in nodes if n.node_id > token]
+        size = page_size(request.page.page_size)
+        response = inventory_pb2.ListNodesResponse(nodes=nodes[:size])
+        if len(nodes) > size:
+            response.page.next_page_token = nodes[size - 1].node_id
+        return response
+
+    @unary
+    async def GetNode(  # noqa: N802
+        self, request: inventory_pb2.GetNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inventory_pb2.GetNodeResponse:
+        node_id = require(request.node_id, "node_id")
+        stored = await self._store.get_node(node_id)
+        if stored is None:
+            raise NotFound(f"no node {node_id!r}")
+        node = stored.value
+        node.in_sync = node.applied_policy_revision == self._policies.revision
+        return inventory_pb2.GetNodeResponse(node=node)
+
+    @unary
+    async def ListApplications(  # noqa: N802
+        self, request: inventory_pb2.ListApplicationsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inventory_pb2.ListApplicationsResponse:
+        components: dict[str, set[str]] = defaultdict(set)
+        counts: dict[str, int] = defaultdict(int)
+        for workload in await self._store.list_workloads():
+            counts[workload.application] += 1
+            if workload.component:
+                components[workload.application].add(workload.component)
+        policy_set = self._policies.policy_set
+        apps = [
+            inventory_pb2.ApplicationSummary(
+                name=name,
+                components=sorted(components[name]),
+                policy=policy_set.name_for(common_pb2.Workload(application=name)),
+                workloads=counts[name],
+            )
+            for name in sorted(counts)
+        ]
+        token = request.page.page_token
+        if token:
+            apps = [a for a in apps if a.name > token]
+        size = page_size(request.page.page_size)
+        response = inventory_pb2.ListApplicationsResponse(applications=apps[:size])
+        if len(apps) > size:
+            response.page.next_page_token = apps[size - 1].name
+        return response
+
+    @unary
+    async def ListWorkloads(  # noqa: N802
+        self, request: inventory_pb2.ListWorkloadsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inventory_pb2.ListWorkloadsResponse:
+        workloads = [
+            w for w in await self._store.list_workloads()
+            if (not request.application or w.application == request.application)
+            and (not request.node_id or w.node_id == request.node_id)
+        ]
+        workloads.sort(key=lambda w: w.id)
+        token = request.page.page_token
+        if token:
+            workloads = [w for w in workloads if w.id > token]
+        size = page_size(request.page.page_size)
+        response = inventory_pb2.ListWorkloadsResponse(workloads=workloads[:size])
+        if len(workloads) > size:
+            response.page.next_page_token = workloads[size - 1].id
+        return response

@@ -1,0 +1,87 @@
+"""The controller's view of policy state: loaded from the store, kept current by a watch.
+
+Every replica holds one PolicyView. It compiles the policies with the engine and tells the agent
+streams it serves when the policy-state revision changes, whichever replica made the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telltale.controller.store import PolicyState, Store
+from telltale.engine import policy as policy_model
+from telltale.engine.evaluate import PolicySet
+from telltale.v1 import agent_pb2, policy_pb2
+
+log = logging.getLogger(__name__)
+
+
+class PolicyView:
+    """Current policy state and its compiled form; `changed` is notified on every new revision."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.state = PolicyState({}, "", {}, 0)
+        self._policy_set: PolicySet | None = None
+        self.changed = asyncio.Condition()
+
+    @property
+    def revision(self) -> int:
+        """The policy-state revision in force."""
+        return self.state.revision
+
+    @property
+    def policy_set(self) -> PolicySet:
+        """The compiled policies; only after the first successful load()."""
+        if self._policy_set is None:
+            raise RuntimeError("policy state not loaded yet")
+        return self._policy_set
+
+    async def load(self) -> None:
+        """Read the whole policy state and recompile it.
+
+        A state the engine refuses (a stored policy that no longer validates, a default that names
+        no policy) is logged and the previous state stays in force; raises ValueError if there is none.
+        """
+        state = await self._store.policy_state()
+        try:
+            policies = {name: policy_model.from_proto(pb) for name, pb in state.policies.items()}
+            self._policy_set = PolicySet(policies, state.default_policy, state.assignments)
+        except (ValueError, policy_model.PolicyValidationError) as exc:
+            if self._policy_set is None:
+                raise ValueError(f"unusable policy state at revision {state.revision}: {exc}") from exc
+            log.error("ignoring unusable policy state at revision %d: %s", state.revision, exc)
+            return
+        self.state = state
+        async with self.changed:
+            self.changed.notify_all()
+        log.info("policy state at revision %d: %d policies, default %r",
+                 state.revision, len(state.policies), state.default_policy)
+
+    async def follow(self) -> None:
+        """Watch the store and reload on each change, forever (restarting the watch on errors)."""
+        while True:
+            try:
+                async for revision in self._store.watch_policy_state(self.state.revision):
+                    if revision > self.state.revision:
+                        await self.load()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("policy watch failed; retrying")
+                await asyncio.sleep(1.0)
+                await self.load()
+
+    def update_message(self) -> agent_pb2.PolicyUpdate:
+        """The PolicyUpdate agents receive for the current state."""
+        state = self.state
+        return agent_pb2.PolicyUpdate(
+            revision=state.revision,
+            policies=[state.policies[name] for name in sorted(state.policies)],
+            default_policy=state.default_policy,
+            assignments=[
+                policy_pb2.PolicyAssignment(application=app, component=comp, policy=name)
+                for (app, comp), name in sorted(state.assignments.items())
+            ],
+        )

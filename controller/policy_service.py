@@ -1,0 +1,158 @@
+"""PolicyService and CatalogService: policies as documents, validated by the engine, kept in etcd.
+
+Built-in policies are read-only. Operations that belong to the policy-management milestone
+(clone, delete, default, assignments, history) answer UNIMPLEMENTED until it lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from telltale.controller.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from telltale.controller.rpc import require, unary
+from telltale.controller.store import Conflict, EtcdStore
+from telltale.engine import catalog
+from telltale.engine import policy as policy_model
+from telltale.v1 import policy_pb2, policy_pb2_grpc
+
+
+def _violations_error(error: policy_model.PolicyValidationError) -> InvalidArgument:
+    if len(error.violations) == 1:
+        only = error.violations[0]
+        return InvalidArgument(only.field, only.description)
+    return InvalidArgument(
+        "document", "; ".join(f"{v.field}: {v.description}" for v in error.violations)
+    )
+
+
+def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
+    """The engine's Policy from a request's document (preferred) or message; InvalidArgument if invalid."""
+    try:
+        if document.strip():
+            return policy_model.parse_document(document)
+        return policy_model.from_proto(policy)
+    except policy_model.PolicyValidationError as exc:
+        raise _violations_error(exc) from exc
+
+
+class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
+    """Serves policies from the store."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+
+    @unary
+    async def ListPolicies(  # noqa: N802
+        self, request: policy_pb2.ListPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.ListPoliciesResponse:
+        state = await self._store.policy_state()
+        return policy_pb2.ListPoliciesResponse(
+            policies=[state.policies[name] for name in sorted(state.policies, key=str.lower)],
+            default_policy=state.default_policy,
+        )
+
+    @unary
+    async def GetPolicy(  # noqa: N802
+        self, request: policy_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.GetPolicyResponse:
+        name = require(request.name, "name")
+        stored = await self._store.get_policy(name)
+        if stored is None:
+            raise NotFound(f"no policy named {name!r}")
+        if request.revision and request.revision != stored.value.revision:
+            raise InvalidArgument("revision", "past revisions are not served yet")
+        policy = stored.value
+        return policy_pb2.GetPolicyResponse(
+            policy=policy, document=policy_model.to_document(policy_model.from_proto(policy))
+        )
+
+    @unary
+    async def CreatePolicy(  # noqa: N802
+        self, request: policy_pb2.CreatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.CreatePolicyResponse:
+        model = _parse(request.policy, request.document)
+        message = _stamped(policy_model.to_proto(model), revision=1, actor=str(context.peer()))
+        message.builtin = False
+        try:
+            await self._store.create_policy(message)
+        except Conflict as exc:
+            raise AlreadyExists(str(exc)) from exc
+        return policy_pb2.CreatePolicyResponse(policy=message)
+
+    @unary
+    async def UpdatePolicy(  # noqa: N802
+        self, request: policy_pb2.UpdatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.UpdatePolicyResponse:
+        model = _parse(request.policy, request.document)
+        stored = await self._store.get_policy(model.name)
+        if stored is None:
+            raise NotFound(f"no policy named {model.name!r}")
+        if stored.value.builtin:
+            raise FailedPrecondition(f"policy {model.name!r} is built in and read-only: clone it to edit")
+        expected = request.expected_revision or request.policy.revision
+        if not expected:
+            raise InvalidArgument("expected_revision", "name the revision you edited")
+        if expected != stored.value.revision:
+            raise FailedPrecondition(
+                f"policy {model.name!r} is at revision {stored.value.revision}, not {expected}: "
+                "read it again and reapply your change"
+            )
+        message = _stamped(policy_model.to_proto(model), revision=expected + 1, actor=str(context.peer()))
+        message.cloned_from = stored.value.cloned_from
+        try:
+            await self._store.update_policy(message, stored.mod_revision)
+        except Conflict as exc:
+            raise FailedPrecondition(str(exc)) from exc
+        return policy_pb2.UpdatePolicyResponse(policy=message)
+
+    @unary
+    async def ValidatePolicy(  # noqa: N802
+        self, request: policy_pb2.ValidatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.ValidatePolicyResponse:
+        try:
+            policy_model.parse_document(require(request.document, "document"))
+        except policy_model.PolicyValidationError as exc:
+            return policy_pb2.ValidatePolicyResponse(violations=[
+                policy_pb2.FieldViolation(field=v.field, description=v.description) for v in exc.violations
+            ])
+        return policy_pb2.ValidatePolicyResponse()
+
+
+def _stamped(message: policy_pb2.Policy, *, revision: int, actor: str) -> policy_pb2.Policy:
+    message.revision = revision
+    message.updated_by = actor
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    message.updated_at.CopyFrom(ts)
+    return message
+
+
+class CatalogService(policy_pb2_grpc.CatalogServiceServicer):
+    """Serves the alert catalog compiled into this release."""
+
+    @unary
+    async def ListAlertTypes(  # noqa: N802
+        self, request: policy_pb2.ListAlertTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.ListAlertTypesResponse:
+        specs = sorted(catalog.CATALOG.values(), key=lambda s: s.id)
+        if request.category:
+            specs = [s for s in specs if s.category == request.category]
+        return policy_pb2.ListAlertTypesResponse(alert_types=[catalog.to_proto(s) for s in specs])
+
+    @unary
+    async def GetAlertType(  # noqa: N802
+        self, request: policy_pb2.GetAlertTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.GetAlertTypeResponse:
+        type_id = require(request.id, "id")
+        spec = catalog.CATALOG.get(type_id)
+        if spec is None:
+            raise NotFound(f"no alert type {type_id!r} in the catalog")
+        return policy_pb2.GetAlertTypeResponse(alert_type=catalog.to_proto(spec))

@@ -1,0 +1,44 @@
+"""Helpers shared by the servicers: error mapping and request validation."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from telltale.controller.errors import ControllerError, InvalidArgument, status_of
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+def unary(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Wrap a unary servicer method: domain errors become their gRPC status, nothing else leaks."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def require(value: str, field: str) -> str:
+    """Return `value` stripped, or raise InvalidArgument naming `field` when it is empty."""
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(field, "is required")
+    return value
+
+
+def page_size(requested: int, *, default: int = 100, maximum: int = 1000) -> int:
+    """The page size to use for a request's page_size (0 = default), capped at `maximum`."""
+    if requested == 0:
+        return default
+    return min(requested, maximum)

@@ -1,0 +1,1 @@
+"""The telltale node agent: shim intake, enrichment, batching and the controller link."""

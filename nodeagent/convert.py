@@ -1,0 +1,70 @@
+"""Shim records → telltale.v1 Events."""
+
+from __future__ import annotations
+
+from telltale.nodeagent.records import Record, RecordFlag, RecordKind
+from telltale.v1 import common_pb2
+
+_KINDS = {
+    RecordKind.PROC_START: common_pb2.EVENT_KIND_PROCESS_START,
+    RecordKind.EXEC: common_pb2.EVENT_KIND_EXEC,
+    RecordKind.CONNECT: common_pb2.EVENT_KIND_CONNECT,
+    RecordKind.BIND: common_pb2.EVENT_KIND_BIND,
+    RecordKind.LISTEN: common_pb2.EVENT_KIND_LISTEN,
+}
+
+
+def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo | None) -> common_pb2.Event:
+    """Build the Event for a record of workload `workload_id`.
+
+    `process` is what the agent knows of the acting process from its start record (exe, argv,
+    credentials); the record's own pid/ppid/tid always win.
+    """
+    event = common_pb2.Event(
+        kind=_KINDS.get(record.kind, common_pb2.EVENT_KIND_UNSPECIFIED),
+        workload_id=workload_id,
+        count=max(record.count, 1),
+        repeat=bool(record.flags & RecordFlag.REPEAT),
+        truncated=bool(record.flags & RecordFlag.TRUNCATED),
+    )
+    event.time.FromNanoseconds(record.time_ns)
+    proc = event.process
+    if process is not None:
+        proc.CopyFrom(process)
+    proc.pid, proc.ppid, proc.tid = record.pid, record.ppid, record.tid
+    if record.kind == RecordKind.PROC_START:
+        fill_process(proc, record)
+    if record.result is not None:
+        event.result.known = True
+        event.result.return_value, event.result.errno = record.result
+    if record.kind in (RecordKind.CONNECT, RecordKind.BIND, RecordKind.LISTEN):
+        sock = event.socket
+        if record.sockaddr is not None:
+            sock.address.family = record.sockaddr.family
+            sock.address.address = record.sockaddr.address
+            sock.address.port = record.sockaddr.port or 0
+        if record.sockinfo is not None:
+            sock.domain, sock.type, sock.protocol = record.sockinfo
+        if record.backlog is not None:
+            sock.backlog = record.backlog
+    elif record.kind == RecordKind.EXEC:
+        ex = event.exec
+        ex.path = record.path or ""
+        ex.argv.extend(record.argv or ())
+        if record.variant is not None:
+            ex.variant = int(record.variant)
+        if record.child_pid is not None:
+            ex.child_pid = record.child_pid
+    return event
+
+
+def fill_process(proc: common_pb2.ProcessInfo, record: Record) -> None:
+    """Copy what a process-start record says about its process into `proc`."""
+    proc.exe = record.exe or ""
+    del proc.argv[:]
+    proc.argv.extend(record.argv or ())
+    proc.cwd = record.cwd or ""
+    if record.creds is not None:
+        ruid, euid, _suid, rgid, egid, _sgid = record.creds
+        proc.uid, proc.euid, proc.gid, proc.egid = ruid, euid, rgid, egid
+    proc.forked = bool(record.flags & RecordFlag.FORKED)

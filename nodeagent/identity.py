@@ -1,0 +1,50 @@
+"""The node's stable identity and what it says about itself when it registers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import uuid
+from pathlib import Path
+
+import telltale
+from telltale.v1 import agent_pb2
+
+
+def node_id(state_dir: Path) -> str:
+    """The node id stored in `state_dir/node-id`, created (random, persisted) on first use."""
+    path = state_dir / "node-id"
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    state_dir.mkdir(parents=True, exist_ok=True)
+    new_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new_id + "\n")
+    os.replace(tmp, path)
+    return new_id
+
+
+def _os_name() -> str:
+    try:
+        info = platform.freedesktop_os_release()
+        return info.get("PRETTY_NAME") or info.get("NAME", "Linux")
+    except OSError:
+        return platform.system()
+
+
+def hello(node: str, *, last_acked_seq: int, applied_revision: int) -> agent_pb2.Hello:
+    """The Hello this node sends at the start of each stream."""
+    return agent_pb2.Hello(
+        node_id=node,
+        hostname=socket.gethostname(),
+        kernel=platform.release(),
+        os=_os_name(),
+        agent_version=telltale.__version__,
+        last_acked_seq=last_acked_seq,
+        applied_policy_revision=applied_revision,
+    )

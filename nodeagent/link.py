@@ -1,0 +1,119 @@
+"""The controller link: one bidirectional AgentService stream, behind a small interface.
+
+grpcio has no trio support, so the real link runs grpcio's synchronous streaming client: grpcio
+reads the request iterator on its own thread (fed from trio through a thread-safe queue), and a
+worker thread iterates the responses into a trio memory channel. Closing cancels the call and
+ends the request iterator with a sentinel rather than abandoning the thread.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import grpc
+import trio
+
+from telltale.v1 import agent_pb2, agent_pb2_grpc
+
+RESPONSE_BUFFER = 64
+
+
+class LinkClosed(Exception):
+    """The stream ended or failed; the message says why."""
+
+
+class LinkSession(Protocol):
+    """An open stream to one controller."""
+
+    def send(self, message: agent_pb2.ConnectRequest) -> None:
+        """Queue a message for the controller (never blocks)."""
+        ...
+
+    async def receive(self) -> agent_pb2.ConnectResponse:
+        """The next message from the controller; raises LinkClosed when the stream is over."""
+        ...
+
+
+class Connector(Protocol):
+    """Opens sessions to a controller endpoint."""
+
+    def open(self, endpoint: str) -> AbstractAsyncContextManager[LinkSession]:
+        """An async context manager yielding a LinkSession; raises LinkClosed if it cannot connect."""
+        ...
+
+
+class _GrpcSession:
+    def __init__(self, requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None],
+                 responses: trio.MemoryReceiveChannel[agent_pb2.ConnectResponse]) -> None:
+        self._requests = requests
+        self._responses = responses
+        self.error = "stream closed"
+
+    def send(self, message: agent_pb2.ConnectRequest) -> None:
+        self._requests.put(message)
+
+    async def receive(self) -> agent_pb2.ConnectResponse:
+        try:
+            return await self._responses.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise LinkClosed(self.error) from None
+
+
+class GrpcConnector:
+    """Opens AgentService streams with grpcio's synchronous client (plaintext for now)."""
+
+    def __init__(self, *, connect_timeout: float = 5.0) -> None:
+        self._connect_timeout = connect_timeout
+
+    @asynccontextmanager
+    async def open(self, endpoint: str) -> AsyncIterator[LinkSession]:
+        channel = grpc.insecure_channel(endpoint, options=[
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ])
+        requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None] = queue.SimpleQueue()
+
+        def request_iter() -> Iterator[agent_pb2.ConnectRequest]:
+            while (item := requests.get()) is not None:
+                yield item
+
+        try:
+            await trio.to_thread.run_sync(
+                lambda: grpc.channel_ready_future(channel).result(timeout=self._connect_timeout)
+            )
+        except grpc.FutureTimeoutError:
+            channel.close()
+            raise LinkClosed(f"controller {endpoint} not reachable within {self._connect_timeout:.0f}s") from None
+        call = agent_pb2_grpc.AgentServiceStub(channel).Connect(request_iter())
+        send_channel, receive_channel = trio.open_memory_channel[agent_pb2.ConnectResponse](RESPONSE_BUFFER)
+        session = _GrpcSession(requests, receive_channel)
+        token = trio.lowlevel.current_trio_token()
+
+        def pump() -> None:
+            try:
+                for response in call:
+                    trio.from_thread.run(send_channel.send, response, trio_token=token)
+            except grpc.RpcError as exc:
+                session.error = f"{exc.code().name}: {exc.details()}"
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
+                pass
+            finally:
+                try:
+                    trio.from_thread.run_sync(send_channel.close, trio_token=token)
+                except trio.RunFinishedError:
+                    pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, pump)
+                try:
+                    yield session
+                finally:
+                    requests.put(None)
+                    call.cancel()
+                    receive_channel.close()
+        finally:
+            channel.close()

@@ -1,0 +1,219 @@
+/* Transport: one SOCK_SEQPACKET connection per process to the agent, one record per message.
+ *
+ * - Connected lazily at the first record, non-blocking and close-on-exec, and moved to a high
+ *   descriptor number (≥ 900) so it does not take a number the program expects to get.
+ * - Before each send the descriptor is checked with fstat against the socket we opened (device and
+ *   inode): a program that closed or reused that number keeps its file untouched, and we
+ *   reconnect on a new number instead.
+ * - Sends never block (MSG_DONTWAIT) nor raise SIGPIPE (MSG_NOSIGNAL). A record that cannot be
+ *   delivered is dropped and counted; the count travels in the header of later records.
+ * - Connection attempts happen at most once a second, except one immediate attempt after a
+ *   working connection was lost.
+ * - The descriptor number we own is never freed while the process runs: a dead connection is
+ *   replaced in place with dup3, so a concurrent sender can never hit a number the program has
+ *   just been given.
+ */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <stddef.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+SHIM_REAL(connect);
+
+enum { FD_FLOOR = 900 };
+
+/* The connection word: inode (low 32 bits) << 32 | DEAD bit | (fd + 1); 0 = no descriptor. */
+#define CONN_DEAD (1ULL << 31)
+
+static struct sockaddr_un agent_addr;
+static socklen_t agent_addrlen;
+
+static uint64_t conn;            /* atomic */
+static uint64_t sock_dev;        /* st_dev of our socket (sockfs); atomic */
+static uint64_t next_connect_ns; /* no connection attempt before this monotonic time; atomic */
+static uint32_t seq_counter;     /* atomic */
+static uint32_t dropped_counter; /* atomic */
+
+static inline int conn_fd(uint64_t c)
+{
+    return (int)(c & 0x7fffffffu) - 1;
+}
+
+static inline uint32_t conn_ino(uint64_t c)
+{
+    return (uint32_t)(c >> 32);
+}
+
+int report_configure(const char *path)
+{
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof agent_addr.sun_path)
+        return 0;
+    memset(&agent_addr, 0, sizeof agent_addr);
+    agent_addr.sun_family = AF_UNIX;
+    if (path[0] == '@') { /* abstract namespace */
+        memcpy(agent_addr.sun_path + 1, path + 1, n - 1);
+        agent_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    } else {
+        memcpy(agent_addr.sun_path, path, n);
+        agent_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    }
+    return SHIM_RESOLVE(connect);
+}
+
+/* 1 when descriptor c still refers to the socket we opened. */
+static int still_ours(uint64_t c)
+{
+    struct stat st;
+    if (fstat(conn_fd(c), &st) != 0)
+        return 0;
+    return S_ISSOCK(st.st_mode) && (uint32_t)st.st_ino == conn_ino(c) &&
+           (uint64_t)st.st_dev == __atomic_load_n(&sock_dev, __ATOMIC_RELAXED);
+}
+
+static int open_agent_socket(void)
+{
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    /* Non-blocking unix connect completes at once or fails (EAGAIN when the backlog is full). */
+    if (real_connect(s, (const struct sockaddr *)&agent_addr, agent_addrlen) != 0) {
+        close(s);
+        return -1;
+    }
+    return s;
+}
+
+/* Lowest descriptor number to move our socket to, or -1 to leave it where it is. */
+static int fd_floor(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur >= FD_FLOOR + 64)
+        return FD_FLOOR;
+    return rl.rlim_cur > 128 ? (int)rl.rlim_cur - 64 : -1;
+}
+
+static int move_high(int fd)
+{
+    int floor = fd_floor();
+    if (floor <= fd)
+        return fd;
+    int hi = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+    if (hi < 0)
+        return fd;
+    close(fd);
+    return hi;
+}
+
+/* A connection stopped working (dead) or stopped being ours (stolen): forget it, and allow one
+ * immediate reconnection. */
+static void conn_lost(uint64_t c, int stolen)
+{
+    uint64_t desired = stolen ? 0 : (c | CONN_DEAD);
+    if (__atomic_compare_exchange_n(&conn, &c, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        __atomic_store_n(&next_connect_ns, 0, __ATOMIC_RELAXED);
+}
+
+static uint64_t reconnect(void)
+{
+    uint64_t now = shim_mono_ns();
+    uint64_t next = __atomic_load_n(&next_connect_ns, __ATOMIC_RELAXED);
+    if ((int64_t)(now - next) < 0)
+        return 0;
+    /* One attempt per second, by the one thread that wins this CAS. */
+    if (!__atomic_compare_exchange_n(&next_connect_ns, &next, now + 1000000000u, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return 0;
+    int s = open_agent_socket();
+    if (s < 0)
+        return 0;
+    uint64_t cur = __atomic_load_n(&conn, __ATOMIC_ACQUIRE);
+    int fd, fresh;
+    if (cur != 0 && still_ours(cur)) { /* replace our dead socket in place */
+        fd = conn_fd(cur);
+        fresh = 0;
+        if (dup3(s, fd, O_CLOEXEC) < 0) {
+            close(s);
+            return 0;
+        }
+        close(s);
+    } else {
+        fd = move_high(s);
+        fresh = 1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        if (fresh)
+            close(fd);
+        return 0;
+    }
+    __atomic_store_n(&sock_dev, (uint64_t)st.st_dev, __ATOMIC_RELAXED);
+    uint64_t c = ((uint64_t)(uint32_t)st.st_ino << 32) | (uint32_t)(fd + 1);
+    __atomic_store_n(&conn, c, __ATOMIC_RELEASE);
+    return c;
+}
+
+/* The current connection if it is usable, else a new one if an attempt is allowed; 0 if none. */
+static uint64_t usable_conn(void)
+{
+    uint64_t c = __atomic_load_n(&conn, __ATOMIC_ACQUIRE);
+    if (c != 0 && !(c & CONN_DEAD)) {
+        if (SHIM_LIKELY(still_ours(c)))
+            return c;
+        conn_lost(c, 1); /* closed or reused by the program: never touch that number again */
+    }
+    return reconnect();
+}
+
+int report_send(uint8_t *buf, size_t len)
+{
+    rec_set_u16(buf, HDR_LENGTH, (uint16_t)len);
+    rec_set_u32(buf, HDR_SEQ, __atomic_add_fetch(&seq_counter, 1, __ATOMIC_RELAXED));
+    rec_set_u32(buf, HDR_DROPPED, __atomic_load_n(&dropped_counter, __ATOMIC_RELAXED));
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint64_t c = usable_conn();
+        if (c == 0)
+            break;
+        ssize_t n = send(conn_fd(c), buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n == (ssize_t)len)
+            return 0;
+        if (n >= 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS ||
+            errno == EINTR || errno == EMSGSIZE || errno == ENOMEM)
+            break; /* the agent is slow: drop this one, keep the connection */
+        conn_lost(c, 0);
+    }
+    __atomic_add_fetch(&dropped_counter, 1, __ATOMIC_RELAXED);
+    return -1;
+}
+
+void report_send_detached(uint8_t *buf, size_t len)
+{
+    rec_set_u16(buf, HDR_LENGTH, (uint16_t)len);
+    rec_set_u32(buf, HDR_SEQ, 0);
+    rec_set_u32(buf, HDR_DROPPED, 0);
+    uint64_t c = __atomic_load_n(&conn, __ATOMIC_ACQUIRE);
+    if (c != 0 && !(c & CONN_DEAD) && still_ours(c) &&
+        send(conn_fd(c), buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)len)
+        return;
+    /* Our descriptor table is private even when our memory is not: a temporary socket is ours. */
+    int s = open_agent_socket();
+    if (s < 0)
+        return;
+    (void)send(s, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    close(s);
+}
+
+void report_reset_child(void)
+{
+    uint64_t c = __atomic_load_n(&conn, __ATOMIC_ACQUIRE);
+    if (c != 0 && still_ours(c))
+        close(conn_fd(c)); /* the parent's connection: the child gets its own */
+    __atomic_store_n(&conn, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&next_connect_ns, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&seq_counter, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&dropped_counter, 0, __ATOMIC_RELAXED);
+}

@@ -1,0 +1,193 @@
+/* Process lifecycle of the shim: initialisation from the environment, the PROC_START record,
+ * the fork handler, and the final flush of repeat counts at normal exit.
+ *
+ * Environment:
+ *   TELLTALE_SOCKET    path of the agent's unix SOCK_SEQPACKET socket ("@name": abstract
+ *                      namespace). Unset or empty: the shim stays inert and hooks only call through.
+ *   TELLTALE_WORKLOAD  opaque workload descriptor (at most 512 bytes are sent), copied verbatim
+ *                      into PROC_START.
+ *
+ * Repeat counts since the last flush are lost when the process ends without running destructors
+ * (_exit, a fatal signal, SIGKILL); exec flushes them first.
+ */
+#include "shim.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+int shim_init_state;
+int shim_active;
+int shim_cached_pid;
+__thread int shim_busy __attribute__((tls_model("initial-exec")));
+
+static char workload[WORKLOAD_MAX];
+static size_t workload_len;
+static int workload_set;
+static int workload_cut;
+static int start_pending; /* atomic: a fork child owes its FORKED PROC_START */
+
+int shim_resolve(void **slot, const char *name)
+{
+    int saved = errno;
+    void *p = dlsym(RTLD_NEXT, name);
+    errno = saved;
+    if (p == NULL)
+        return 0;
+    __atomic_store_n(slot, p, __ATOMIC_RELAXED);
+    return 1;
+}
+
+uint64_t shim_mono_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Reads /proc/self/cmdline straight into an ARGV field, cut to the room left. */
+static void put_cmdline(struct rec *r)
+{
+    if (r->cap - r->len < 4) {
+        rec_add_flags(r, FLAG_TRUNCATED);
+        return;
+    }
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    size_t room = rec_room(r);
+    uint8_t *body = r->buf + r->len + 4;
+    size_t n = 0;
+    while (n < room) {
+        ssize_t got = read(fd, body + n, room - n);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    char more;
+    if (n == room && read(fd, &more, 1) == 1)
+        rec_add_flags(r, FLAG_TRUNCATED);
+    close(fd);
+    rec_set_u16(r->buf, r->len, TAG_ARGV);
+    rec_set_u16(r->buf, r->len + 2, (uint16_t)n);
+    r->len += 4 + n;
+}
+
+void shim_send_proc_start(unsigned flags)
+{
+    uint8_t buf[REC_MAX];
+    char path[PATH_FIELD_MAX + 1];
+    struct rec r;
+    rec_begin(&r, buf, sizeof buf, KIND_PROC_START,
+              __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED));
+    rec_add_flags(&r, flags);
+
+    uid_t ru, eu, su;
+    gid_t rg, eg, sg;
+    if (getresuid(&ru, &eu, &su) == 0 && getresgid(&rg, &eg, &sg) == 0) {
+        uint32_t creds[6] = {ru, eu, su, rg, eg, sg};
+        rec_put(&r, TAG_CREDS, creds, sizeof creds);
+    }
+    if (workload_set) {
+        rec_put_bytes(&r, TAG_WORKLOAD, workload, workload_len, WORKLOAD_MAX);
+        if (workload_cut)
+            rec_add_flags(&r, FLAG_TRUNCATED);
+    }
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path);
+    if (n >= 0)
+        rec_put_bytes(&r, TAG_EXE, path, (size_t)n, PATH_FIELD_MAX);
+    if (getcwd(path, sizeof path) != NULL)
+        rec_put_bytes(&r, TAG_CWD, path, strlen(path), PATH_FIELD_MAX);
+    else if (errno == ERANGE)
+        rec_add_flags(&r, FLAG_TRUNCATED);
+    put_cmdline(&r); /* last: it takes whatever room is left */
+    report_send(buf, r.len);
+}
+
+void shim_before_record(void)
+{
+    if (SHIM_UNLIKELY(__atomic_load_n(&start_pending, __ATOMIC_RELAXED)) &&
+        __atomic_exchange_n(&start_pending, 0, __ATOMIC_ACQ_REL))
+        shim_send_proc_start(FLAG_FORKED);
+}
+
+/* Runs in the child after fork(): the child is a new process with its own dedup table,
+ * connection, counters and (lazily) its own PROC_START. */
+static void atfork_child(void)
+{
+    if (!shim_active)
+        return;
+    int saved = errno;
+    __atomic_store_n(&shim_cached_pid, (int)getpid(), __ATOMIC_RELAXED);
+    report_reset_child();
+    dedup_reset();
+    __atomic_store_n(&start_pending, 1, __ATOMIC_RELEASE);
+    errno = saved;
+}
+
+static void configure(void)
+{
+    hooks_net_resolve();
+    hooks_proc_resolve();
+    __atomic_store_n(&shim_cached_pid, (int)getpid(), __ATOMIC_RELAXED);
+    const char *sock = getenv("TELLTALE_SOCKET");
+    if (sock == NULL || *sock == '\0' || !report_configure(sock))
+        return;
+    const char *w = getenv("TELLTALE_WORKLOAD");
+    if (w != NULL) {
+        size_t n = strlen(w);
+        if (n > WORKLOAD_MAX) {
+            n = WORKLOAD_MAX;
+            workload_cut = 1;
+        }
+        memcpy(workload, w, n);
+        workload_len = n;
+        workload_set = 1;
+    }
+    dedup_reset();
+    if (pthread_atfork(NULL, NULL, atfork_child) != 0)
+        return; /* a fork child would share our table and connection: stay inert */
+    shim_active = 1;
+}
+
+int shim_init_lazy(void)
+{
+    int expected = INIT_NONE;
+    if (!__atomic_compare_exchange_n(&shim_init_state, &expected, INIT_RUNNING, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return expected == INIT_DONE; /* running elsewhere (or re-entered): call through */
+    int saved = errno, cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    shim_busy = 1;
+    configure();
+    if (shim_active)
+        shim_send_proc_start(0); /* before any other record: it is seq 1 */
+    __atomic_store_n(&shim_init_state, INIT_DONE, __ATOMIC_RELEASE);
+    shim_busy = 0;
+    pthread_setcancelstate(cancel, NULL);
+    errno = saved;
+    return 1;
+}
+
+__attribute__((constructor)) static void shim_constructor(void)
+{
+    if (!shim_busy)
+        shim_init_lazy();
+}
+
+__attribute__((destructor)) static void shim_destructor(void)
+{
+    if (!shim_active || shim_busy ||
+        __atomic_load_n(&shim_init_state, __ATOMIC_ACQUIRE) != INIT_DONE)
+        return;
+    int saved = errno, cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    shim_busy = 1;
+    dedup_flush(); /* a process sharing our memory (vfork child) flushes nothing */
+    shim_busy = 0;
+    pthread_setcancelstate(cancel, NULL);
+    errno = saved;
+}

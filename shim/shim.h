@@ -1,0 +1,293 @@
+/* Internal interface of the telltale shim: record format constants, process state, the
+ * re-entrancy guard, the record builder, the dedup table and the transport.
+ *
+ * Everything here has hidden visibility (the Makefile builds with -fvisibility=hidden); only the
+ * hooks marked SHIM_EXPORT are visible, and shim.map lists them.
+ */
+#ifndef TELLTALE_SHIM_H
+#define TELLTALE_SHIM_H
+
+/* The hooks receive whatever the program passes, NULL included, and must keep their NULL checks:
+ * drop glibc's nonnull annotations, which would let the compiler assume them away. This header is
+ * included first by every source file, before any system header. */
+#define __attribute_nonnull__(params)
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the record format carries raw sockaddr bytes; only little-endian hosts are supported"
+#endif
+
+#define SHIM_EXPORT __attribute__((visibility("default")))
+#define SHIM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SHIM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ---- record format v1 (FORMAT.md) ---------------------------------------------------------- */
+
+enum {
+    REC_MAGIC = 0x5454,
+    REC_VERSION = 1,
+    REC_HEADER_SIZE = 40,
+    REC_MAX = 4096,
+};
+
+enum rec_kind {
+    KIND_PROC_START = 1,
+    KIND_EXEC = 2,
+    KIND_CONNECT = 3,
+    KIND_BIND = 4,
+    KIND_LISTEN = 5,
+};
+
+enum rec_flag {
+    FLAG_REPEAT = 1u << 0,
+    FLAG_TRUNCATED = 1u << 1,
+    FLAG_FORKED = 1u << 2,
+    FLAG_NODEDUP = 1u << 3,
+};
+
+enum rec_tag {
+    TAG_EXE = 1,
+    TAG_ARGV = 2,
+    TAG_CWD = 3,
+    TAG_CREDS = 4,
+    TAG_SOCKADDR = 5,
+    TAG_RESULT = 6,
+    TAG_SOCKINFO = 7,
+    TAG_BACKLOG = 8,
+    TAG_PATH = 9,
+    TAG_VARIANT = 10,
+    TAG_WORKLOAD = 11,
+    TAG_CHILD_PID = 12,
+};
+
+enum exec_variant {
+    VAR_EXECVE = 1,
+    VAR_EXECV = 2,
+    VAR_EXECVP = 3,
+    VAR_EXECVPE = 4,
+    VAR_EXECL = 5,
+    VAR_EXECLP = 6,
+    VAR_EXECLE = 7,
+    VAR_FEXECVE = 8,
+    VAR_EXECVEAT = 9,
+    VAR_POSIX_SPAWN = 10,
+    VAR_POSIX_SPAWNP = 11,
+};
+
+/* Header offsets. */
+enum {
+    HDR_MAGIC = 0,
+    HDR_VERSION = 2,
+    HDR_KIND = 3,
+    HDR_LENGTH = 4,
+    HDR_FLAGS = 6,
+    HDR_PID = 8,
+    HDR_PPID = 12,
+    HDR_TID = 16,
+    HDR_COUNT = 20,
+    HDR_TIME = 24,
+    HDR_DROPPED = 32,
+    HDR_SEQ = 36,
+};
+
+/* Caps on byte-string fields. */
+enum {
+    PATH_FIELD_MAX = 1024, /* EXE, CWD, PATH */
+    WORKLOAD_MAX = 512,    /* TELLTALE_WORKLOAD */
+};
+
+/* ---- real functions -------------------------------------------------------------------------- */
+
+/* Declares the typed pointer to the next definition of `name` (the one the hook wraps). */
+#define SHIM_REAL(name) static __typeof__(name) *real_##name
+
+/* Nonzero when real_<name> is resolved (resolving it on first use). */
+#define SHIM_RESOLVE(name)                                                                   \
+    (SHIM_LIKELY(__atomic_load_n(&real_##name, __ATOMIC_RELAXED) != NULL) ||                 \
+     shim_resolve((void **)&real_##name, #name))
+
+/* In a hook: resolve real_<name>, or fail the call the way the function reports errors
+ * (set errno to ENOSYS and return `failval`). Never crashes on a missing symbol. */
+#define SHIM_REAL_OR_FAIL(name, failval)                                                     \
+    do {                                                                                     \
+        if (SHIM_UNLIKELY(!SHIM_RESOLVE(name))) {                                            \
+            errno = ENOSYS;                                                                  \
+            return failval;                                                                  \
+        }                                                                                    \
+    } while (0)
+
+/* Resolve every hook's real function (called once at initialisation). */
+void hooks_net_resolve(void);
+void hooks_proc_resolve(void);
+
+/* Stores dlsym(RTLD_NEXT, name) into *slot; returns 0 if the symbol does not exist. errno is
+ * preserved. */
+int shim_resolve(void **slot, const char *name);
+
+/* ---- process state and guard (shim.c) -------------------------------------------------------- */
+
+enum { INIT_NONE = 0, INIT_RUNNING = 1, INIT_DONE = 2 };
+
+extern int shim_init_state;   /* INIT_*; atomic */
+extern int shim_active;       /* 1 when TELLTALE_SOCKET is set and usable; fixed after init */
+extern int shim_cached_pid;   /* pid of the process that owns the dedup table; atomic */
+extern __thread int shim_busy __attribute__((tls_model("initial-exec")));
+
+/* Completes initialisation when a hook runs before the constructor; returns 1 when done. */
+int shim_init_lazy(void);
+
+/* Enter the shim's own work from a hook: 0 when the shim is inert, not yet initialised, or
+ * already running on this thread (a signal handler or the shim's own libc use re-entering);
+ * the hook then just calls through. On 1, call shim_leave() when done. */
+static inline int shim_enter(void)
+{
+    if (SHIM_UNLIKELY(shim_busy))
+        return 0;
+    if (SHIM_UNLIKELY(__atomic_load_n(&shim_init_state, __ATOMIC_ACQUIRE) != INIT_DONE) &&
+        !shim_init_lazy())
+        return 0;
+    if (!shim_active)
+        return 0;
+    shim_busy = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return 1;
+}
+
+static inline void shim_leave(void)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    shim_busy = 0;
+}
+
+/* 1 when the caller runs in a process that shares our memory without having gone through the
+ * fork handler (a vfork child, or a child of a raw clone/_Fork): it must not touch the dedup
+ * table or the connection state. Costs a getpid() system call. */
+static inline int shim_foreign_process(int *pid_out)
+{
+    int pid = (int)getpid();
+    *pid_out = pid;
+    return pid != __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED);
+}
+
+/* Sends the PROC_START record for this process (flags: 0 or FLAG_FORKED). */
+void shim_send_proc_start(unsigned flags);
+
+/* Called before any record of this process is sent: a fork child first sends its FORKED
+ * PROC_START. */
+void shim_before_record(void);
+
+/* Monotonic coarse clock in nanoseconds (vDSO, a few ns). */
+uint64_t shim_mono_ns(void);
+
+/* ---- hashing --------------------------------------------------------------------------------- */
+
+#define HASH_MUL 0x9E3779B97F4A7C15ULL
+
+/* Mixes n bytes into h; the length is mixed in, so consecutive calls keep boundaries. */
+static inline uint64_t hash_mem(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    size_t left = n;
+    while (left >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * HASH_MUL;
+        h ^= h >> 32;
+        s += 8;
+        left -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, s, left);
+    h = (h ^ w ^ ((uint64_t)n << 56)) * HASH_MUL;
+    h ^= h >> 29;
+    return h;
+}
+
+/* Final avalanche; never returns 0 (0 marks an empty dedup slot). */
+static inline uint64_t hash_final(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h ? h : 1;
+}
+
+/* ---- record builder (record.c) --------------------------------------------------------------- */
+
+struct rec {
+    uint8_t *buf;
+    size_t len;
+    size_t cap;
+};
+
+/* Starts a record of `kind` for process `pid` in buf (cap ≥ REC_HEADER_SIZE): header with
+ * ppid, tid, count 1 and the current time; length, seq and dropped are filled by the sender. */
+void rec_begin(struct rec *r, uint8_t *buf, size_t cap, unsigned kind, int pid);
+/* Adds a fixed-size field whole, or not at all (then TRUNCATED is set). */
+void rec_put(struct rec *r, unsigned tag, const void *data, size_t n);
+/* Adds a byte-string field cut to at most `max` bytes and to the room left (TRUNCATED when cut). */
+void rec_put_bytes(struct rec *r, unsigned tag, const void *data, size_t n, size_t max);
+/* Adds ARGV from a NULL-terminated array: each argument followed by a NUL, cut to fit. */
+void rec_put_argv(struct rec *r, char *const argv[]);
+void rec_put_i32(struct rec *r, unsigned tag, int32_t v);
+void rec_put_u32(struct rec *r, unsigned tag, uint32_t v);
+void rec_put_u8(struct rec *r, unsigned tag, uint8_t v);
+void rec_add_flags(struct rec *r, unsigned flags);
+/* Bytes left for one more field's body (0 if not even a field header fits). */
+size_t rec_room(const struct rec *r);
+
+void rec_set_u16(uint8_t *buf, size_t off, uint16_t v);
+void rec_set_u32(uint8_t *buf, size_t off, uint32_t v);
+void rec_set_u64(uint8_t *buf, size_t off, uint64_t v);
+uint16_t rec_get_u16(const uint8_t *buf, size_t off);
+
+/* Refreshes pid, ppid, tid and time of a stored record about to be re-sent. */
+void rec_restamp(uint8_t *buf, int pid, int ppid, int tid, uint64_t time_ns);
+uint64_t rec_now_ns(void);
+
+/* Copies a record of `len` bytes into dst (cap bytes), cutting the first byte-string field that
+ * does not fit and dropping the fields after it (TRUNCATED set). Returns the copied length. */
+size_t rec_copy_fit(uint8_t *dst, size_t cap, const uint8_t *src, size_t len);
+
+/* ---- dedup table (dedup.c) ------------------------------------------------------------------- */
+
+enum { DEDUP_SLOTS = 256, DEDUP_REC_MAX = 1024 };
+enum { DEDUP_HIT = 0, DEDUP_CLAIMED = 1, DEDUP_FULL = 2 };
+
+/* Counts a repeat and returns 1 when `key` is already in the table; 0 otherwise. Lock-free. */
+int dedup_hit(uint64_t key);
+/* Claims a slot for `key`: DEDUP_CLAIMED (then *slot is set and the caller must dedup_store),
+ * DEDUP_HIT (another thread stored it meanwhile; the repeat is counted), or DEDUP_FULL. */
+int dedup_claim(uint64_t key, int *slot);
+/* Stores the first record of a claimed slot (cut to DEDUP_REC_MAX) and publishes the slot. */
+void dedup_store(int slot, const uint8_t *rec, size_t len);
+/* Sends a REPEAT summary for every slot with unreported repeats. */
+void dedup_flush(void);
+/* Flushes when at least a second has passed since the last flush (cheap otherwise). */
+void dedup_tick(void);
+/* Forgets every entry (fork child). */
+void dedup_reset(void);
+
+/* ---- transport (report.c) -------------------------------------------------------------------- */
+
+/* Prepares the agent address from TELLTALE_SOCKET; returns 0 if it is unusable. */
+int report_configure(const char *path);
+/* Fills length, seq and dropped, then sends the record; returns 0 when delivered, -1 when
+ * dropped (the drop is counted). Never blocks. */
+int report_send(uint8_t *buf, size_t len);
+/* For a process that shares our memory (vfork child): sends with seq 0 and dropped 0, over the
+ * existing connection if it is still ours or over a temporary one; touches no shared state. */
+void report_send_detached(uint8_t *buf, size_t len);
+/* Fork child: closes the inherited connection and resets counters. */
+void report_reset_child(void);
+
+#endif /* TELLTALE_SHIM_H */

@@ -1,0 +1,98 @@
+"""`telltale alerts …` and `telltale catalog …`: read alerts and the catalog."""
+
+from __future__ import annotations
+
+import argparse
+
+from telltale.cli.client import api_channel
+from telltale.cli.format import ALERT_HEADERS, alert_row, priority, table, to_json
+from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2, policy_pb2, policy_pb2_grpc
+
+_STATES = {s: getattr(alert_pb2, f"ALERT_STATE_{s.upper().replace('-', '_')}")
+           for s in ("open", "acknowledged", "not-an-issue", "suppressed")}
+_CHANGE = {alert_pb2.ALERT_CHANGE_KIND_CREATED: "new", alert_pb2.ALERT_CHANGE_KIND_UPDATED: "updated",
+           alert_pb2.ALERT_CHANGE_KIND_DELETED: "deleted"}
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The alert filter flags shared by list and watch."""
+    parser.add_argument("--priority", action="append", choices=["P1", "P2", "P3", "P4"], default=[],
+                        help="only this priority (repeatable)")
+    parser.add_argument("--app", action="append", default=[], help="only this application (repeatable)")
+    parser.add_argument("--type", action="append", default=[], dest="types",
+                        help="only this alert type id (repeatable)")
+    parser.add_argument("--state", action="append", choices=sorted(_STATES), default=[],
+                        help="only alerts in this state (repeatable)")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
+
+
+def _filter(args: argparse.Namespace) -> alert_pb2.AlertFilter:
+    return alert_pb2.AlertFilter(
+        priorities=[getattr(common_pb2, f"PRIORITY_{p}") for p in args.priority],
+        applications=args.app,
+        alert_types=args.types,
+        states=[_STATES[s] for s in args.state],
+    )
+
+
+def list_alerts(args: argparse.Namespace) -> int:
+    """Print every matching alert (following pages), most recently seen first."""
+    alerts: list[alert_pb2.Alert] = []
+    with api_channel(args.controller, plaintext=args.plaintext) as channel:
+        stub = alert_pb2_grpc.AlertServiceStub(channel)
+        request = alert_pb2.ListAlertsRequest(filter=_filter(args))
+        while True:
+            response = stub.ListAlerts(request, timeout=args.timeout)
+            alerts.extend(response.alerts)
+            if not response.page.next_page_token:
+                break
+            request.page.page_token = response.page.next_page_token
+    if args.output == "json":
+        for alert in alerts:
+            print(to_json(alert))
+    elif alerts:
+        print(table(ALERT_HEADERS, [alert_row(a) for a in alerts]))
+    else:
+        print("no alerts")
+    return 0
+
+
+def watch_alerts(args: argparse.Namespace) -> int:
+    """Print alert changes as they happen until interrupted (or --count changes)."""
+    seen = 0
+    with api_channel(args.controller, plaintext=args.plaintext) as channel:
+        stub = alert_pb2_grpc.AlertServiceStub(channel)
+        request = alert_pb2.WatchAlertsRequest(
+            filter=_filter(args), send_existing=args.existing, after_revision=args.after)
+        stream = stub.WatchAlerts(request)
+        try:
+            for change in stream:
+                if args.output == "json":
+                    print(to_json(change), flush=True)
+                else:
+                    a = change.alert
+                    print(f"{_CHANGE.get(change.kind, '?'):8} {priority(a.priority)} {a.alert_type:34} "
+                          f"{a.summary or a.fingerprint} (x{a.occurrences})  @{change.revision}", flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stream.cancel()
+    return 0
+
+
+def list_catalog(args: argparse.Namespace) -> int:
+    """Print the alert catalog."""
+    with api_channel(args.controller, plaintext=args.plaintext) as channel:
+        stub = policy_pb2_grpc.CatalogServiceStub(channel)
+        types = stub.ListAlertTypes(policy_pb2.ListAlertTypesRequest(), timeout=args.timeout).alert_types
+    if args.output == "json":
+        for t in types:
+            print(to_json(t))
+        return 0
+    rows = [[t.id, common_pb2.Category.Name(t.category).removeprefix("CATEGORY_").lower(),
+             priority(t.default_priority), t.title] for t in types]
+    print(table(("ID", "CATEGORY", "DEFAULT", "TITLE"), rows))
+    return 0

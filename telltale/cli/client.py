@@ -1,0 +1,51 @@
+"""Connecting the CLI to a controller's API, and turning RPC failures into readable errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+DEFAULT_CONTROLLER = "127.0.0.1:7443"
+
+
+class CliError(Exception):
+    """A failure to show the user as one line; the process exits with `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_controller() -> str:
+    """The controller address from $TELLTALE_CONTROLLER, else the local default."""
+    return os.environ.get("TELLTALE_CONTROLLER", DEFAULT_CONTROLLER)
+
+
+def plaintext_from_env() -> bool:
+    """True when $TELLTALE_PLAINTEXT asks for plaintext (1, true, yes)."""
+    return os.environ.get("TELLTALE_PLAINTEXT", "").lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def api_channel(address: str, *, plaintext: bool) -> Iterator[grpc.Channel]:
+    """A channel to the controller API; RPC errors inside the block become CliError."""
+    if not plaintext:
+        raise CliError(
+            "TLS is not configured: pass --plaintext (or set TELLTALE_PLAINTEXT=1) to reach a "
+            "controller on loopback without encryption"
+        )
+    channel = grpc.insecure_channel(address)
+    try:
+        yield channel
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise CliError(f"cannot reach the controller at {address}: {exc.details()}") from None
+        if code == grpc.StatusCode.CANCELLED:
+            raise CliError("cancelled", code=130) from None
+        raise CliError(f"{code.name}: {exc.details()}") from None
+    finally:
+        channel.close()

@@ -1,0 +1,65 @@
+"""Rendering API objects for people (tables) and programs (JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from telltale.v1 import alert_pb2, common_pb2
+
+
+def to_json(message: Message) -> str:
+    """One message as JSON with the proto field names."""
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with columns sized to their content."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def when(ts: Timestamp) -> str:
+    """A timestamp as local-agnostic UTC text, or '-' when unset."""
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    return datetime.fromtimestamp(ts.seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def priority(value: int) -> str:
+    """'P1'…'P4'."""
+    return common_pb2.Priority.Name(value).removeprefix("PRIORITY_") if value else "-"
+
+
+def state(value: int) -> str:
+    """'open', 'acknowledged', …"""
+    return alert_pb2.AlertState.Name(value).removeprefix("ALERT_STATE_").lower().replace("_", " ")
+
+
+ALERT_HEADERS = ("PRI", "TYPE", "APPLICATION", "SUBJECT", "COUNT", "NODES", "LAST SEEN", "STATE", "FINGERPRINT")
+
+
+def alert_row(alert: alert_pb2.Alert) -> list[str]:
+    """One alert as a table row."""
+    app = alert.application + (f"/{alert.component}" if alert.component else "")
+    return [
+        priority(alert.priority),
+        alert.alert_type,
+        app,
+        alert.subject,
+        str(alert.occurrences),
+        ",".join(alert.nodes),
+        when(alert.last_seen),
+        state(alert.state),
+        alert.fingerprint,
+    ]

@@ -1,0 +1,195 @@
+"""Entry point of the `telltale` command: argument parsing and dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import telltale
+from telltale.cli import alerts, policy
+from telltale.cli.client import CliError, default_controller, plaintext_from_env
+from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
+
+EPILOG = """\
+Typical local use (plaintext on loopback):
+  telltale controller --plaintext --data-dir ./data
+  telltale agent --plaintext --socket ./agent.sock --state-dir ./agent
+  telltale run --app shop --socket ./agent.sock -- python3 app.py
+  telltale alerts list --plaintext
+"""
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--controller", default=default_controller(),
+                        help="controller API address HOST:PORT (default: $TELLTALE_CONTROLLER or %(default)s)")
+    parser.add_argument("--plaintext", action="store_true", default=plaintext_from_env(),
+                        help="no TLS: only for a controller on loopback ($TELLTALE_PLAINTEXT=1)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)")
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from telltale.controller.etcd import EtcdError
+    from telltale.controller.server import ConfigError, ControllerConfig, serve
+
+    config = ControllerConfig(
+        listen=args.listen,
+        data_dir=Path(args.data_dir),
+        etcd_endpoints=[e for item in args.etcd_endpoints for e in item.split(",") if e],
+        etcd_prefix=args.etcd_prefix,
+        plaintext=args.plaintext,
+    )
+    try:
+        asyncio.run(serve(config))
+    except (ConfigError, EtcdError) as exc:
+        raise CliError(str(exc), code=2) from None
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from telltale.nodeagent.daemon import AgentConfig, ConfigError, run_agent
+
+    config = AgentConfig(
+        controllers=[c for item in args.controller for c in item.split(",") if c] or [default_controller()],
+        socket_path=Path(args.socket),
+        state_dir=Path(args.state_dir),
+        plaintext=args.plaintext,
+    )
+    try:
+        run_agent(config)
+    except ConfigError as exc:
+        raise CliError(str(exc), code=2) from None
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from telltale.nodeagent.launch import exec_workload, new_workload
+    from telltale.nodeagent.workload import DescriptorError
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise CliError("no command given: telltale run --app NAME -- COMMAND [ARGS…]", code=2)
+    tags = {}
+    for tag in args.tag:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise CliError(f"--tag {tag!r}: use KEY=VALUE", code=2)
+        tags[key] = value
+    try:
+        workload = new_workload(args.app, component=args.component, version=args.version,
+                                environment=args.env, policy=args.policy, tags=tags, command=command)
+        exec_workload(workload, command, Path(args.socket))
+    except DescriptorError as exc:
+        raise CliError(str(exc), code=2) from None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from telltale.demo import run_demo
+
+    return run_demo(Path(args.workdir) if args.workdir else None, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="telltale", description="Runtime application security: observe workloads, raise alerts by policy.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"telltale {telltale.__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="daemon log level (default %(default)s)")
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="run the local demo: etcd, controller, agent and a workload that raises alerts")
+    p.add_argument("--workdir", default="", help="keep data and logs here (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="do not delete the working directory at the end")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("controller", help="run a controller (API, agent streams, evaluation)")
+    p.add_argument("--listen", default="127.0.0.1:7443", help="address to serve on (default %(default)s)")
+    p.add_argument("--data-dir", default="/var/lib/telltale/controller",
+                   help="state directory; holds the embedded etcd (default %(default)s)")
+    p.add_argument("--etcd-endpoints", action="append", default=[], metavar="HOST:PORT[,…]",
+                   help="use this etcd cluster instead of an embedded one")
+    p.add_argument("--etcd-prefix", default="/telltale/v1/", help="key prefix in etcd (default %(default)s)")
+    p.add_argument("--plaintext", action="store_true", help="serve without TLS (loopback only)")
+    p.set_defaults(func=_controller)
+
+    p = sub.add_parser("agent", help="run the node agent (shim intake, controller link)")
+    p.add_argument("--controller", action="append", default=[], metavar="HOST:PORT[,…]",
+                   help="controller address; repeat for failover (default: $TELLTALE_CONTROLLER or 127.0.0.1:7443)")
+    p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="shim socket path (default %(default)s)")
+    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="node identity (default %(default)s)")
+    p.add_argument("--plaintext", action="store_true", default=plaintext_from_env(),
+                   help="talk to the controller without TLS (loopback only)")
+    p.set_defaults(func=_agent)
+
+    p = sub.add_parser("run", help="run a workload with the shim attached",
+                       usage="telltale run --app NAME [options] -- COMMAND [ARGS…]")
+    p.add_argument("--app", required=True, help="application the workload belongs to")
+    p.add_argument("--component", default="", help="component of the application")
+    p.add_argument("--version", default="", help="version of the component")
+    p.add_argument("--env", default="", help="environment name, e.g. prod")
+    p.add_argument("--policy", default="", help="evaluate with this policy instead of the application's")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable)")
+    p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="agent socket (default %(default)s)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("alerts", help="list and watch alerts")
+    alert_sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+    q = alert_sub.add_parser("list", help="list alerts, most recently seen first")
+    alerts.add_filter_arguments(q)
+    _add_api_options(q)
+    q.set_defaults(func=alerts.list_alerts)
+    q = alert_sub.add_parser("watch", help="print alert changes as they happen")
+    alerts.add_filter_arguments(q)
+    q.add_argument("--existing", action="store_true", help="first print every current alert")
+    q.add_argument("--after", type=int, default=0, metavar="REVISION", help="resume after this position")
+    q.add_argument("--count", type=int, default=0, help="stop after this many changes")
+    _add_api_options(q)
+    q.set_defaults(func=alerts.watch_alerts)
+
+    p = sub.add_parser("policy", help="list, show and apply Alert Policies")
+    pol_sub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    q = pol_sub.add_parser("list", help="list policies")
+    q.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_api_options(q)
+    q.set_defaults(func=policy.list_policies)
+    q = pol_sub.add_parser("show", help="show a policy as YAML")
+    q.add_argument("name", help="policy name, e.g. Standard")
+    q.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    _add_api_options(q)
+    q.set_defaults(func=policy.show_policy)
+    q = pol_sub.add_parser("apply", help="create or update a policy from a YAML document")
+    q.add_argument("-f", "--file", required=True, help="policy document (YAML)")
+    _add_api_options(q)
+    q.set_defaults(func=policy.apply_policy)
+
+    p = sub.add_parser("catalog", help="the alert types policies configure")
+    cat_sub = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
+    q = cat_sub.add_parser("list", help="list alert types")
+    q.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_api_options(q)
+    q.set_defaults(func=alerts.list_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"telltale: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

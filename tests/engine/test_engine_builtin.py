@@ -1,0 +1,58 @@
+"""The built-in policy documents shipped in policies/."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+
+from telltale.engine.builtin import DEFAULT_POLICY, load_builtin_policies
+from telltale.engine.catalog import CATALOG
+from telltale.engine.policy import parse_document, to_document
+
+DOCUMENTS = sorted(e.name for e in files("telltale.policies").iterdir() if e.name.endswith(".yaml"))
+
+
+def test_policies_directory_ships_documents() -> None:
+    """The package data holds the two built-in documents."""
+    assert {"standard.yaml", "max-alert.yaml"} <= set(DOCUMENTS)
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_shipped_document_validates(name: str) -> None:
+    """Every YAML document in policies/ parses and validates."""
+    text = files("telltale.policies").joinpath(name).read_text(encoding="utf-8")
+    policy = parse_document(text, builtin=True)
+    assert policy.builtin
+    assert text.startswith("#"), "each built-in document opens with a comment saying what it is for"
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_shipped_document_round_trips(name: str) -> None:
+    """A built-in policy written back as a document reads back identical."""
+    policy = parse_document(files("telltale.policies").joinpath(name).read_text(encoding="utf-8"), builtin=True)
+    assert parse_document(to_document(policy), builtin=True) == policy
+
+
+def test_builtin_policies_are_loaded_by_name_and_include_the_default() -> None:
+    """load_builtin_policies returns Standard (the default) and Max Alert, marked builtin."""
+    policies = load_builtin_policies()
+    assert {"Standard", "Max Alert"} <= set(policies)
+    assert DEFAULT_POLICY in policies
+    assert all(p.builtin and p.name == name for name, p in policies.items())
+
+
+def test_max_alert_enables_every_catalog_type() -> None:
+    """Max Alert has an enabled rule for every alert type of the catalog."""
+    rules = load_builtin_policies()["Max Alert"].rules
+    missing = [t for t in CATALOG if t not in rules or not rules[t].enabled]
+    assert missing == []
+
+
+def test_standard_enables_all_but_privileged_port_with_catalog_priorities() -> None:
+    """Standard enables the catalog except network.privileged_port, at catalog priorities, with no blocklist."""
+    rules = load_builtin_policies()["Standard"].rules
+    enabled = {t for t, r in rules.items() if r.enabled}
+    assert enabled == set(CATALOG) - {"network.privileged_port"}
+    assert all(rules[t].priority == CATALOG[t].default_priority for t in rules)
+    assert rules["network.blocklisted_destination"].params["networks"] == ()
