@@ -45,7 +45,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self.connected: dict[str, int] = {}
         self.events_received = 0
 
-    async def Connect(  # noqa: N802 (gRPC method name)
+    # The stream is written with context.write() from its own task, so the handler returns None
+    # rather than being a generator of responses.
+    async def Connect(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
         context: grpc.aio.ServicerContext[Any, Any],
@@ -56,8 +58,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except StopAsyncIteration:
             return
         if not first.HasField("hello") or not first.hello.node_id.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "hello: the first message must be a Hello with a node_id")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a Hello with a node_id"
+            )
         session = _Session(self, first.hello, context)
         node_id = first.hello.node_id
         self.connected[node_id] = self.connected.get(node_id, 0) + 1
@@ -73,8 +76,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 class _Session:
     """One agent stream."""
 
-    def __init__(self, service: AgentService, hello: agent_pb2.Hello,
-                 context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self, service: AgentService, hello: agent_pb2.Hello, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         self.service = service
         self.store = service._store
         self.policies = service._policies
@@ -86,11 +90,15 @@ class _Session:
 
     async def run(self, requests: AsyncIterator[agent_pb2.ConnectRequest]) -> None:
         await self._register()
-        await self.outbound.put(agent_pb2.ConnectResponse(welcome=agent_pb2.Welcome(
-            controller_id=self.service._controller_id,
-            last_seq=self.node.last_seq,
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        )))
+        await self.outbound.put(
+            agent_pb2.ConnectResponse(
+                welcome=agent_pb2.Welcome(
+                    controller_id=self.service._controller_id,
+                    last_seq=self.node.last_seq,
+                    heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+                )
+            )
+        )
         writer = asyncio.create_task(self._write_loop())
         pusher = asyncio.create_task(self._push_policies())
         try:
@@ -140,7 +148,8 @@ class _Session:
         sent = -1
         while True:
             async with self.policies.changed:
-                await self.policies.changed.wait_for(lambda: self.policies.revision != sent)
+                while self.policies.revision == sent:
+                    await self.policies.changed.wait()
             sent = self.policies.revision
             await self.outbound.put(agent_pb2.ConnectResponse(policy_update=self.policies.update_message()))
 
@@ -155,8 +164,12 @@ class _Session:
         elif which == "policy_applied":
             applied = request.policy_applied
             if applied.error:
-                log.warning("node %s could not apply policy revision %d: %s",
-                            self.node.node_id, applied.revision, applied.error)
+                log.warning(
+                    "node %s could not apply policy revision %d: %s",
+                    self.node.node_id,
+                    applied.revision,
+                    applied.error,
+                )
             else:
                 self.node.applied_policy_revision = applied.revision
             self.node.in_sync = self.node.applied_policy_revision == self.policies.revision
@@ -173,8 +186,12 @@ class _Session:
             return
         if node.last_seq and batch.seq > node.last_seq + 1:
             node.sequence_gaps += batch.seq - node.last_seq - 1
-            log.warning("node %s: %d batches missing before seq %d",
-                        node.node_id, batch.seq - node.last_seq - 1, batch.seq)
+            log.warning(
+                "node %s: %d batches missing before seq %d",
+                node.node_id,
+                batch.seq - node.last_seq - 1,
+                batch.seq,
+            )
         result = await ingest_batch(self.store, batch, node.node_id, self.policies.policy_set, time.time_ns())
         self.service.events_received += result.events
         for workload in batch.workloads:

@@ -40,7 +40,7 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
         self._store = store
 
     @unary
-    async def ListAlerts(  # noqa: N802
+    async def ListAlerts(
         self, request: alert_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> alert_pb2.ListAlertsResponse:
         size = page_size(request.page.page_size)
@@ -56,7 +56,7 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
         return response
 
     @unary
-    async def GetAlert(  # noqa: N802
+    async def GetAlert(
         self, request: alert_pb2.GetAlertRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> alert_pb2.GetAlertResponse:
         fingerprint = require(request.fingerprint, "fingerprint")
@@ -65,7 +65,7 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
             raise NotFound(f"no alert with fingerprint {fingerprint!r}")
         return alert_pb2.GetAlertResponse(alert=stored.value)
 
-    async def WatchAlerts(  # noqa: N802
+    async def WatchAlerts(
         self, request: alert_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[alert_pb2.WatchAlertsResponse]:
         if request.after_revision < 0:
@@ -77,25 +77,38 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
                 for item in sorted(stored, key=lambda v: v.mod_revision):
                     if item.mod_revision > start and alert_matches(item.value, request.filter):
                         yield alert_pb2.WatchAlertsResponse(
-                            kind=alert_pb2.ALERT_CHANGE_KIND_CREATED, alert=item.value,
-                            revision=item.mod_revision)
+                            kind=alert_pb2.ALERT_CHANGE_KIND_CREATED,
+                            alert=item.value,
+                            revision=item.mod_revision,
+                        )
             start = max(start, revision)
+        # Every change after `start` will be replayed by the watch, so the client may rely on it
+        # from here: say so by answering the call's initial metadata.
+        await context.send_initial_metadata(())
         async for change in self._store.watch_alerts(start):
             if change.alert is None:
                 yield alert_pb2.WatchAlertsResponse(
                     kind=alert_pb2.ALERT_CHANGE_KIND_DELETED,
-                    alert=alert_pb2.Alert(fingerprint=change.fingerprint), revision=change.revision)
+                    alert=alert_pb2.Alert(fingerprint=change.fingerprint),
+                    revision=change.revision,
+                )
             elif alert_matches(change.alert, request.filter):
-                kind = (alert_pb2.ALERT_CHANGE_KIND_CREATED if change.created
-                        else alert_pb2.ALERT_CHANGE_KIND_UPDATED)
+                kind = (
+                    alert_pb2.ALERT_CHANGE_KIND_CREATED
+                    if change.created
+                    else alert_pb2.ALERT_CHANGE_KIND_UPDATED
+                )
                 yield alert_pb2.WatchAlertsResponse(kind=kind, alert=change.alert, revision=change.revision)
 
     @unary
-    async def UpdateAlertState(  # noqa: N802
+    async def UpdateAlertState(
         self, request: alert_pb2.UpdateAlertStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> alert_pb2.UpdateAlertStateResponse:
         fingerprint = require(request.fingerprint, "fingerprint")
-        if request.state == alert_pb2.ALERT_STATE_UNSPECIFIED or request.state not in alert_pb2.AlertState.values():
+        if (
+            request.state == alert_pb2.ALERT_STATE_UNSPECIFIED
+            or request.state not in alert_pb2.AlertState.values()
+        ):
             raise InvalidArgument("state", f"{request.state} is not a valid alert state")
         needs_reason = (alert_pb2.ALERT_STATE_NOT_AN_ISSUE, alert_pb2.ALERT_STATE_SUPPRESSED)
         if request.state in needs_reason and not request.reason.strip():
@@ -126,4 +139,3 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
 def _actor(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Who is calling: the peer address until API tokens identify callers."""
     return str(context.peer() or "unknown")
-

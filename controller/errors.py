@@ -30,6 +30,10 @@ class FailedPrecondition(ControllerError):
     """The request conflicts with the current state (stale revision, object in use)."""
 
 
+class Unimplemented(ControllerError):
+    """The RPC is part of the API but this release does not serve it yet."""
+
+
 class Unavailable(ControllerError):
     """The shared state cannot be reached right now; retry later."""
 
@@ -40,6 +44,7 @@ STATUS_CODES: dict[type[ControllerError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -47,5 +52,5 @@ def status_of(error: ControllerError) -> grpc.StatusCode:
     """The gRPC status code for a domain error (INTERNAL for an unmapped subclass)."""
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.INTERNAL

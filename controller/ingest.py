@@ -74,8 +74,9 @@ async def record_findings(
         current = await store.get_alert(fingerprint)
         alert = current.value if current is not None else None
         for finding, event, workload in group:
-            alert = merge(alert, finding, node_id=node_id, sample_event=event,
-                          sample_workload=workload, now_ns=now_ns)
+            alert = merge(
+                alert, finding, node_id=node_id, sample_event=event, sample_workload=workload, now_ns=now_ns
+            )
         assert alert is not None
         try:
             alert.revision = await store.put_alert(alert, current.mod_revision if current else 0)

@@ -22,7 +22,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         self._policies = policies
 
     @unary
-    async def ListNodes(  # noqa: N802
+    async def ListNodes(
         self, request: inventory_pb2.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListNodesResponse:
         nodes = sorted(await self._store.list_nodes(), key=lambda n: n.node_id)
@@ -38,7 +38,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         return response
 
     @unary
-    async def GetNode(  # noqa: N802
+    async def GetNode(
         self, request: inventory_pb2.GetNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.GetNodeResponse:
         node_id = require(request.node_id, "node_id")
@@ -50,7 +50,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         return inventory_pb2.GetNodeResponse(node=node)
 
     @unary
-    async def ListApplications(  # noqa: N802
+    async def ListApplications(
         self, request: inventory_pb2.ListApplicationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListApplicationsResponse:
         components: dict[str, set[str]] = defaultdict(set)
@@ -79,11 +79,12 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         return response
 
     @unary
-    async def ListWorkloads(  # noqa: N802
+    async def ListWorkloads(
         self, request: inventory_pb2.ListWorkloadsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListWorkloadsResponse:
         workloads = [
-            w for w in await self._store.list_workloads()
+            w
+            for w in await self._store.list_workloads()
             if (not request.application or w.application == request.application)
             and (not request.node_id or w.node_id == request.node_id)
         ]

@@ -56,8 +56,12 @@ class PolicyView:
         self.state = state
         async with self.changed:
             self.changed.notify_all()
-        log.info("policy state at revision %d: %d policies, default %r",
-                 state.revision, len(state.policies), state.default_policy)
+        log.info(
+            "policy state at revision %d: %d policies, default %r",
+            state.revision,
+            len(state.policies),
+            state.default_policy,
+        )
 
     async def follow(self) -> None:
         """Watch the store and reload on each change, forever (restarting the watch on errors)."""

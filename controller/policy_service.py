@@ -16,6 +16,7 @@ from telltale.controller.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unimplemented,
 )
 from telltale.controller.rpc import require, unary
 from telltale.controller.store import Conflict, EtcdStore
@@ -23,14 +24,14 @@ from telltale.engine import catalog
 from telltale.engine import policy as policy_model
 from telltale.v1 import policy_pb2, policy_pb2_grpc
 
+_NOT_YET = "clone, delete, default, assignments and history are not served by this release yet"
+
 
 def _violations_error(error: policy_model.PolicyValidationError) -> InvalidArgument:
     if len(error.violations) == 1:
         only = error.violations[0]
         return InvalidArgument(only.field, only.description)
-    return InvalidArgument(
-        "document", "; ".join(f"{v.field}: {v.description}" for v in error.violations)
-    )
+    return InvalidArgument("document", "; ".join(f"{v.field}: {v.description}" for v in error.violations))
 
 
 def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
@@ -50,7 +51,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self._store = store
 
     @unary
-    async def ListPolicies(  # noqa: N802
+    async def ListPolicies(
         self, request: policy_pb2.ListPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ListPoliciesResponse:
         state = await self._store.policy_state()
@@ -60,7 +61,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         )
 
     @unary
-    async def GetPolicy(  # noqa: N802
+    async def GetPolicy(
         self, request: policy_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.GetPolicyResponse:
         name = require(request.name, "name")
@@ -75,7 +76,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         )
 
     @unary
-    async def CreatePolicy(  # noqa: N802
+    async def CreatePolicy(
         self, request: policy_pb2.CreatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.CreatePolicyResponse:
         model = _parse(request.policy, request.document)
@@ -88,7 +89,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         return policy_pb2.CreatePolicyResponse(policy=message)
 
     @unary
-    async def UpdatePolicy(  # noqa: N802
+    async def UpdatePolicy(
         self, request: policy_pb2.UpdatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.UpdatePolicyResponse:
         model = _parse(request.policy, request.document)
@@ -114,16 +115,61 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         return policy_pb2.UpdatePolicyResponse(policy=message)
 
     @unary
-    async def ValidatePolicy(  # noqa: N802
+    async def ValidatePolicy(
         self, request: policy_pb2.ValidatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ValidatePolicyResponse:
         try:
             policy_model.parse_document(require(request.document, "document"))
         except policy_model.PolicyValidationError as exc:
-            return policy_pb2.ValidatePolicyResponse(violations=[
-                policy_pb2.FieldViolation(field=v.field, description=v.description) for v in exc.violations
-            ])
+            return policy_pb2.ValidatePolicyResponse(
+                violations=[
+                    policy_pb2.FieldViolation(field=v.field, description=v.description)
+                    for v in exc.violations
+                ]
+            )
         return policy_pb2.ValidatePolicyResponse()
+
+    @unary
+    async def ClonePolicy(
+        self, request: policy_pb2.ClonePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.ClonePolicyResponse:
+        raise Unimplemented(_NOT_YET)
+
+    @unary
+    async def DeletePolicy(
+        self, request: policy_pb2.DeletePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.DeletePolicyResponse:
+        raise Unimplemented(_NOT_YET)
+
+    @unary
+    async def SetDefaultPolicy(
+        self, request: policy_pb2.SetDefaultPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.SetDefaultPolicyResponse:
+        raise Unimplemented(_NOT_YET)
+
+    @unary
+    async def AssignPolicy(
+        self, request: policy_pb2.AssignPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.AssignPolicyResponse:
+        raise Unimplemented(_NOT_YET)
+
+    @unary
+    async def UnassignPolicy(
+        self, request: policy_pb2.UnassignPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.UnassignPolicyResponse:
+        raise Unimplemented(_NOT_YET)
+
+    @unary
+    async def ListAssignments(
+        self, request: policy_pb2.ListAssignmentsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.ListAssignmentsResponse:
+        raise Unimplemented(_NOT_YET)
+
+    @unary
+    async def ListPolicyRevisions(
+        self, request: policy_pb2.ListPolicyRevisionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.ListPolicyRevisionsResponse:
+        raise Unimplemented(_NOT_YET)
 
 
 def _stamped(message: policy_pb2.Policy, *, revision: int, actor: str) -> policy_pb2.Policy:
@@ -139,7 +185,7 @@ class CatalogService(policy_pb2_grpc.CatalogServiceServicer):
     """Serves the alert catalog compiled into this release."""
 
     @unary
-    async def ListAlertTypes(  # noqa: N802
+    async def ListAlertTypes(
         self, request: policy_pb2.ListAlertTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ListAlertTypesResponse:
         specs = sorted(catalog.CATALOG.values(), key=lambda s: s.id)
@@ -148,7 +194,7 @@ class CatalogService(policy_pb2_grpc.CatalogServiceServicer):
         return policy_pb2.ListAlertTypesResponse(alert_types=[catalog.to_proto(s) for s in specs])
 
     @unary
-    async def GetAlertType(  # noqa: N802
+    async def GetAlertType(
         self, request: policy_pb2.GetAlertTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.GetAlertTypeResponse:
         type_id = require(request.id, "id")

@@ -36,8 +36,16 @@ from telltale.controller.store import DEFAULT_PREFIX, EtcdStore
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
 from telltale.netutil import is_loopback_host, split_host_port
-from telltale.v1 import agent_pb2, alert_pb2, inventory_pb2, policy_pb2
-from telltale.v1 import agent_pb2_grpc, alert_pb2_grpc, inventory_pb2_grpc, policy_pb2_grpc
+from telltale.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    alert_pb2,
+    alert_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +140,28 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
         follower = asyncio.create_task(policies.follow(), name="policy-follow")
         stack.push_async_callback(_cancel, follower)
         # 5. gRPC server
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(store, policies, controller_id), server)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(store, policies, controller_id), server
+        )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(store), server)
         policy_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogService(), server)
         alert_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(store), server)
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(InventoryService(store, policies), server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         server.add_insecure_port(config.listen)
@@ -154,8 +169,13 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
         stack.push_async_callback(server.stop, SHUTDOWN_GRACE_S)
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.warning("telltale controller %s serving on %s (plaintext, loopback only; etcd %s%s)",
-                    controller_id, config.listen, endpoint, ", embedded" if embedded else "")
+        log.warning(
+            "telltale controller %s serving on %s (plaintext, loopback only; etcd %s%s)",
+            controller_id,
+            config.listen,
+            endpoint,
+            ", embedded" if embedded else "",
+        )
         await stop.wait()
         log.warning("telltale controller %s stopping", controller_id)
         await health_servicer.enter_graceful_shutdown()

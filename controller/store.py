@@ -77,7 +77,9 @@ class Store(Protocol):
         ...
 
     async def seed_policies(self, policies: list[policy_pb2.Policy], default_policy: str) -> list[str]:
-        """Write built-in policies that are absent or differ; set the default if none. Returns names written."""
+        """Write built-in policies that are absent or differ; set the default if none.
+
+        Returns the names written."""
         ...
 
     async def create_policy(self, policy: policy_pb2.Policy) -> int:
@@ -159,7 +161,7 @@ class EtcdStore:
         revision = 0
         for kv in result:
             revision = max(revision, kv.mod_revision)
-            rel = kv.key[len(base):].decode()
+            rel = kv.key[len(base) :].decode()
             if rel.startswith("policies/"):
                 policy = policy_pb2.Policy()
                 policy.ParseFromString(kv.value)
@@ -182,18 +184,18 @@ class EtcdStore:
     async def seed_policies(self, policies: list[policy_pb2.Policy], default_policy: str) -> list[str]:
         written = []
         txn = self._client.transactions
-        for policy in policies:
-            key = self._policy_key(policy.name)
+        for builtin in policies:
+            key = self._policy_key(builtin.name)
             current = await self._client.get(key)
             if current is not None:
                 stored = policy_pb2.Policy()
                 stored.ParseFromString(current.value)
-                if _same_content(stored, policy):
+                if _same_content(stored, builtin):
                     continue
-                policy = _with_revision(policy, stored.revision + 1)
+                policy = _with_revision(builtin, stored.revision + 1)
                 compare = [txn.mod(key) == current.mod_revision]
             else:
-                policy = _with_revision(policy, 1)
+                policy = _with_revision(builtin, 1)
                 compare = [txn.create(key) == 0]
             data = policy.SerializeToString()
             ok, _ = await self._client.transaction(
@@ -302,7 +304,7 @@ class EtcdStore:
         watch = await self._client.watch_prefix(base, start_revision=after_revision + 1)
         try:
             async for event in watch:
-                fingerprint = unquote(event.kv.key[len(base):].decode())
+                fingerprint = unquote(event.kv.key[len(base) :].decode())
                 revision = int(event.kv.mod_revision)
                 if event.kind == "DELETE":
                     yield AlertChange(fingerprint, None, revision, created=False)

@@ -46,7 +46,7 @@ class Spool:
     counters: Counters = field(default_factory=Counters)
     next_seq: int = 1
     batches: deque[agent_pb2.EventBatch] = field(default_factory=deque)
-    _grown: trio.Event = field(default_factory=trio.Event)
+    _changed: trio.Event = field(default_factory=trio.Event)
 
     def append(self, batch: agent_pb2.EventBatch) -> None:
         """Number `batch` and keep it; drops (and counts) the oldest batch when full."""
@@ -56,14 +56,21 @@ class Spool:
             lost = self.batches.popleft()
             self.counters.dropped_batches += 1
             self.counters.count_dropped(len(lost.events))
+            # The losses that batch was reporting must still reach the controller.
+            self.counters.unsent_dropped += lost.dropped_records
+            self.counters.unsent_malformed += lost.malformed_records
         self.batches.append(batch)
-        self._grown.set()
-        self._grown = trio.Event()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def ack(self, seq: int) -> None:
         """Forget every batch up to and including `seq`."""
         while self.batches and self.batches[0].seq <= seq:
             self.batches.popleft()
+        self._notify()
 
     def renumber_from(self, first_seq: int) -> None:
         """Renumber every kept batch from `first_seq` (a fresh agent learning the controller's position)."""
@@ -75,10 +82,14 @@ class Spool:
         """Kept batches with sequence number >= seq."""
         return [b for b in self.batches if b.seq >= seq]
 
+    async def wait_changed(self) -> None:
+        """Return at the next append or acknowledgement."""
+        await self._changed.wait()
+
     async def wait_beyond(self, seq: int) -> None:
         """Return once a batch with sequence number >= seq exists."""
         while self.next_seq <= seq:
-            await self._grown.wait()
+            await self._changed.wait()
 
 
 class Batcher:

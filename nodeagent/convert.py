@@ -52,7 +52,7 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         ex.path = record.path or ""
         ex.argv.extend(record.argv or ())
         if record.variant is not None:
-            ex.variant = int(record.variant)
+            ex.variant = common_pb2.ExecVariant.ValueType(int(record.variant))
         if record.child_pid is not None:
             ex.child_pid = record.child_pid
     return event

@@ -17,8 +17,8 @@ import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from telltale.nodeagent import identity
-from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, Batcher, Counters, Spool
+from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from telltale.nodeagent.intake import Intake, Workloads
 from telltale.nodeagent.link import Connector, GrpcConnector, LinkClosed, LinkSession
 from telltale.v1 import agent_pb2, common_pb2
@@ -97,8 +97,12 @@ class Agent:
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._link_loop)
             nursery.start_soon(self._stop_on_signals, nursery.cancel_scope)
-            log.warning("telltale agent %s ready: shim socket %s, controllers %s",
-                        self.state.node_id, self.config.socket_path, ", ".join(self.config.controllers))
+            log.warning(
+                "telltale agent %s ready: shim socket %s, controllers %s",
+                self.state.node_id,
+                self.config.socket_path,
+                ", ".join(self.config.controllers),
+            )
             task_status.started()
 
     async def _stop_on_signals(self, scope: trio.CancelScope) -> None:
@@ -110,7 +114,7 @@ class Agent:
                 spool = self.state.spool
                 with trio.move_on_after(STOP_GRACE_S):
                     while self.state.connected_to and spool.batches:
-                        await trio.sleep(0.02)
+                        await spool.wait_changed()
                 if spool.batches:
                     log.warning("%d batches not acknowledged at exit", len(spool.batches))
                 scope.cancel()
@@ -132,10 +136,9 @@ class Agent:
             try:
                 async with self.connector.open(endpoint) as session:
                     await self._serve_session(session, endpoint)
-            except LinkClosed as exc:
-                log.warning("controller %s: %s; retrying in %.1fs", endpoint, exc, delay)
-            else:
-                log.warning("controller %s closed the stream; reconnecting", endpoint)
+            except* LinkClosed as group:  # nurseries deliver it inside an exception group
+                reasons = "; ".join(str(e) for e in _leaves(group))
+                log.warning("controller %s: %s; retrying in %.1fs", endpoint, reasons, delay)
             if self.state.connected_to:
                 delay = BACKOFF_MIN_S  # we were connected: start the backoff over
             self.state.connected_to = ""
@@ -144,10 +147,19 @@ class Agent:
 
     async def _serve_session(self, session: LinkSession, endpoint: str) -> None:
         state = self.state
-        session.send(agent_pb2.ConnectRequest(hello=identity.hello(
-            state.node_id, last_acked_seq=state.last_acked_seq, applied_revision=state.applied_revision)))
-        with trio.fail_after(WELCOME_TIMEOUT_S):
+        session.send(
+            agent_pb2.ConnectRequest(
+                hello=identity.hello(
+                    state.node_id,
+                    last_acked_seq=state.last_acked_seq,
+                    applied_revision=state.applied_revision,
+                )
+            )
+        )
+        with trio.move_on_after(WELCOME_TIMEOUT_S) as waiting:
             first = await session.receive()
+        if waiting.cancelled_caught:
+            raise LinkClosed(f"no welcome within {WELCOME_TIMEOUT_S:.0f}s")
         if not first.HasField("welcome"):
             raise LinkClosed(f"expected welcome, got {first.WhichOneof('message')}")
         welcome = first.welcome
@@ -159,8 +171,12 @@ class Agent:
         spool.ack(welcome.last_seq)
         state.last_acked_seq = max(state.last_acked_seq, welcome.last_seq)
         state.connected_to = endpoint
-        log.warning("connected to controller %s (%s); %d batches to resend",
-                    endpoint, welcome.controller_id, len(spool.batches))
+        log.warning(
+            "connected to controller %s (%s); %d batches to resend",
+            endpoint,
+            welcome.controller_id,
+            len(spool.batches),
+        )
         interval = max(welcome.heartbeat_interval_ms, 500) / 1000
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_batches, session, welcome.last_seq + 1)
@@ -187,14 +203,18 @@ class Agent:
             await trio.sleep(interval)
             now = Timestamp()
             now.GetCurrentTime()
-            session.send(agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(
-                time=now,
-                spooled_batches=len(state.spool.batches),
-                dropped_records=counters.dropped,
-                malformed_records=counters.malformed,
-                dropped_batches=counters.dropped_batches,
-                active_workloads=state.workloads.active,
-            )))
+            session.send(
+                agent_pb2.ConnectRequest(
+                    heartbeat=agent_pb2.Heartbeat(
+                        time=now,
+                        spooled_batches=len(state.spool.batches),
+                        dropped_records=counters.dropped,
+                        malformed_records=counters.malformed,
+                        dropped_batches=counters.dropped_batches,
+                        active_workloads=state.workloads.active,
+                    )
+                )
+            )
 
     async def _handle_response(self, session: LinkSession, response: agent_pb2.ConnectResponse) -> None:
         which = response.WhichOneof("message")
@@ -206,14 +226,21 @@ class Agent:
             # Evaluation is central: the agent keeps the revision it runs under (enforcement of
             # block actions arrives with the enforcement work) and acknowledges it.
             self.state.applied_revision = update.revision
-            session.send(agent_pb2.ConnectRequest(policy_applied=agent_pb2.PolicyApplied(revision=update.revision)))
+            session.send(
+                agent_pb2.ConnectRequest(policy_applied=agent_pb2.PolicyApplied(revision=update.revision))
+            )
             log.info("applied policy revision %d (%d policies)", update.revision, len(update.policies))
 
 
+def _leaves(group: BaseExceptionGroup[LinkClosed]) -> list[BaseException]:
+    """The exceptions inside a (possibly nested) exception group."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 def run_agent(config: AgentConfig) -> None:
     """Run the agent in the calling thread until SIGINT/SIGTERM. Raises ConfigError on bad settings."""
     agent = Agent(config)
     trio.run(agent.run)
-

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from telltale.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 MAX_RECORD = 4096
+MAX_TRACKED_PIDS = 65536
 DRAIN_LIMIT = 512  # records read per wake-up before yielding to other tasks
 _UCRED = struct.Struct("3i")
 
@@ -42,6 +45,9 @@ class Workloads:
     by_id: dict[str, common_pb2.Workload] = field(default_factory=dict)
     connections: dict[str, int] = field(default_factory=dict)
     by_pid: dict[int, str] = field(default_factory=dict)  # pids with a live connection -> workload id
+    # pid -> the shim's cumulative drop count last seen; per process, not per connection, since a
+    # process that reconnects keeps counting. Bounded: the oldest entries are forgotten.
+    shim_drops: OrderedDict[int, int] = field(default_factory=OrderedDict)
 
     @property
     def active(self) -> int:
@@ -53,7 +59,13 @@ class _Connection:
     peer_pid: int
     workload: common_pb2.Workload | None = None
     processes: dict[int, common_pb2.ProcessInfo] = field(default_factory=dict)
-    shim_drops: dict[int, int] = field(default_factory=dict)  # pid -> cumulative drops reported
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when the peer has hung up (recv returning b"" is otherwise an empty message)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _peer_pid(sock: socket.socket) -> int:
@@ -121,7 +133,10 @@ class Intake:
             except OSError:
                 return False
             if not data:
-                return False
+                if _peer_closed(sock):
+                    return False
+                self._counters.count_malformed()  # an empty message, not the end of the stream
+                continue
             self._handle(data, conn)
         return True
 
@@ -133,8 +148,12 @@ class Intake:
             log.debug("dropped malformed record from pid %d: %s", conn.peer_pid, exc)
             return
         self._counters.records += 1
+        if record.kind == RecordKind.PROC_START and record.seq == 1:
+            # The first record of a new image or fork child: its drop count starts from zero. A
+            # start record on a later connection of the same process carries a higher seq.
+            self._workloads.shim_drops.pop(record.pid, None)
         if record.dropped:
-            self._count_shim_drops(conn, record.pid, record.dropped)
+            self._count_shim_drops(record.pid, record.dropped)
         if record.kind == RecordKind.PROC_START:
             self._start(record.workload or "", conn)
             process = common_pb2.ProcessInfo()
@@ -175,9 +194,13 @@ class Intake:
             return
         self._attach(conn, self._workloads.by_id.setdefault(decoded.id, decoded))
 
-    def _count_shim_drops(self, conn: _Connection, pid: int, cumulative: int) -> None:
-        """The shim reports its drops cumulatively; count only the increase."""
-        previous = conn.shim_drops.get(pid, 0)
+    def _count_shim_drops(self, pid: int, cumulative: int) -> None:
+        """The shim reports its drops cumulatively per process; count only the increase."""
+        seen = self._workloads.shim_drops
+        previous = seen.get(pid, 0)
         if cumulative > previous:
             self._counters.count_dropped(cumulative - previous)
-            conn.shim_drops[pid] = cumulative
+            seen[pid] = cumulative
+            seen.move_to_end(pid)
+            if len(seen) > MAX_TRACKED_PIDS:
+                seen.popitem(last=False)

@@ -38,8 +38,14 @@ def build_environment(
 
 
 def new_workload(
-    application: str, *, component: str = "", version: str = "", environment: str = "",
-    policy: str = "", tags: Mapping[str, str] | None = None, command: Sequence[str] = (),
+    application: str,
+    *,
+    component: str = "",
+    version: str = "",
+    environment: str = "",
+    policy: str = "",
+    tags: Mapping[str, str] | None = None,
+    command: Sequence[str] = (),
 ) -> common_pb2.Workload:
     """A workload with a fresh id; raises DescriptorError naming an invalid field."""
     check = workload_descriptor.check_name
@@ -73,8 +79,10 @@ def exec_workload(workload: common_pb2.Workload, command: Sequence[str], socket_
     """Replace this process with `command` under the shim. Exits 127 when the command is not found."""
     env = build_environment(os.environ, workload, socket_path, shim_path())
     if not agent_listening(socket_path):
-        print(f"telltale run: no agent listening on {socket_path}; {command[0]} runs unobserved",
-              file=sys.stderr)
+        print(
+            f"telltale run: no agent listening on {socket_path}; {command[0]} runs unobserved",
+            file=sys.stderr,
+        )
     try:
         os.execvpe(command[0], list(command), env)
     except FileNotFoundError:

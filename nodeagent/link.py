@@ -8,6 +8,7 @@ ends the request iterator with a sentinel rather than abandoning the thread.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -46,8 +47,11 @@ class Connector(Protocol):
 
 
 class _GrpcSession:
-    def __init__(self, requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None],
-                 responses: trio.MemoryReceiveChannel[agent_pb2.ConnectResponse]) -> None:
+    def __init__(
+        self,
+        requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None],
+        responses: trio.MemoryReceiveChannel[agent_pb2.ConnectResponse],
+    ) -> None:
         self._requests = requests
         self._responses = responses
         self.error = "stream closed"
@@ -70,10 +74,13 @@ class GrpcConnector:
 
     @asynccontextmanager
     async def open(self, endpoint: str) -> AsyncIterator[LinkSession]:
-        channel = grpc.insecure_channel(endpoint, options=[
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-        ])
+        channel = grpc.insecure_channel(
+            endpoint,
+            options=[
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ],
+        )
         requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None] = queue.SimpleQueue()
 
         def request_iter() -> Iterator[agent_pb2.ConnectRequest]:
@@ -86,7 +93,9 @@ class GrpcConnector:
             )
         except grpc.FutureTimeoutError:
             channel.close()
-            raise LinkClosed(f"controller {endpoint} not reachable within {self._connect_timeout:.0f}s") from None
+            raise LinkClosed(
+                f"controller {endpoint} not reachable within {self._connect_timeout:.0f}s"
+            ) from None
         call = agent_pb2_grpc.AgentServiceStub(channel).Connect(request_iter())
         send_channel, receive_channel = trio.open_memory_channel[agent_pb2.ConnectResponse](RESPONSE_BUFFER)
         session = _GrpcSession(requests, receive_channel)
@@ -101,10 +110,8 @@ class GrpcConnector:
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
                 pass
             finally:
-                try:
+                with contextlib.suppress(trio.RunFinishedError):
                     trio.from_thread.run_sync(send_channel.close, trio_token=token)
-                except trio.RunFinishedError:
-                    pass
 
         try:
             async with trio.open_nursery() as nursery:
@@ -113,7 +120,7 @@ class GrpcConnector:
                     yield session
                 finally:
                     requests.put(None)
-                    call.cancel()
+                    call.cancel()  # type: ignore[no-untyped-call]
                     receive_channel.close()
         finally:
             channel.close()

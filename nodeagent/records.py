@@ -9,10 +9,11 @@ Byte strings are decoded as UTF-8 with ``backslashreplace``, so every text field
 from __future__ import annotations
 
 import enum
-import ipaddress
+import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 __all__ = [
     "HEADER_SIZE",
@@ -120,7 +121,8 @@ class SockAddr:
     """A socket address as the program gave it.
 
     family: "inet", "inet6", "unix" or "other:N". address: dotted or compressed IP (with "%scope"
-    for a scoped IPv6 address), a unix path ("@name" for the abstract namespace, "" when unnamed),
+    for a scoped IPv6 address), a unix path ("@name" for the abstract namespace, any NUL in the
+    name shown as "@"; "" when unnamed),
     the remaining bytes in hex for other families, or "" when the bytes are too short for their
     family. port: the port for inet/inet6 (None when too short), else None. raw: the bytes.
     """
@@ -160,27 +162,13 @@ class Record:
 
 _KINDS: Final[dict[int, RecordKind]] = {k.value: k for k in RecordKind}
 _VARIANTS: Final[dict[int, ExecVariant]] = {v.value: v for v in ExecVariant}
-_LAST_TAG: Final = max(FieldTag)
+# RecordFlag(n) costs about a microsecond; the known combinations are looked up instead.
+_FLAG_VALUES: Final = tuple(RecordFlag(i) for i in range(16))
 
 
-def _text(body: memoryview) -> str:
-    return str(body, "utf-8", "backslashreplace")
-
-
-def _argv(body: memoryview) -> tuple[str, ...]:
-    """Each argument is followed by a NUL; a cut-off last argument has none."""
-    if not body:
-        return ()
-    parts = bytes(body).split(b"\0")
-    if not parts[-1]:
-        parts.pop()
-    return tuple(p.decode("utf-8", "backslashreplace") for p in parts)
-
-
-def _sized(body: memoryview, size: int, tag: FieldTag) -> memoryview:
-    if len(body) != size:
-        raise RecordError("bad_field", f"field {tag.name} has {len(body)} bytes, expected {size}")
-    return body
+def _sized(tag: FieldTag, flen: int, size: int) -> None:
+    if flen != size:
+        raise RecordError("bad_field", f"field {tag.name} has {flen} bytes, expected {size}")
 
 
 def decode_sockaddr(raw: bytes) -> SockAddr:
@@ -192,12 +180,12 @@ def decode_sockaddr(raw: bytes) -> SockAddr:
         if len(raw) < 8:
             return SockAddr("inet", "", None, raw)
         (port,) = _U16_BE.unpack_from(raw, 2)
-        return SockAddr("inet", str(ipaddress.IPv4Address(raw[4:8])), port, raw)
+        return SockAddr("inet", socket.inet_ntop(socket.AF_INET, raw[4:8]), port, raw)
     if family == _AF_INET6:
         if len(raw) < 24:
             return SockAddr("inet6", "", None, raw)
         (port,) = _U16_BE.unpack_from(raw, 2)
-        address = ipaddress.IPv6Address(raw[8:24]).compressed
+        address = socket.inet_ntop(socket.AF_INET6, raw[8:24])
         if len(raw) >= 28:
             (scope,) = _U32.unpack_from(raw, 24)
             if scope:
@@ -205,31 +193,28 @@ def decode_sockaddr(raw: bytes) -> SockAddr:
         return SockAddr("inet6", address, port, raw)
     if family == _AF_UNIX:
         name = raw[2:]
-        if name[:1] == b"\0":
-            return SockAddr("unix", "@" + name[1:].decode("utf-8", "backslashreplace"), None, raw)
+        if name[:1] == b"\0":  # abstract: length-delimited, NULs shown as "@" (as ss does)
+            return SockAddr("unix", name.replace(b"\0", b"@").decode("utf-8", "backslashreplace"), None, raw)
         return SockAddr("unix", name.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), None, raw)
     return SockAddr(f"other:{family}", raw[2:].hex(), None, raw)
 
 
-class _Fields:
-    """The optional fields of a record being decoded."""
+class _RecordBuilder:
+    """A mutable twin of Record, with the same slots in the same order.
 
-    __slots__ = (
-        "argv",
-        "backlog",
-        "child_pid",
-        "creds",
-        "cwd",
-        "exe",
-        "path",
-        "result",
-        "sockaddr",
-        "sockinfo",
-        "variant",
-        "workload",
-    )
+    A frozen dataclass sets each field through object.__setattr__, which makes constructing a
+    21-field Record cost about ten times as much as a plain class. The decoder fills a builder
+    and then turns it into a Record by assigning __class__, which CPython allows between classes of
+    identical layout; the result is an ordinary frozen Record (tests compare it with one built
+    normally).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = Record.__slots__
+
+    def __init__(self, kind: RecordKind, flags: RecordFlag) -> None:
+        self.kind = kind
+        self.flags = flags
+        self.pid = self.ppid = self.tid = self.count = self.time_ns = self.dropped = self.seq = 0
         self.exe: str | None = None
         self.argv: tuple[str, ...] | None = None
         self.cwd: str | None = None
@@ -243,40 +228,105 @@ class _Fields:
         self.workload: str | None = None
         self.child_pid: int | None = None
 
+    def build(self) -> Record:
+        self.__class__ = Record  # type: ignore[assignment]
+        return cast(Record, self)
 
-def _parse_field(fields: _Fields, tag: int, body: memoryview) -> None:
-    """Stores the value of one known field; raises RecordError("bad_field")."""
-    if tag == FieldTag.SOCKADDR:
-        fields.sockaddr = decode_sockaddr(bytes(body))
-    elif tag == FieldTag.RESULT:
-        r0, r1 = _I32X2.unpack(_sized(body, 8, FieldTag.RESULT))
-        fields.result = (r0, r1)
-    elif tag == FieldTag.SOCKINFO:
-        s0, s1, s2 = _I32X3.unpack(_sized(body, 12, FieldTag.SOCKINFO))
-        fields.sockinfo = (s0, s1, s2)
-    elif tag == FieldTag.ARGV:
-        fields.argv = _argv(body)
-    elif tag == FieldTag.PATH:
-        fields.path = _text(body)
-    elif tag == FieldTag.VARIANT:
-        (value,) = _U8.unpack(_sized(body, 1, FieldTag.VARIANT))
-        variant = _VARIANTS.get(value)
-        if variant is None:
-            raise RecordError("bad_field", f"unknown exec variant {value}")
-        fields.variant = variant
-    elif tag == FieldTag.BACKLOG:
-        (fields.backlog,) = _I32.unpack(_sized(body, 4, FieldTag.BACKLOG))
-    elif tag == FieldTag.CHILD_PID:
-        (fields.child_pid,) = _U32.unpack(_sized(body, 4, FieldTag.CHILD_PID))
-    elif tag == FieldTag.EXE:
-        fields.exe = _text(body)
-    elif tag == FieldTag.CWD:
-        fields.cwd = _text(body)
-    elif tag == FieldTag.CREDS:
-        c = _U32X6.unpack(_sized(body, 24, FieldTag.CREDS))
-        fields.creds = (c[0], c[1], c[2], c[3], c[4], c[5])
-    else:  # WORKLOAD
-        fields.workload = _text(body)
+
+# One parser per known tag: (builder, message, offset of the body, body length) -> None.
+# Each checks the body's size and stores the value; RecordError("bad_field") on a bad body.
+_Parser = Callable[[_RecordBuilder, memoryview, int, int], None]
+
+
+def _exe(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.exe = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _argv(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    """Each argument is followed by a NUL; a cut-off last argument has none."""
+    parts = bytes(mv[off : off + flen]).split(b"\0")
+    if not parts[-1]:
+        parts.pop()
+    r.argv = tuple([p.decode("utf-8", "backslashreplace") for p in parts])
+
+
+def _cwd(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.cwd = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _creds(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.CREDS, flen, 24)
+    c = _U32X6.unpack_from(mv, off)
+    r.creds = (c[0], c[1], c[2], c[3], c[4], c[5])
+
+
+def _sockaddr(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    raw = bytes(mv[off : off + flen])
+    addr = _SOCKADDR_CACHE.get(raw)
+    if addr is None:
+        addr = decode_sockaddr(raw)
+        if len(_SOCKADDR_CACHE) >= _SOCKADDR_CACHE_SIZE:
+            _SOCKADDR_CACHE.clear()
+        _SOCKADDR_CACHE[raw] = addr
+    r.sockaddr = addr
+
+
+def _result(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.RESULT, flen, 8)
+    value, err = _I32X2.unpack_from(mv, off)
+    r.result = (value, err)
+
+
+def _sockinfo(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.SOCKINFO, flen, 12)
+    domain, type_, protocol = _I32X3.unpack_from(mv, off)
+    r.sockinfo = (domain, type_, protocol)
+
+
+def _backlog(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.BACKLOG, flen, 4)
+    (r.backlog,) = _I32.unpack_from(mv, off)
+
+
+def _path(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.path = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _variant(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.VARIANT, flen, 1)
+    variant = _VARIANTS.get(mv[off])
+    if variant is None:
+        raise RecordError("bad_field", f"unknown exec variant {mv[off]}")
+    r.variant = variant
+
+
+def _workload(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.workload = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _child_pid(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.CHILD_PID, flen, 4)
+    (r.child_pid,) = _U32.unpack_from(mv, off)
+
+
+_PARSERS: Final[dict[int, _Parser]] = {
+    FieldTag.EXE: _exe,
+    FieldTag.ARGV: _argv,
+    FieldTag.CWD: _cwd,
+    FieldTag.CREDS: _creds,
+    FieldTag.SOCKADDR: _sockaddr,
+    FieldTag.RESULT: _result,
+    FieldTag.SOCKINFO: _sockinfo,
+    FieldTag.BACKLOG: _backlog,
+    FieldTag.PATH: _path,
+    FieldTag.VARIANT: _variant,
+    FieldTag.WORKLOAD: _workload,
+    FieldTag.CHILD_PID: _child_pid,
+}
+# Decoded addresses, shared (SockAddr is immutable): REPEAT summaries and busy services send the
+# same few addresses over and over.
+_SOCKADDR_CACHE: Final[dict[bytes, SockAddr]] = {}
+_SOCKADDR_CACHE_SIZE: Final = 4096
 
 
 def decode(buf: bytes | bytearray | memoryview) -> Record:
@@ -288,11 +338,10 @@ def decode(buf: bytes | bytearray | memoryview) -> Record:
     value, or a known field given twice. Unknown field tags are skipped; unknown flag bits kept.
     """
     mv = memoryview(buf)
-    if mv.ndim != 1 or mv.format != "B":
-        try:
-            mv = mv.cast("B")
-        except TypeError as exc:  # non-contiguous buffers
-            raise RecordError("short", f"unusable buffer: {exc}") from None
+    if not mv.c_contiguous:
+        mv = memoryview(mv.tobytes())
+    elif mv.ndim != 1 or mv.format != "B":
+        mv = mv.cast("B")
     n = len(mv)
     if n < HEADER_SIZE:
         raise RecordError("short", f"{n} bytes, a header takes {HEADER_SIZE}")
@@ -311,10 +360,18 @@ def decode(buf: bytes | bytearray | memoryview) -> Record:
     if length != n:
         raise RecordError("length_mismatch", f"header says {length} bytes, message has {n}")
 
-    fields = _Fields()
+    fields = _RecordBuilder(record_kind, _FLAG_VALUES[flags] if flags < 16 else RecordFlag(flags))
+    fields.pid = pid
+    fields.ppid = ppid
+    fields.tid = tid
+    fields.count = count
+    fields.time_ns = time_ns
+    fields.dropped = dropped
+    fields.seq = seq
     seen = 0
     off = HEADER_SIZE
     unpack_field = _FIELD.unpack_from
+    parsers = _PARSERS
     while off < n:
         if n - off < 4:
             raise RecordError("field_overrun", f"{n - off} stray bytes at offset {off}")
@@ -323,34 +380,12 @@ def decode(buf: bytes | bytearray | memoryview) -> Record:
         end = off + flen
         if end > n:
             raise RecordError("field_overrun", f"field {tag} claims {flen} bytes, {n - off} remain")
-        if 1 <= tag <= _LAST_TAG:
+        parse = parsers.get(tag)
+        if parse is not None:
             bit = 1 << tag
             if seen & bit:
                 raise RecordError("duplicate_field", f"field {FieldTag(tag).name} appears twice")
             seen |= bit
-            _parse_field(fields, tag, mv[off:end])
+            parse(fields, mv, off, flen)
         off = end
-
-    return Record(
-        record_kind,
-        RecordFlag(flags),
-        pid,
-        ppid,
-        tid,
-        count,
-        time_ns,
-        dropped,
-        seq,
-        fields.exe,
-        fields.argv,
-        fields.cwd,
-        fields.creds,
-        fields.sockaddr,
-        fields.result,
-        fields.sockinfo,
-        fields.backlog,
-        fields.path,
-        fields.variant,
-        fields.workload,
-        fields.child_pid,
-    )
+    return fields.build()

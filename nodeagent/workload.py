@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from telltale.v1 import common_pb2
 
 MAX_DESCRIPTOR = 512
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class DescriptorError(ValueError):
@@ -29,7 +29,7 @@ def check_name(value: str, what: str, *, required: bool = False) -> str:
         if required:
             raise DescriptorError(f"{what} is required")
         return value
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise DescriptorError(
             f"{what} {value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
@@ -39,8 +39,12 @@ def check_name(value: str, what: str, *, required: bool = False) -> str:
 def encode(workload: common_pb2.Workload) -> str:
     """The descriptor string for a workload; raises DescriptorError when it would be too long."""
     pairs = [("id", workload.id), ("app", workload.application)]
-    for key, value in (("component", workload.component), ("version", workload.version),
-                       ("env", workload.environment), ("policy", workload.policy_override)):
+    for key, value in (
+        ("component", workload.component),
+        ("version", workload.version),
+        ("env", workload.environment),
+        ("policy", workload.policy_override),
+    ):
         if value:
             pairs.append((key, value))
     pairs.extend(("tag", f"{k}={v}") for k, v in sorted(workload.tags.items()))

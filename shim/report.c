@@ -3,12 +3,13 @@
  * - Connected lazily at the first record, non-blocking and close-on-exec, and moved to a high
  *   descriptor number (≥ 900) so it does not take a number the program expects to get.
  * - Before each send the descriptor is checked with fstat against the socket we opened (device and
- *   inode): a program that closed or reused that number keeps its file untouched, and we
- *   reconnect on a new number instead.
+ *   inode): if the program closed or reused that number, whatever it put there is left
+ *   untouched, and we reconnect on a new number instead.
  * - Sends never block (MSG_DONTWAIT) nor raise SIGPIPE (MSG_NOSIGNAL). A record that cannot be
  *   delivered is dropped and counted; the count travels in the header of later records.
  * - Connection attempts happen at most once a second, except one immediate attempt after a
- *   working connection was lost.
+ *   working connection was lost. The first record on a new connection is the process's PROC_START
+ *   if that was never delivered.
  * - The descriptor number we own is never freed while the process runs: a dead connection is
  *   replaced in place with dup3, so a concurrent sender can never hit a number the program has
  *   just been given.
@@ -157,27 +158,43 @@ static uint64_t reconnect(void)
     return c;
 }
 
-/* The current connection if it is usable, else a new one if an attempt is allowed; 0 if none. */
-static uint64_t usable_conn(void)
+/* The current connection if it is usable, else a new one if an attempt is allowed (then *fresh
+ * is set); 0 if none. */
+static uint64_t usable_conn(int *fresh)
 {
     uint64_t c = __atomic_load_n(&conn, __ATOMIC_ACQUIRE);
+    *fresh = 0;
     if (c != 0 && !(c & CONN_DEAD)) {
         if (SHIM_LIKELY(still_ours(c)))
             return c;
         conn_lost(c, 1); /* closed or reused by the program: never touch that number again */
     }
-    return reconnect();
+    c = reconnect();
+    *fresh = c != 0;
+    return c;
 }
 
-int report_send(uint8_t *buf, size_t len)
+static void stamp(uint8_t *buf, size_t len)
 {
     rec_set_u16(buf, HDR_LENGTH, (uint16_t)len);
     rec_set_u32(buf, HDR_SEQ, __atomic_add_fetch(&seq_counter, 1, __ATOMIC_RELAXED));
     rec_set_u32(buf, HDR_DROPPED, __atomic_load_n(&dropped_counter, __ATOMIC_RELAXED));
+}
+
+int report_send(uint8_t *buf, size_t len)
+{
+    int stamped = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
-        uint64_t c = usable_conn();
+        int fresh;
+        uint64_t c = usable_conn(&fresh);
         if (c == 0)
             break;
+        if (fresh && buf[HDR_KIND] != KIND_PROC_START)
+            shim_start_on_new_connection(); /* goes first, with its own seq */
+        if (!stamped) {
+            stamp(buf, len);
+            stamped = 1;
+        }
         ssize_t n = send(conn_fd(c), buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n == (ssize_t)len)
             return 0;
@@ -186,6 +203,8 @@ int report_send(uint8_t *buf, size_t len)
             break; /* the agent is slow: drop this one, keep the connection */
         conn_lost(c, 0);
     }
+    if (!stamped)
+        stamp(buf, len);
     __atomic_add_fetch(&dropped_counter, 1, __ATOMIC_RELAXED);
     return -1;
 }

@@ -27,7 +27,11 @@ static char workload[WORKLOAD_MAX];
 static size_t workload_len;
 static int workload_set;
 static int workload_cut;
-static int start_pending; /* atomic: a fork child owes its FORKED PROC_START */
+/* PROC_START of this process: owed (a fork child sends it lazily), attempted but not delivered
+ * (re-sent first on the next new connection), or delivered. */
+enum { START_OWED = 0, START_UNDELIVERED = 1, START_DELIVERED = 2 };
+static int start_state = START_DELIVERED; /* atomic */
+static unsigned start_flags;              /* 0, or FLAG_FORKED in a fork child */
 
 int shim_resolve(void **slot, const char *name)
 {
@@ -76,14 +80,14 @@ static void put_cmdline(struct rec *r)
     r->len += 4 + n;
 }
 
-void shim_send_proc_start(unsigned flags)
+static void send_proc_start(void)
 {
     uint8_t buf[REC_MAX];
     char path[PATH_FIELD_MAX + 1];
     struct rec r;
     rec_begin(&r, buf, sizeof buf, KIND_PROC_START,
               __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED));
-    rec_add_flags(&r, flags);
+    rec_add_flags(&r, start_flags);
 
     uid_t ru, eu, su;
     gid_t rg, eg, sg;
@@ -104,14 +108,24 @@ void shim_send_proc_start(unsigned flags)
     else if (errno == ERANGE)
         rec_add_flags(&r, FLAG_TRUNCATED);
     put_cmdline(&r); /* last: it takes whatever room is left */
-    report_send(buf, r.len);
+    __atomic_store_n(&start_state, START_UNDELIVERED, __ATOMIC_RELAXED);
+    if (report_send(buf, r.len) == 0)
+        __atomic_store_n(&start_state, START_DELIVERED, __ATOMIC_RELAXED);
 }
 
 void shim_before_record(void)
 {
-    if (SHIM_UNLIKELY(__atomic_load_n(&start_pending, __ATOMIC_RELAXED)) &&
-        __atomic_exchange_n(&start_pending, 0, __ATOMIC_ACQ_REL))
-        shim_send_proc_start(FLAG_FORKED);
+    int owed = START_OWED;
+    if (SHIM_UNLIKELY(__atomic_load_n(&start_state, __ATOMIC_RELAXED) == START_OWED) &&
+        __atomic_compare_exchange_n(&start_state, &owed, START_UNDELIVERED, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_RELAXED))
+        send_proc_start();
+}
+
+void shim_start_on_new_connection(void)
+{
+    if (__atomic_load_n(&start_state, __ATOMIC_RELAXED) == START_UNDELIVERED)
+        send_proc_start();
 }
 
 /* Runs in the child after fork(): the child is a new process with its own dedup table,
@@ -124,7 +138,8 @@ static void atfork_child(void)
     __atomic_store_n(&shim_cached_pid, (int)getpid(), __ATOMIC_RELAXED);
     report_reset_child();
     dedup_reset();
-    __atomic_store_n(&start_pending, 1, __ATOMIC_RELEASE);
+    start_flags = FLAG_FORKED;
+    __atomic_store_n(&start_state, START_OWED, __ATOMIC_RELEASE);
     errno = saved;
 }
 
@@ -164,7 +179,7 @@ int shim_init_lazy(void)
     shim_busy = 1;
     configure();
     if (shim_active)
-        shim_send_proc_start(0); /* before any other record: it is seq 1 */
+        send_proc_start(); /* before any other record: it is seq 1 */
     __atomic_store_n(&shim_init_state, INIT_DONE, __ATOMIC_RELEASE);
     shim_busy = 0;
     pthread_setcancelstate(cancel, NULL);

@@ -11,6 +11,9 @@
  * drop glibc's nonnull annotations, which would let the compiler assume them away. This header is
  * included first by every source file, before any system header. */
 #define __attribute_nonnull__(params)
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* execvpe, execveat, gettid, getresuid, dup3, environ */
+#endif
 
 #include <errno.h>
 #include <stddef.h>
@@ -176,12 +179,14 @@ static inline int shim_foreign_process(int *pid_out)
     return pid != __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED);
 }
 
-/* Sends the PROC_START record for this process (flags: 0 or FLAG_FORKED). */
-void shim_send_proc_start(unsigned flags);
 
 /* Called before any record of this process is sent: a fork child first sends its FORKED
  * PROC_START. */
 void shim_before_record(void);
+
+/* Called by the transport when a new connection is up, before its first record: re-sends the
+ * PROC_START if it was attempted but never delivered. */
+void shim_start_on_new_connection(void);
 
 /* Monotonic coarse clock in nanoseconds (vDSO, a few ns). */
 uint64_t shim_mono_ns(void);

@@ -48,8 +48,14 @@ def _healthy(address: str) -> bool:
 class LocalCluster:
     """Controller + agent under `workdir`; use as a context manager."""
 
-    def __init__(self, workdir: Path, *, etcd_endpoint: str = "", etcd_prefix: str = "/telltale/v1/",
-                 log_level: str = "info") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        etcd_endpoint: str = "",
+        etcd_prefix: str = "/telltale/v1/",
+        log_level: str = "info",
+    ) -> None:
         self.workdir = workdir
         self.etcd_endpoint = etcd_endpoint
         self.etcd_prefix = etcd_prefix
@@ -68,7 +74,10 @@ class LocalCluster:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 self.telltale_cmd("--log-level", self.log_level, *args),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.processes[name] = process
         return process
@@ -95,8 +104,16 @@ class LocalCluster:
 
     def start_controller(self, timeout: float = 60.0) -> None:
         """Start the controller and wait until its health check says SERVING."""
-        args = ["controller", "--plaintext", "--listen", self.api,
-                "--data-dir", str(self.workdir / "controller"), "--etcd-prefix", self.etcd_prefix]
+        args = [
+            "controller",
+            "--plaintext",
+            "--listen",
+            self.api,
+            "--data-dir",
+            str(self.workdir / "controller"),
+            "--etcd-prefix",
+            self.etcd_prefix,
+        ]
         if self.etcd_endpoint:
             args += ["--etcd-endpoints", self.etcd_endpoint]
         self._spawn("controller", args)
@@ -106,8 +123,19 @@ class LocalCluster:
         """Start the agent and wait until its shim socket accepts connections."""
         from telltale.nodeagent.launch import agent_listening
 
-        self._spawn("agent", ["agent", "--plaintext", "--controller", self.api,
-                              "--socket", str(self.socket_path), "--state-dir", str(self.workdir / "agent")])
+        self._spawn(
+            "agent",
+            [
+                "agent",
+                "--plaintext",
+                "--controller",
+                self.api,
+                "--socket",
+                str(self.socket_path),
+                "--state-dir",
+                str(self.workdir / "agent"),
+            ],
+        )
         self._ready("agent", lambda: agent_listening(self.socket_path), timeout)
 
     def stop(self, name: str | None = None, timeout: float = 15.0) -> None:
@@ -128,15 +156,20 @@ class LocalCluster:
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run `telltale ARGS` against this cluster's API and capture its output."""
         env = dict(os.environ, TELLTALE_CONTROLLER=self.api, TELLTALE_PLAINTEXT="1")
-        return subprocess.run(self.telltale_cmd(*args), env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            self.telltale_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
 
-    def run_workload(self, app: str, command: Sequence[str], *extra: str,
-                     timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def run_workload(
+        self, app: str, command: Sequence[str], *extra: str, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run `command` as a workload of `app` under the shim and wait for it."""
         return subprocess.run(
             self.telltale_cmd("run", "--app", app, "--socket", str(self.socket_path), *extra, "--", *command),
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def __enter__(self) -> LocalCluster:
@@ -149,6 +182,7 @@ class LocalCluster:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -8,21 +8,37 @@ from telltale.cli.client import api_channel
 from telltale.cli.format import ALERT_HEADERS, alert_row, priority, table, to_json
 from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2, policy_pb2, policy_pb2_grpc
 
-_STATES = {s: getattr(alert_pb2, f"ALERT_STATE_{s.upper().replace('-', '_')}")
-           for s in ("open", "acknowledged", "not-an-issue", "suppressed")}
-_CHANGE = {alert_pb2.ALERT_CHANGE_KIND_CREATED: "new", alert_pb2.ALERT_CHANGE_KIND_UPDATED: "updated",
-           alert_pb2.ALERT_CHANGE_KIND_DELETED: "deleted"}
+_STATES = {
+    s: getattr(alert_pb2, f"ALERT_STATE_{s.upper().replace('-', '_')}")
+    for s in ("open", "acknowledged", "not-an-issue", "suppressed")
+}
+_CHANGE = {
+    alert_pb2.ALERT_CHANGE_KIND_CREATED: "new",
+    alert_pb2.ALERT_CHANGE_KIND_UPDATED: "updated",
+    alert_pb2.ALERT_CHANGE_KIND_DELETED: "deleted",
+}
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """The alert filter flags shared by list and watch."""
-    parser.add_argument("--priority", action="append", choices=["P1", "P2", "P3", "P4"], default=[],
-                        help="only this priority (repeatable)")
+    parser.add_argument(
+        "--priority",
+        action="append",
+        choices=["P1", "P2", "P3", "P4"],
+        default=[],
+        help="only this priority (repeatable)",
+    )
     parser.add_argument("--app", action="append", default=[], help="only this application (repeatable)")
-    parser.add_argument("--type", action="append", default=[], dest="types",
-                        help="only this alert type id (repeatable)")
-    parser.add_argument("--state", action="append", choices=sorted(_STATES), default=[],
-                        help="only alerts in this state (repeatable)")
+    parser.add_argument(
+        "--type", action="append", default=[], dest="types", help="only this alert type id (repeatable)"
+    )
+    parser.add_argument(
+        "--state",
+        action="append",
+        choices=sorted(_STATES),
+        default=[],
+        help="only alerts in this state (repeatable)",
+    )
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
 
 
@@ -63,7 +79,8 @@ def watch_alerts(args: argparse.Namespace) -> int:
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = alert_pb2_grpc.AlertServiceStub(channel)
         request = alert_pb2.WatchAlertsRequest(
-            filter=_filter(args), send_existing=args.existing, after_revision=args.after)
+            filter=_filter(args), send_existing=args.existing, after_revision=args.after
+        )
         stream = stub.WatchAlerts(request)
         try:
             for change in stream:
@@ -71,15 +88,18 @@ def watch_alerts(args: argparse.Namespace) -> int:
                     print(to_json(change), flush=True)
                 else:
                     a = change.alert
-                    print(f"{_CHANGE.get(change.kind, '?'):8} {priority(a.priority)} {a.alert_type:34} "
-                          f"{a.summary or a.fingerprint} (x{a.occurrences})  @{change.revision}", flush=True)
+                    print(
+                        f"{_CHANGE.get(change.kind, '?'):8} {priority(a.priority)} {a.alert_type:34} "
+                        f"{a.summary or a.fingerprint} (x{a.occurrences})  @{change.revision}",
+                        flush=True,
+                    )
                 seen += 1
                 if args.count and seen >= args.count:
                     break
         except KeyboardInterrupt:
             pass
         finally:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]
     return 0
 
 
@@ -92,7 +112,14 @@ def list_catalog(args: argparse.Namespace) -> int:
         for t in types:
             print(to_json(t))
         return 0
-    rows = [[t.id, common_pb2.Category.Name(t.category).removeprefix("CATEGORY_").lower(),
-             priority(t.default_priority), t.title] for t in types]
+    rows = [
+        [
+            t.id,
+            common_pb2.Category.Name(t.category).removeprefix("CATEGORY_").lower(),
+            priority(t.default_priority),
+            t.title,
+        ]
+        for t in types
+    ]
     print(table(("ID", "CATEGORY", "DEFAULT", "TITLE"), rows))
     return 0

@@ -38,15 +38,28 @@ def when(ts: Timestamp) -> str:
 
 def priority(value: int) -> str:
     """'P1'…'P4'."""
-    return common_pb2.Priority.Name(value).removeprefix("PRIORITY_") if value else "-"
+    if not value:
+        return "-"
+    return common_pb2.Priority.Name(common_pb2.Priority.ValueType(value)).removeprefix("PRIORITY_")
 
 
 def state(value: int) -> str:
     """'open', 'acknowledged', …"""
-    return alert_pb2.AlertState.Name(value).removeprefix("ALERT_STATE_").lower().replace("_", " ")
+    name = alert_pb2.AlertState.Name(alert_pb2.AlertState.ValueType(value))
+    return name.removeprefix("ALERT_STATE_").lower().replace("_", " ")
 
 
-ALERT_HEADERS = ("PRI", "TYPE", "APPLICATION", "SUBJECT", "COUNT", "NODES", "LAST SEEN", "STATE", "FINGERPRINT")
+ALERT_HEADERS = (
+    "PRI",
+    "TYPE",
+    "APPLICATION",
+    "SUBJECT",
+    "COUNT",
+    "NODES",
+    "LAST SEEN",
+    "STATE",
+    "FINGERPRINT",
+)
 
 
 def alert_row(alert: alert_pb2.Alert) -> list[str]:

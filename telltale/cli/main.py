@@ -24,11 +24,20 @@ Typical local use (plaintext on loopback):
 
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--controller", default=default_controller(),
-                        help="controller API address HOST:PORT (default: $TELLTALE_CONTROLLER or %(default)s)")
-    parser.add_argument("--plaintext", action="store_true", default=plaintext_from_env(),
-                        help="no TLS: only for a controller on loopback ($TELLTALE_PLAINTEXT=1)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)")
+    parser.add_argument(
+        "--controller",
+        default=default_controller(),
+        help="controller API address HOST:PORT (default: $TELLTALE_CONTROLLER or %(default)s)",
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=plaintext_from_env(),
+        help="no TLS: only for a controller on loopback ($TELLTALE_PLAINTEXT=1)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)"
+    )
 
 
 def _controller(args: argparse.Namespace) -> int:
@@ -79,8 +88,15 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError(f"--tag {tag!r}: use KEY=VALUE", code=2)
         tags[key] = value
     try:
-        workload = new_workload(args.app, component=args.component, version=args.version,
-                                environment=args.env, policy=args.policy, tags=tags, command=command)
+        workload = new_workload(
+            args.app,
+            component=args.component,
+            version=args.version,
+            environment=args.env,
+            policy=args.policy,
+            tags=tags,
+            command=command,
+        )
         exec_workload(workload, command, Path(args.socket))
     except DescriptorError as exc:
         raise CliError(str(exc), code=2) from None
@@ -95,39 +111,75 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface."""
     parser = argparse.ArgumentParser(
-        prog="telltale", description="Runtime application security: observe workloads, raise alerts by policy.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="telltale",
+        description="Runtime application security: observe workloads, raise alerts by policy.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"telltale {telltale.__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                        help="daemon log level (default %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="daemon log level (default %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", help="run the local demo: etcd, controller, agent and a workload that raises alerts")
+    _add_daemon_commands(sub)
+    _add_api_commands(sub)
+    return parser
+
+
+def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """demo, controller, agent and run."""
+    p = sub.add_parser(
+        "demo", help="run the local demo: etcd, controller, agent and a workload that raises alerts"
+    )
     p.add_argument("--workdir", default="", help="keep data and logs here (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="do not delete the working directory at the end")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("controller", help="run a controller (API, agent streams, evaluation)")
     p.add_argument("--listen", default="127.0.0.1:7443", help="address to serve on (default %(default)s)")
-    p.add_argument("--data-dir", default="/var/lib/telltale/controller",
-                   help="state directory; holds the embedded etcd (default %(default)s)")
-    p.add_argument("--etcd-endpoints", action="append", default=[], metavar="HOST:PORT[,…]",
-                   help="use this etcd cluster instead of an embedded one")
+    p.add_argument(
+        "--data-dir",
+        default="/var/lib/telltale/controller",
+        help="state directory; holds the embedded etcd (default %(default)s)",
+    )
+    p.add_argument(
+        "--etcd-endpoints",
+        action="append",
+        default=[],
+        metavar="HOST:PORT[,…]",
+        help="use this etcd cluster instead of an embedded one",
+    )
     p.add_argument("--etcd-prefix", default="/telltale/v1/", help="key prefix in etcd (default %(default)s)")
     p.add_argument("--plaintext", action="store_true", help="serve without TLS (loopback only)")
     p.set_defaults(func=_controller)
 
     p = sub.add_parser("agent", help="run the node agent (shim intake, controller link)")
-    p.add_argument("--controller", action="append", default=[], metavar="HOST:PORT[,…]",
-                   help="controller address; repeat for failover (default: $TELLTALE_CONTROLLER or 127.0.0.1:7443)")
+    p.add_argument(
+        "--controller",
+        action="append",
+        default=[],
+        metavar="HOST:PORT[,…]",
+        help="controller address; repeat for failover (default: $TELLTALE_CONTROLLER or 127.0.0.1:7443)",
+    )
     p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="shim socket path (default %(default)s)")
     p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="node identity (default %(default)s)")
-    p.add_argument("--plaintext", action="store_true", default=plaintext_from_env(),
-                   help="talk to the controller without TLS (loopback only)")
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=plaintext_from_env(),
+        help="talk to the controller without TLS (loopback only)",
+    )
     p.set_defaults(func=_agent)
 
-    p = sub.add_parser("run", help="run a workload with the shim attached",
-                       usage="telltale run --app NAME [options] -- COMMAND [ARGS…]")
+    p = sub.add_parser(
+        "run",
+        help="run a workload with the shim attached",
+        usage="telltale run --app NAME [options] -- COMMAND [ARGS…]",
+    )
     p.add_argument("--app", required=True, help="application the workload belongs to")
     p.add_argument("--component", default="", help="component of the application")
     p.add_argument("--version", default="", help="version of the component")
@@ -138,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     p.set_defaults(func=_run)
 
+
+def _add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands that talk to a controller's API: alerts, policy, catalog."""
     p = sub.add_parser("alerts", help="list and watch alerts")
     alert_sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
     q = alert_sub.add_parser("list", help="list alerts, most recently seen first")
@@ -174,14 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", choices=["table", "json"], default="table")
     _add_api_options(q)
     q.set_defaults(func=alerts.list_catalog)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except CliError as exc:

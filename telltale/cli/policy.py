@@ -17,15 +17,23 @@ def list_policies(args: argparse.Namespace) -> int:
     """Print the policies, marking the default."""
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         response = policy_pb2_grpc.PolicyServiceStub(channel).ListPolicies(
-            policy_pb2.ListPoliciesRequest(), timeout=args.timeout)
+            policy_pb2.ListPoliciesRequest(), timeout=args.timeout
+        )
     if args.output == "json":
         for p in response.policies:
             print(to_json(p))
         return 0
-    rows = [[p.name + (" (default)" if p.name == response.default_policy else ""),
-             "built-in" if p.builtin else "custom", str(p.revision),
-             str(sum(1 for r in p.rules if r.enabled)), when(p.updated_at), p.description]
-            for p in response.policies]
+    rows = [
+        [
+            p.name + (" (default)" if p.name == response.default_policy else ""),
+            "built-in" if p.builtin else "custom",
+            str(p.revision),
+            str(sum(1 for r in p.rules if r.enabled)),
+            when(p.updated_at),
+            p.description,
+        ]
+        for p in response.policies
+    ]
     print(table(("NAME", "KIND", "REVISION", "RULES ON", "UPDATED", "DESCRIPTION"), rows))
     return 0
 
@@ -34,12 +42,15 @@ def show_policy(args: argparse.Namespace) -> int:
     """Print one policy as its YAML document (or JSON)."""
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         response = policy_pb2_grpc.PolicyServiceStub(channel).GetPolicy(
-            policy_pb2.GetPolicyRequest(name=args.name), timeout=args.timeout)
+            policy_pb2.GetPolicyRequest(name=args.name), timeout=args.timeout
+        )
     if args.output == "json":
         print(to_json(response.policy))
     else:
-        print(f"# revision {response.policy.revision}"
-              + (", built-in (read-only)" if response.policy.builtin else ""))
+        print(
+            f"# revision {response.policy.revision}"
+            + (", built-in (read-only)" if response.policy.builtin else "")
+        )
         sys.stdout.write(response.document)
     return 0
 
@@ -53,13 +64,16 @@ def apply_policy(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
-        violations = stub.ValidatePolicy(policy_pb2.ValidatePolicyRequest(document=document),
-                                         timeout=args.timeout).violations
+        violations = stub.ValidatePolicy(
+            policy_pb2.ValidatePolicyRequest(document=document), timeout=args.timeout
+        ).violations
         if violations:
             lines = "\n".join(f"  {v.field}: {v.description}" for v in violations)
             raise CliError(f"{path} is not a valid policy; nothing was changed:\n{lines}")
         try:
-            created = stub.CreatePolicy(policy_pb2.CreatePolicyRequest(document=document), timeout=args.timeout)
+            created = stub.CreatePolicy(
+                policy_pb2.CreatePolicyRequest(document=document), timeout=args.timeout
+            )
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
@@ -71,8 +85,10 @@ def apply_policy(args: argparse.Namespace) -> int:
         if _normalised(current.document) == _normalised(_render(stub, document, args.timeout)):
             print(f"policy {name!r} unchanged (revision {current.policy.revision})")
             return 0
-        updated = stub.UpdatePolicy(policy_pb2.UpdatePolicyRequest(
-            document=document, expected_revision=current.policy.revision), timeout=args.timeout)
+        updated = stub.UpdatePolicy(
+            policy_pb2.UpdatePolicyRequest(document=document, expected_revision=current.policy.revision),
+            timeout=args.timeout,
+        )
         print(f"policy {name!r} updated to revision {updated.policy.revision}")
     return 0
 

@@ -56,8 +56,16 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False, timeout: float 
                 return 1
             _step("running the sample workload as application 'shop' under the shim")
             with resources.as_file(workload) as path:
-                run = cluster.run_workload("shop", [sys.executable, str(path)], "--component", "checkout",
-                                           "--version", "1.4.2", "--policy", "Demo")
+                run = cluster.run_workload(
+                    "shop",
+                    [sys.executable, str(path)],
+                    "--component",
+                    "checkout",
+                    "--version",
+                    "1.4.2",
+                    "--policy",
+                    "Demo",
+                )
             for line in (run.stdout + run.stderr).strip().splitlines():
                 print(f"    | {line}")
             if run.returncode != 0:
@@ -66,7 +74,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False, timeout: float 
             _step("waiting for the alerts to be evaluated and stored")
             deadline = time.monotonic() + timeout
             seen: set[str] = set()
-            while time.monotonic() < deadline and not EXPECTED_TYPES <= seen:
+            while time.monotonic() < deadline and not seen >= EXPECTED_TYPES:
                 seen = _alert_types(cluster)
                 time.sleep(0.2)
             _step("telltale alerts list")

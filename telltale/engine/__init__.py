@@ -8,6 +8,9 @@ passes the current time. The controller drives it; the parts are:
 - :mod:`~telltale.engine.evaluate`: compiled policies, findings, the choice of a workload's policy;
 - :mod:`~telltale.engine.alerts`: findings folded into deduplicated alerts, alert filters;
 - :mod:`~telltale.engine.builtin`: the built-in policies.
+
+The wire conversions keep their module prefix, since both the catalog and policies have one:
+``catalog.to_proto(spec)``, ``policy.to_proto(policy)``, ``policy.from_proto(message)``.
 """
 
 from telltale.engine.alerts import alert_matches, coalesce, expire_suppression, merge
@@ -16,7 +19,7 @@ from telltale.engine.catalog import CATALOG, AlertTypeSpec, ParamSpec
 from telltale.engine.errors import PolicyValidationError, Violation
 from telltale.engine.evaluate import CompiledPolicy, Finding, PolicySet, fingerprint
 from telltale.engine.model import Policy, Rule, RuleException
-from telltale.engine.policy import from_mapping, from_proto, parse_document, to_document, to_proto, validate
+from telltale.engine.policy import from_mapping, parse_document, to_document, validate
 
 __all__ = [
     "CATALOG",
@@ -36,11 +39,9 @@ __all__ = [
     "expire_suppression",
     "fingerprint",
     "from_mapping",
-    "from_proto",
     "load_builtin_policies",
     "merge",
     "parse_document",
     "to_document",
-    "to_proto",
     "validate",
 ]

@@ -129,28 +129,11 @@ def coalesce(items: Iterable[tuple[Finding, S]]) -> list[tuple[Finding, S]]:
             out.append(group[0])
             continue
         base, sample = min(group, key=lambda item: item[0].time_ns)
-        out.append(
-            (
-                Finding(
-                    fingerprint=base.fingerprint,
-                    alert_type=base.alert_type,
-                    category=base.category,
-                    priority=base.priority,
-                    action=base.action,
-                    title=base.title,
-                    summary=base.summary,
-                    subject=base.subject,
-                    application=base.application,
-                    component=base.component,
-                    policy=base.policy,
-                    policy_revision=base.policy_revision,
-                    count=sum(f.count for f, _ in group),
-                    time_ns=base.time_ns,
-                    last_time_ns=max(f.last_time_ns for f, _ in group),
-                ),
-                sample,
-            )
+        combined = base._replace(
+            count=sum(f.count for f, _ in group),
+            last_time_ns=max(f.last_time_ns for f, _ in group),
         )
+        out.append((combined, sample))
     return out
 
 

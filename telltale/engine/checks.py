@@ -162,10 +162,11 @@ def _blocklisted_destination(params: Mapping[str, ParamValue]) -> Check | None:
     blocked = AddressRanges(_strings(params, "networks"))
     if not blocked:
         return None
+    contains = blocked.contains
 
     def match(event: common_pb2.Event) -> Hit | None:
         address = event.socket.address
-        if address.family not in _INET or address.address not in blocked:
+        if address.family not in _INET or not contains(address.address):
             return None
         text = address.address
         return Hit(text, f"connects to blocklisted address {text}", destination=text)

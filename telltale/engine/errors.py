@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from telltale.v1 import policy_pb2
+
 
 @dataclass(frozen=True, slots=True)
 class Violation:
@@ -22,6 +24,10 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.description}" if self.field else self.description
+
+    def to_proto(self) -> policy_pb2.FieldViolation:
+        """This problem as the FieldViolation message of the API."""
+        return policy_pb2.FieldViolation(field=self.field, description=self.description)
 
 
 class PolicyValidationError(ValueError):
@@ -68,3 +74,10 @@ def type_name(value: object) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     return type(value).__name__
+
+
+def got(value: object) -> str:
+    """Describe a value of the wrong type: its kind, and the value itself when it is short."""
+    if value is None or isinstance(value, dict | list | tuple):
+        return show(value) if value is None else type_name(value)
+    return f"{type_name(value)} {show(value)}"

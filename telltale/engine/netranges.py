@@ -55,8 +55,10 @@ class AddressRanges:
         return any(self._starts.values())
 
     def __contains__(self, text: object) -> bool:
-        if not isinstance(text, str):
-            return False
+        return isinstance(text, str) and self.contains(text)
+
+    def contains(self, text: str) -> bool:
+        """True when the address ``text`` is inside one of the networks; False for a non-address."""
         parsed = parse_address(text)
         if parsed is None:
             return False

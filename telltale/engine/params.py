@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from telltale.engine.errors import Violation, show, type_name
+from telltale.engine.errors import Violation, got, show
 from telltale.v1 import policy_pb2
 
 ParamType = Literal["string", "int", "bool", "strings", "ints"]
@@ -65,25 +65,21 @@ def coerce(spec: ParamSpec, raw: object, path: str, errors: list[Violation]) -> 
     """
     if spec.type in ("strings", "ints"):
         if not isinstance(raw, list | tuple):
-            errors.append(Violation(path, f"expected {_EXPECTED[spec.type]}, got {show(raw)}"))
+            errors.append(Violation(path, f"expected {_EXPECTED[spec.type]}, got {got(raw)}"))
             return None
         item_kind: ParamType = "string" if spec.type == "strings" else "int"
         ok = True
         for index, item in enumerate(raw):
             item_path = f"{path}[{index}]"
             if not _is_scalar_of(item_kind, item):
-                errors.append(
-                    Violation(
-                        item_path, f"expected {_EXPECTED[item_kind]}, got {type_name(item)} {show(item)}"
-                    )
-                )
+                errors.append(Violation(item_path, f"expected {_EXPECTED[item_kind]}, got {got(item)}"))
                 ok = False
             elif spec.check is not None and (problem := spec.check(item)) is not None:
                 errors.append(Violation(item_path, problem))
                 ok = False
         return tuple(raw) if ok else None
     if not _is_scalar_of(spec.type, raw):
-        errors.append(Violation(path, f"expected {_EXPECTED[spec.type]}, got {type_name(raw)} {show(raw)}"))
+        errors.append(Violation(path, f"expected {_EXPECTED[spec.type]}, got {got(raw)}"))
         return None
     if spec.check is not None and (problem := spec.check(raw)) is not None:
         errors.append(Violation(path, problem))

@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from telltale.engine.catalog import CATALOG, AlertTypeSpec
-from telltale.engine.errors import PolicyValidationError, Violation, show, type_name
+from telltale.engine.errors import PolicyValidationError, Violation, got, show
 from telltale.engine.model import (
     ACTION_NAMES,
     API_VERSION,
@@ -89,19 +89,25 @@ def parse_document(text: str, *, builtin: bool = False) -> Policy:
     ``builtin`` marks the policy as one shipped with telltale. Raises PolicyValidationError
     listing every problem; each description ends with the line it concerns when known.
     """
-    data, lines, problems = load(text)
+    data, lines, problems = load(text)  # problems found while reading already name their line
     try:
         policy = from_mapping(data, builtin=builtin)
     except PolicyValidationError as exc:
-        problems.extend(exc.violations)
+        # A value the reader already refused (an alias, a bad tag) reads as null: skip the echoes.
+        refused = tuple(v.field for v in problems)
+        problems.extend(_with_line(v, lines) for v in exc.violations if not _within(v.field, refused))
     if problems:
-        raise PolicyValidationError(_with_line(v, lines) for v in problems)
+        raise PolicyValidationError(problems)
     return policy
+
+
+def _within(field: str, fields: tuple[str, ...]) -> bool:
+    return any(field == f or field.startswith((f"{f}.", f"{f}[")) for f in fields)
 
 
 def _with_line(violation: Violation, lines: dict[str, int]) -> Violation:
     line = line_of(violation.field, lines)
-    if line is None or "line " in violation.description:
+    if line is None:
         return violation
     return Violation(violation.field, f"{violation.description} (line {line})")
 
@@ -122,7 +128,7 @@ class _Reader:
         if value is None and optional:
             return {}
         if not isinstance(value, dict):
-            self.problem(at, f"expected a mapping, got {type_name(value)} {show(value)}")
+            self.problem(at, f"expected a mapping, got {got(value)}")
             return {}
         for key in value:
             if key not in keys:
@@ -133,7 +139,7 @@ class _Reader:
         if value is None:
             return default
         if not isinstance(value, str):
-            self.problem(at, f"expected a string, got {type_name(value)} {show(value)}")
+            self.problem(at, f"expected a string, got {got(value)}")
             return default
         return value
 
@@ -143,7 +149,7 @@ class _Reader:
         if isinstance(value, datetime) and value.tzinfo is not None:  # from yaml.safe_load callers
             value = value.isoformat()
         if not isinstance(value, str):
-            self.problem(at, f"expected an RFC 3339 timestamp, got {type_name(value)} {show(value)}")
+            self.problem(at, f"expected an RFC 3339 timestamp, got {got(value)}")
             return None
         try:
             return parse_rfc3339(value)
@@ -157,6 +163,8 @@ def from_mapping(obj: object, *, builtin: bool = False) -> Policy:
 
     Raises PolicyValidationError listing every problem.
     """
+    if not isinstance(obj, dict):
+        raise PolicyValidationError([Violation("", f"a policy document is a mapping, got {got(obj)}")])
     r = _Reader()
     doc = r.mapping(obj, "", _TOP_KEYS)
     for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
@@ -180,9 +188,12 @@ def from_mapping(obj: object, *, builtin: bool = False) -> Policy:
     if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
         r.problem("metadata.revision", f"expected a non-negative integer, got {show(revision)}")
         revision = 0
+    description = r.text(meta.get("description"), "metadata.description")
     cloned_from = r.text(meta.get("clonedFrom"), "metadata.clonedFrom")
     if cloned_from and (problem := name_problem(cloned_from)):
         r.problem("metadata.clonedFrom", problem)
+    updated_by = r.text(meta.get("updatedBy"), "metadata.updatedBy")
+    updated_at = r.time(meta.get("updatedAt"), "metadata.updatedAt")
 
     if "spec" not in doc:
         r.problem("spec", "missing; a policy needs spec.rules")
@@ -191,7 +202,7 @@ def from_mapping(obj: object, *, builtin: bool = False) -> Policy:
     if raw_rules is not None and not isinstance(raw_rules, dict):
         r.problem(
             "spec.rules",
-            f"expected a mapping of alert type to rule, got {type_name(raw_rules)} {show(raw_rules)}",
+            f"expected a mapping of alert type to rule, got {got(raw_rules)}",
         )
         raw_rules = None
     rules: dict[str, Rule] = {}
@@ -203,10 +214,6 @@ def from_mapping(obj: object, *, builtin: bool = False) -> Policy:
         rule = _rule(r, alert_type, body, f"spec.rules.{type_id}")
         if rule is not None:
             rules[type_id] = rule
-
-    description = r.text(meta.get("description"), "metadata.description")
-    updated_by = r.text(meta.get("updatedBy"), "metadata.updatedBy")
-    updated_at = r.time(meta.get("updatedAt"), "metadata.updatedAt")
     if r.errors:
         raise PolicyValidationError(r.errors)
     return Policy(
@@ -242,13 +249,11 @@ def _rule(r: _Reader, spec: AlertTypeSpec, body: object, at: str) -> Rule | None
             action = found
     params = fields.get("params")
     if params is not None and not isinstance(params, dict):
-        r.problem(f"{at}.params", f"expected a mapping, got {type_name(params)} {show(params)}")
+        r.problem(f"{at}.params", f"expected a mapping, got {got(params)}")
         params = None
     raw_exceptions = fields.get("exceptions")
     if raw_exceptions is not None and not isinstance(raw_exceptions, list):
-        r.problem(
-            f"{at}.exceptions", f"expected a list, got {type_name(raw_exceptions)} {show(raw_exceptions)}"
-        )
+        r.problem(f"{at}.exceptions", f"expected a list, got {got(raw_exceptions)}")
         raw_exceptions = None
     exceptions = [
         _exception(r, spec, item, f"{at}.exceptions[{index}]")

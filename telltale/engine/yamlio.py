@@ -39,16 +39,17 @@ class _Reader:
         self.seen: set[int] = set()
 
     def walk(self, node: yaml.Node, path: str, depth: int) -> object:
+        line = node.start_mark.line + 1
         if id(node) in self.seen:
-            self.errors.append(Violation(path, "anchors and aliases are not supported"))
+            self.errors.append(Violation(path, f"anchors and aliases are not supported (line {line})"))
             return None
         self.seen.add(id(node))
         if depth > _MAX_DEPTH:
-            self.errors.append(Violation(path, f"nesting deeper than {_MAX_DEPTH} levels"))
+            self.errors.append(Violation(path, f"nesting deeper than {_MAX_DEPTH} levels (line {line})"))
             return None
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.MappingNode) and node.tag == f"{_TAG}map":
             return self._mapping(node, path, depth)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.SequenceNode) and node.tag == f"{_TAG}seq":
             items: list[object] = []
             for index, item in enumerate(node.value):
                 child = f"{path}[{index}]"
@@ -58,8 +59,12 @@ class _Reader:
         if node.tag in _PLAIN_TEXT_TAGS:
             return str(node.value)
         if node.tag in _SCALAR_TAGS:
-            return self.loader.construct_object(node)
-        self.errors.append(Violation(path, f"unsupported YAML tag {node.tag}"))
+            try:
+                return self.loader.construct_object(node)
+            except (yaml.YAMLError, ValueError, KeyError, TypeError):  # an explicit tag on a bad value
+                self.errors.append(Violation(path, f"{node.value!r} is not a valid {node.tag} (line {line})"))
+                return None
+        self.errors.append(Violation(path, f"unsupported YAML tag {node.tag} (line {line})"))
         return None
 
     def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, object]:
@@ -76,7 +81,9 @@ class _Reader:
             child = join(path, key)
             if key in result:
                 first = self.lines.get(child, 0)
-                self.errors.append(Violation(child, f"duplicate key {key!r} (first at line {first})"))
+                self.errors.append(
+                    Violation(child, f"duplicate key {key!r} (line {line}; first at line {first})")
+                )
                 continue
             self.lines[child] = line
             result[key] = self.walk(value_node, child, depth + 1)

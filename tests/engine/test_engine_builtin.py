@@ -30,7 +30,9 @@ def test_every_shipped_document_validates(name: str) -> None:
 @pytest.mark.parametrize("name", DOCUMENTS)
 def test_every_shipped_document_round_trips(name: str) -> None:
     """A built-in policy written back as a document reads back identical."""
-    policy = parse_document(files("telltale.policies").joinpath(name).read_text(encoding="utf-8"), builtin=True)
+    policy = parse_document(
+        files("telltale.policies").joinpath(name).read_text(encoding="utf-8"), builtin=True
+    )
     assert parse_document(to_document(policy), builtin=True) == policy
 
 
@@ -50,7 +52,7 @@ def test_max_alert_enables_every_catalog_type() -> None:
 
 
 def test_standard_enables_all_but_privileged_port_with_catalog_priorities() -> None:
-    """Standard enables the catalog except network.privileged_port, at catalog priorities, with no blocklist."""
+    """Standard enables every type but network.privileged_port, at catalog priorities, no blocklist."""
     rules = load_builtin_policies()["Standard"].rules
     enabled = {t for t, r in rules.items() if r.enabled}
     assert enabled == set(CATALOG) - {"network.privileged_port"}

@@ -34,10 +34,12 @@ def test_catalog_holds_the_first_six_types() -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.id)
 def test_catalog_entry_is_complete(spec: AlertTypeSpec) -> None:
     """Each entry has its texts, a real category and priority, event kinds, and an "area.name" id."""
-    assert all((spec.title, spec.description, spec.rationale, spec.remediation))
+    for text in (spec.title, spec.description, spec.rationale, spec.remediation):
+        assert text.strip()
     assert spec.category != common_pb2.CATEGORY_UNSPECIFIED
     assert spec.default_priority in (1, 2, 3, 4)
-    assert spec.event_kinds and common_pb2.EVENT_KIND_UNSPECIFIED not in spec.event_kinds
+    assert spec.event_kinds
+    assert common_pb2.EVENT_KIND_UNSPECIFIED not in spec.event_kinds
     assert spec.exception_scopes <= {"path", "destination"}
     assert re.fullmatch(r"[a-z]+\.[a-z0-9_]+", spec.id)
 

@@ -152,7 +152,10 @@ def test_expired_exception_no_longer_applies() -> None:
 
 def test_disabled_rule_never_fires() -> None:
     """A rule with enabled: false raises nothing."""
-    assert compiled("process.shell_launched: {enabled: false}\n").evaluate(exec_event("/bin/sh"), SHOP_API, NOW) == []
+    assert (
+        compiled("process.shell_launched: {enabled: false}\n").evaluate(exec_event("/bin/sh"), SHOP_API, NOW)
+        == []
+    )
 
 
 # process.exec_from_writable_dir
@@ -207,23 +210,20 @@ ALL_IFS = "network.listen_all_interfaces: {}\n"
 
 
 @pytest.mark.parametrize(
-    ("kind", "address", "port", "sock_type", "errno", "expected"),
+    ("event", "expected"),
     [
-        (LISTEN, "0.0.0.0", 8080, SOCK_STREAM, 0, ["tcp/8080"]),
-        (LISTEN, "::", 443, SOCK_STREAM | SOCK_NONBLOCK, 0, ["tcp/443"]),
-        (BIND, "0.0.0.0", 53, SOCK_DGRAM, 0, ["udp/53"]),
-        (BIND, "::", 5353, SOCK_DGRAM | SOCK_NONBLOCK, 0, ["udp/5353"]),
-        (BIND, "0.0.0.0", 8080, SOCK_STREAM, 0, []),  # exposed only once it listens
-        (LISTEN, "127.0.0.1", 8080, SOCK_STREAM, 0, []),
-        (LISTEN, "10.0.0.5", 8080, SOCK_STREAM, 0, []),
-        (LISTEN, "0.0.0.0", 8080, SOCK_STREAM, 98, []),  # EADDRINUSE: not listening
+        (socket_event(LISTEN, "0.0.0.0", 8080), ["tcp/8080"]),
+        (socket_event(LISTEN, "::", 443, sock_type=SOCK_STREAM | SOCK_NONBLOCK), ["tcp/443"]),
+        (socket_event(BIND, "0.0.0.0", 53, sock_type=SOCK_DGRAM), ["udp/53"]),
+        (socket_event(BIND, "::", 5353, sock_type=SOCK_DGRAM | SOCK_NONBLOCK), ["udp/5353"]),
+        (socket_event(BIND, "0.0.0.0", 8080), []),  # a stream socket is exposed only once it listens
+        (socket_event(LISTEN, "127.0.0.1", 8080), []),
+        (socket_event(LISTEN, "10.0.0.5", 8080), []),
+        (socket_event(LISTEN, "0.0.0.0", 8080, errno=98), []),  # EADDRINUSE: not listening
     ],
 )
-def test_listen_all_interfaces(
-    kind: common_pb2.EventKind.ValueType, address: str, port: int, sock_type: int, errno: int, expected: list[str]
-) -> None:
-    """Listening (TCP) or binding (UDP) on the wildcard address fires; specific addresses and failures do not."""
-    event = socket_event(kind, address, port, sock_type=sock_type, errno=errno)
+def test_listen_all_interfaces(event: common_pb2.Event, expected: list[str]) -> None:
+    """Listening (TCP) or binding (UDP) on the wildcard address fires; other addresses and failures do not."""
     assert subjects(compiled(ALL_IFS).evaluate(event, SHOP_API, NOW)) == expected
 
 
@@ -339,7 +339,9 @@ def test_blocklisted_destination_with_empty_blocklist_never_fires() -> None:
 
 def test_blocklisted_destination_reports_the_action_and_summary() -> None:
     """A block rule's findings carry the block action, and the summary names the address."""
-    policy = compiled("network.blocklisted_destination: {action: block, params: {networks: [203.0.113.0/24]}}\n")
+    policy = compiled(
+        "network.blocklisted_destination: {action: block, params: {networks: [203.0.113.0/24]}}\n"
+    )
     (finding,) = policy.evaluate(socket_event(CONNECT, "203.0.113.7", 443), SHOP_API, NOW)
     assert finding.action == policy_pb2.RULE_ACTION_BLOCK
     assert finding.priority == common_pb2.PRIORITY_P1
@@ -357,7 +359,9 @@ def test_blocklisted_destination_exception_by_destination() -> None:
         """
     )
     assert policy.evaluate(socket_event(CONNECT, "203.0.113.200", 443), SHOP_API, NOW) == []
-    assert subjects(policy.evaluate(socket_event(CONNECT, "203.0.113.7", 443), SHOP_API, NOW)) == ["203.0.113.7"]
+    assert subjects(policy.evaluate(socket_event(CONNECT, "203.0.113.7", 443), SHOP_API, NOW)) == [
+        "203.0.113.7"
+    ]
 
 
 # node.workload_as_root

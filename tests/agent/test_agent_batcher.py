@@ -1,0 +1,211 @@
+"""The batcher and the bounded spool: numbering, flushing, loss accounting, acknowledgements."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, MAX_BATCH_EVENTS, Batcher, Counters, Spool
+from telltale.v1 import common_pb2
+
+SHOP = common_pb2.Workload(id="w-shop", application="shop")
+BILLING = common_pb2.Workload(id="w-billing", application="billing")
+
+
+def event(pid: int = 1) -> common_pb2.Event:
+    return common_pb2.Event(kind=common_pb2.EVENT_KIND_CONNECT, workload_id=SHOP.id,
+                            process=common_pb2.ProcessInfo(pid=pid), count=1)
+
+
+def spool_with(n_batches: int, *, capacity: int = 100, events_per_batch: int = 1) -> Spool:
+    spool = Spool(capacity=capacity)
+    batcher = Batcher(spool, max_events=events_per_batch)
+    for i in range(n_batches * events_per_batch):
+        batcher.add(event(i), SHOP, now=0.0)
+    return spool
+
+
+def seqs(spool: Spool) -> list[int]:
+    return [b.seq for b in spool.batches]
+
+
+def test_batches_are_numbered_consecutively_from_one() -> None:
+    spool = Spool()
+    batcher = Batcher(spool, max_events=2)
+    for i in range(6):
+        batcher.add(event(i), SHOP, now=0.0)
+    assert seqs(spool) == [1, 2, 3]
+    assert [[e.process.pid for e in b.events] for b in spool.batches] == [[0, 1], [2, 3], [4, 5]]
+    assert spool.next_seq == 4
+
+
+def test_a_batch_closes_when_it_holds_256_events() -> None:
+    assert MAX_BATCH_EVENTS == 256
+    spool = Spool()
+    batcher = Batcher(spool)
+    for i in range(255):
+        batcher.add(event(i), SHOP, now=0.0)
+    assert not spool.batches
+    batcher.add(event(255), SHOP, now=0.0)
+    assert len(spool.batches) == 1
+    assert len(spool.batches[0].events) == 256
+    batcher.add(event(256), SHOP, now=0.0)
+    assert len(spool.batches) == 1, "the 257th event opens a new batch"
+
+
+def test_a_batch_is_due_once_older_than_the_maximum_age() -> None:
+    batcher = Batcher(Spool())
+    assert not batcher.due(1000.0), "an empty batcher is never due"
+    batcher.add(event(), SHOP, now=0.0)
+    batcher.add(event(), SHOP, now=0.09)
+    assert not batcher.due(MAX_BATCH_AGE_S * 0.99)
+    assert batcher.due(MAX_BATCH_AGE_S), "age counts from the batch's first event"
+    batcher.flush()
+    assert not batcher.due(1000.0)
+    batcher.add(event(), SHOP, now=50.0)
+    assert not batcher.due(50.0 + MAX_BATCH_AGE_S / 2), "a new batch starts its own clock"
+
+
+def test_a_batch_carries_each_workload_it_refers_to_once() -> None:
+    spool = Spool()
+    batcher = Batcher(spool)
+    batcher.add(event(), SHOP, now=0.0)
+    batcher.add(event(), SHOP, now=0.0)
+    batcher.add(event(), BILLING, now=0.0)
+    batcher.add(event(), None, now=0.0)
+    batcher.flush()
+    assert sorted(w.id for w in spool.batches[0].workloads) == ["w-billing", "w-shop"]
+    assert len(spool.batches[0].events) == 4
+
+
+def test_flush_without_events_or_losses_makes_no_batch() -> None:
+    spool = Spool()
+    Batcher(spool).flush()
+    assert not spool.batches
+    assert spool.next_seq == 1
+
+
+def test_a_full_spool_drops_the_oldest_batch_and_counts_its_events() -> None:
+    spool = Spool(capacity=2)
+    batcher = Batcher(spool, max_events=3)
+    for i in range(9):  # three full batches of 3 events
+        batcher.add(event(i), SHOP, now=0.0)
+    assert seqs(spool) == [2, 3]
+    counters = spool.counters
+    assert counters.dropped_batches == 1
+    assert counters.dropped == 3
+    assert [e.process.pid for e in spool.batches[0].events] == [3, 4, 5], "the oldest batch went"
+    assert all(b.dropped_records == 0 for b in spool.batches), "the loss was not reported yet"
+
+
+def test_the_next_batch_carries_the_loss_deltas_once() -> None:
+    spool = Spool(capacity=2)
+    batcher = Batcher(spool, max_events=1)
+    for i in range(3):  # seq 3 pushes seq 1 out
+        batcher.add(event(i), SHOP, now=0.0)
+    spool.counters.count_malformed(5)
+    batcher.add(event(3), SHOP, now=0.0)  # seq 4 reports seq 1's loss; pushes seq 2 out
+    assert seqs(spool) == [3, 4]
+    spool.ack(4)
+    batcher.add(event(4), SHOP, now=0.0)  # seq 5 reports seq 2's loss
+    batcher.add(event(5), SHOP, now=0.0)  # seq 6: nothing new was lost
+    assert seqs(spool) == [5, 6]
+    assert (spool.counters.dropped_batches, spool.counters.dropped, spool.counters.malformed) == (2, 2, 5)
+    assert [(b.dropped_records, b.malformed_records) for b in spool.batches] == [(1, 0), (0, 0)]
+
+
+def test_the_loss_deltas_appear_in_the_batch_after_the_loss() -> None:
+    spool = Spool(capacity=1)
+    batcher = Batcher(spool, max_events=2)
+    batcher.add(event(), SHOP, now=0.0)
+    batcher.add(event(), SHOP, now=0.0)  # seq 1, two events
+    spool.counters.count_malformed(3)
+    batcher.add(event(), SHOP, now=0.0)
+    batcher.add(event(), SHOP, now=0.0)  # seq 2 reports the 3 malformed records, pushes seq 1 out
+    assert [(b.seq, b.dropped_records, b.malformed_records) for b in spool.batches] == [(2, 0, 3)]
+    spool.ack(2)
+    batcher.add(event(), SHOP, now=0.0)
+    batcher.flush()  # seq 3 reports the two events of seq 1
+    assert [(b.seq, b.dropped_records, b.malformed_records) for b in spool.batches] == [(3, 2, 0)]
+
+
+def test_losses_reported_by_a_dropped_batch_are_carried_again() -> None:
+    spool = Spool(capacity=1)
+    batcher = Batcher(spool, max_events=1)
+    batcher.add(event(), SHOP, now=0.0)  # seq 1
+    spool.counters.count_malformed(2)
+    batcher.add(event(), SHOP, now=0.0)  # seq 2 carries malformed=2; seq 1 is dropped
+    batcher.add(event(), SHOP, now=0.0)  # seq 3 carries seq 1's loss; seq 2 is dropped
+    batcher.add(event(), SHOP, now=0.0)  # seq 4; seq 3 is dropped
+    batcher.flush()
+    counters = spool.counters
+    # Every counted loss is either reported by a batch still kept or waits for the next batch.
+    assert sum(b.malformed_records for b in spool.batches) + counters.unsent_malformed == counters.malformed
+    assert sum(b.dropped_records for b in spool.batches) + counters.unsent_dropped == counters.dropped
+
+
+def test_flush_reports_losses_even_without_events() -> None:
+    counters = Counters()
+    spool = Spool(counters=counters)
+    counters.count_dropped(4)
+    counters.count_malformed(1)
+    Batcher(spool).flush()
+    assert len(spool.batches) == 1
+    batch = spool.batches[0]
+    assert (len(batch.events), batch.dropped_records, batch.malformed_records) == (0, 4, 1)
+    assert (counters.unsent_dropped, counters.unsent_malformed) == (0, 0)
+    assert (counters.dropped, counters.malformed) == (4, 1), "the totals are kept"
+
+
+def test_ack_forgets_batches_up_to_and_including_seq() -> None:
+    spool = spool_with(5)
+    spool.ack(3)
+    assert seqs(spool) == [4, 5]
+    spool.ack(2)
+    assert seqs(spool) == [4, 5], "an old ack changes nothing"
+    spool.ack(99)
+    assert seqs(spool) == []
+    assert spool.next_seq == 6, "acks never rewind numbering"
+
+
+def test_renumber_from_continues_a_sequence_learned_from_the_controller() -> None:
+    spool = spool_with(3)
+    spool.renumber_from(42)
+    assert seqs(spool) == [42, 43, 44]
+    Batcher(spool, max_events=1).add(event(), SHOP, now=0.0)
+    assert seqs(spool) == [42, 43, 44, 45]
+
+
+def test_renumber_from_on_an_empty_spool_sets_the_next_number() -> None:
+    spool = Spool()
+    spool.renumber_from(7)
+    Batcher(spool, max_events=1).add(event(), SHOP, now=0.0)
+    assert seqs(spool) == [7]
+
+
+def test_pending_from_lists_kept_batches_from_seq_on() -> None:
+    spool = spool_with(5)
+    spool.ack(2)
+    assert [b.seq for b in spool.pending_from(1)] == [3, 4, 5]
+    assert [b.seq for b in spool.pending_from(4)] == [4, 5]
+    assert spool.pending_from(6) == []
+
+
+@trio.testing.trio_test
+async def test_wait_beyond_returns_once_such_a_batch_exists() -> None:
+    spool = spool_with(2)
+    batcher = Batcher(spool, max_events=1)
+    done = trio.Event()
+
+    async def waiter() -> None:
+        await spool.wait_beyond(3)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()
+        batcher.add(event(), SHOP, now=0.0)
+        with trio.fail_after(5):
+            await done.wait()
+    await spool.wait_beyond(1)  # already there: returns at once

@@ -1,0 +1,137 @@
+"""Shim records become the right telltale.v1 Events."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from telltale.nodeagent.convert import to_event
+from telltale.nodeagent.records import ExecVariant, Record, RecordFlag, RecordKind, decode_sockaddr
+from telltale.v1 import common_pb2
+
+T0 = 1_750_000_000_123_456_789
+NO_FLAGS = RecordFlag(0)
+
+
+def rec(kind: RecordKind, flags: RecordFlag = NO_FLAGS, count: int = 1, **fields: object) -> Record:
+    return Record(kind, flags, pid=300, ppid=200, tid=301, count=count, time_ns=T0, dropped=0, seq=1,
+                  **fields)
+
+
+def sockaddr_in(ip: str, port: int) -> bytes:
+    """struct sockaddr_in as the program passed it: family in host order, port in network order."""
+    return struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(ip) + bytes(8)
+
+
+def sockaddr_in6(ip: str, port: int, scope: int = 0) -> bytes:
+    return (struct.pack("<H", socket.AF_INET6) + struct.pack(">HI", port, 0)
+            + socket.inet_pton(socket.AF_INET6, ip) + struct.pack("<I", scope))
+
+
+def sockaddr_un(path: bytes) -> bytes:
+    return struct.pack("<H", socket.AF_UNIX) + path + b"\0"
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    (RecordKind.PROC_START, common_pb2.EVENT_KIND_PROCESS_START),
+    (RecordKind.EXEC, common_pb2.EVENT_KIND_EXEC),
+    (RecordKind.CONNECT, common_pb2.EVENT_KIND_CONNECT),
+    (RecordKind.BIND, common_pb2.EVENT_KIND_BIND),
+    (RecordKind.LISTEN, common_pb2.EVENT_KIND_LISTEN),
+])
+def test_each_record_kind_maps_to_its_event_kind(kind: RecordKind, expected: int) -> None:
+    event = to_event(rec(kind), "w-1", None)
+    assert event.kind == expected
+    assert event.workload_id == "w-1"
+    assert event.time.ToNanoseconds() == T0
+    assert (event.process.pid, event.process.ppid, event.process.tid) == (300, 200, 301)
+
+
+def test_process_start_describes_its_process() -> None:
+    event = to_event(rec(
+        RecordKind.PROC_START, RecordFlag.FORKED, exe="/usr/bin/python3", argv=("python3", "-m", "app"),
+        cwd="/srv", creds=(1000, 0, 0, 1001, 1002, 1003)), "w-1", None)
+    proc = event.process
+    assert (proc.exe, list(proc.argv), proc.cwd) == ("/usr/bin/python3", ["python3", "-m", "app"], "/srv")
+    assert (proc.uid, proc.euid, proc.gid, proc.egid) == (1000, 0, 1001, 1002)
+    assert proc.forked
+    assert event.WhichOneof("detail") is None
+
+
+def test_connect_carries_inet_address_port_socket_type_and_result() -> None:
+    event = to_event(rec(
+        RecordKind.CONNECT, sockaddr=decode_sockaddr(sockaddr_in("10.1.2.3", 443)),
+        sockinfo=(socket.AF_INET, socket.SOCK_STREAM | 0o4000, 6), result=(-1, 115)), "w-1", None)
+    assert event.WhichOneof("detail") == "socket"
+    addr = event.socket.address
+    assert (addr.family, addr.address, addr.port) == ("inet", "10.1.2.3", 443)
+    assert (event.socket.domain, event.socket.type, event.socket.protocol) == (2, 1 | 0o4000, 6)
+    assert (event.result.known, event.result.return_value, event.result.errno) == (True, -1, 115)
+
+
+def test_bind_carries_a_scoped_inet6_address() -> None:
+    event = to_event(rec(RecordKind.BIND, sockaddr=decode_sockaddr(sockaddr_in6("fe80::1", 8080, scope=2)),
+                         result=(0, 0)), "w-1", None)
+    addr = event.socket.address
+    assert (addr.family, addr.address, addr.port) == ("inet6", "fe80::1%2", 8080)
+    assert event.result.known
+    assert event.result.return_value == 0
+
+
+def test_bind_carries_a_unix_path_without_port() -> None:
+    event = to_event(rec(RecordKind.BIND, sockaddr=decode_sockaddr(sockaddr_un(b"/run/app.sock"))), "w", None)
+    addr = event.socket.address
+    assert (addr.family, addr.address, addr.port) == ("unix", "/run/app.sock", 0)
+
+
+def test_listen_carries_its_backlog() -> None:
+    event = to_event(rec(RecordKind.LISTEN, sockinfo=(socket.AF_INET6, socket.SOCK_STREAM, 0), backlog=511,
+                         result=(0, 0)), "w-1", None)
+    assert event.socket.backlog == 511
+    assert event.socket.domain == socket.AF_INET6
+    assert not event.socket.HasField("address")
+
+
+def test_exec_carries_path_argv_variant_and_child() -> None:
+    event = to_event(rec(RecordKind.EXEC, path="/bin/sh", argv=("sh", "-c", "id"), variant=ExecVariant.EXECVP,
+                         child_pid=4321), "w-1", None)
+    assert event.WhichOneof("detail") == "exec"
+    assert (event.exec.path, list(event.exec.argv)) == ("/bin/sh", ["sh", "-c", "id"])
+    assert event.exec.variant == common_pb2.EXEC_VARIANT_EXECVP
+    assert event.exec.child_pid == 4321
+
+
+@pytest.mark.parametrize("variant", list(ExecVariant))
+def test_every_exec_variant_keeps_its_name(variant: ExecVariant) -> None:
+    event = to_event(rec(RecordKind.EXEC, path="/bin/true", variant=variant), "w-1", None)
+    assert common_pb2.ExecVariant.Name(event.exec.variant) == f"EXEC_VARIANT_{variant.name}"
+
+
+def test_a_repeat_carries_its_flag_and_count() -> None:
+    event = to_event(rec(RecordKind.CONNECT, RecordFlag.REPEAT | RecordFlag.TRUNCATED, count=17), "w-1", None)
+    assert event.repeat
+    assert event.count == 17
+    assert event.truncated
+    first = to_event(rec(RecordKind.CONNECT), "w-1", None)
+    assert not first.repeat
+    assert not first.truncated
+    assert first.count == 1
+
+
+def test_a_zero_count_is_reported_as_one() -> None:
+    assert to_event(rec(RecordKind.CONNECT, count=0), "w-1", None).count == 1
+
+
+def test_a_call_without_result_is_marked_unknown() -> None:
+    assert not to_event(rec(RecordKind.CONNECT), "w-1", None).result.known
+
+
+def test_known_process_details_enrich_the_event_but_the_record_ids_win() -> None:
+    known = common_pb2.ProcessInfo(pid=1, ppid=1, tid=1, exe="/usr/sbin/nginx", argv=["nginx"], uid=33)
+    event = to_event(rec(RecordKind.CONNECT), "w-1", known)
+    proc = event.process
+    assert (proc.exe, list(proc.argv), proc.uid) == ("/usr/sbin/nginx", ["nginx"], 33)
+    assert (proc.pid, proc.ppid, proc.tid) == (300, 200, 301)
+    assert known.pid == 1, "the agent's own record of the process is not changed"

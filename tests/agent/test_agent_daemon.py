@@ -1,0 +1,301 @@
+"""The agent daemon against an in-memory controller: hello, sequencing, resending, policies,
+failover and heartbeats. Time is trio's autojump clock, so backoffs and intervals cost nothing."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import telltale
+from telltale.nodeagent import workload as descriptor
+from telltale.nodeagent.daemon import WELCOME_TIMEOUT_S, Agent, AgentConfig
+from telltale.nodeagent.memlink import MemoryConnector
+from telltale.v1 import agent_pb2, common_pb2
+
+SHOP = common_pb2.Workload(id="w-shop", application="shop")
+DEADLINE_S = 60.0  # virtual seconds under the autojump clock
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def config(tmp_path: Path, controllers: Sequence[str] = ("ctl-a",), state: str = "state") -> AgentConfig:
+    return AgentConfig(plaintext=True, socket_path=tmp_path / "a.sock", state_dir=tmp_path / state,
+                       controllers=list(controllers))
+
+
+def welcome(last_seq: int = 0, heartbeat_ms: int = 3_600_000) -> agent_pb2.ConnectResponse:
+    return agent_pb2.ConnectResponse(welcome=agent_pb2.Welcome(
+        controller_id="c1", last_seq=last_seq, heartbeat_interval_ms=heartbeat_ms))
+
+
+def ack(seq: int) -> agent_pb2.ConnectResponse:
+    return agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=seq))
+
+
+def add_batch(agent: Agent, pid: int) -> None:
+    """Spool one batch holding one event of process `pid`."""
+    event = common_pb2.Event(kind=common_pb2.EVENT_KIND_CONNECT, workload_id=SHOP.id, count=1,
+                             process=common_pb2.ProcessInfo(pid=pid))
+    agent.batcher.add(event, SHOP, trio.current_time())
+    agent.batcher.flush()
+
+
+def pids(batches: Sequence[agent_pb2.EventBatch]) -> list[int]:
+    return [e.process.pid for b in batches for e in b.events]
+
+
+async def eventually(predicate: Callable[[], bool], what: str) -> None:
+    """Poll `predicate` until it holds, for at most DEADLINE_S (virtual) seconds."""
+    deadline = trio.current_time() + DEADLINE_S
+    while trio.current_time() < deadline:
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@trio.testing.trio_test
+async def test_hello_carries_the_node_id_persisted_in_the_state_dir(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    hellos: list[agent_pb2.Hello] = []
+    for state in ("state", "state", "other-state"):
+        agent = Agent(config(tmp_path, state=state), connector=connector)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            with trio.fail_after(DEADLINE_S):
+                session = await connector.controller("ctl-a").wait_session(len(hellos) + 1)
+                await session.wait_for("hello")
+            hellos.append(session.hello)
+            nursery.cancel_scope.cancel()
+    first, restarted, elsewhere = hellos
+    assert first.node_id
+    assert first.node_id == (tmp_path / "state" / "node-id").read_text().strip()
+    assert restarted.node_id == first.node_id, "a restarted agent keeps its identity"
+    assert elsewhere.node_id != first.node_id, "another state directory is another node"
+    assert (first.hostname, first.agent_version) == (socket.gethostname(), telltale.__version__)
+    assert (first.last_acked_seq, first.applied_policy_revision) == (0, 0)
+
+
+@trio.testing.trio_test
+async def test_a_fresh_agent_continues_the_sequence_the_controller_knows(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        add_batch(agent, pid=1)  # spooled before any controller was reached
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller("ctl-a").wait_session()
+            await session.wait_for("hello")
+            session.push(welcome(last_seq=41))
+            await session.wait_for("batch", 1)
+            add_batch(agent, pid=2)
+            await session.wait_for("batch", 2)
+        assert [b.seq for b in session.batches] == [42, 43]
+        assert pids(session.batches) == [1, 2]
+        assert [w.id for w in session.batches[0].workloads] == ["w-shop"]
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_unacknowledged_batches_are_resent_on_the_next_stream(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller("ctl-a")
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            await first.wait_for("hello")
+            first.push(welcome(last_seq=0))
+            for pid in (1, 2, 3):
+                add_batch(agent, pid)
+            await first.wait_for("batch", 3)
+            first.push(ack(1))
+            await eventually(lambda: agent.state.last_acked_seq == 1, "the ack to be applied")
+            first.end("controller restarted")
+
+            second = await controller.wait_session(2)
+            await second.wait_for("hello")
+            assert second.hello.last_acked_seq == 1
+            second.push(welcome(last_seq=1))
+            await second.wait_for("batch", 2)
+            add_batch(agent, pid=4)
+            await second.wait_for("batch", 3)
+        assert [b.seq for b in first.batches] == [1, 2, 3]
+        assert [b.seq for b in second.batches] == [2, 3, 4], "acknowledged batch 1 is not sent again"
+        assert pids(second.batches) == [2, 3, 4]
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_stream_that_ends_before_its_welcome_is_retried(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller("ctl-a")
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        add_batch(agent, pid=1)
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            await first.wait_for("hello")
+            first.end("controller restarted")
+            await first.wait_closed()
+            second = await controller.wait_session(2)
+            await second.wait_for("hello")
+            second.push(welcome(last_seq=7))
+            await second.wait_for("batch")
+        assert first.batches == []
+        assert [b.seq for b in second.batches] == [8], "the agent is still fresh: it renumbers"
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_stream_that_does_not_start_with_a_welcome_is_left_and_retried(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller("ctl-a")
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            first.push(ack(5))
+            await first.wait_closed()
+            second = await controller.wait_session(2)
+            await second.wait_for("hello")
+        assert agent.state.last_acked_seq == 0, "an ack before the welcome is not believed"
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_controller_that_never_welcomes_is_abandoned_and_retried(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller("ctl-a")
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            start = trio.current_time()
+            await first.wait_closed()
+            assert trio.current_time() - start >= WELCOME_TIMEOUT_S
+            second = await controller.wait_session(2)
+            await second.wait_for("hello")
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_policy_update_is_answered_with_the_revision_applied(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller("ctl-a").wait_session()
+            session.push(welcome())
+            for revision in (7, 9):
+                session.push(agent_pb2.ConnectResponse(policy_update=agent_pb2.PolicyUpdate(
+                    revision=revision, default_policy="Standard")))
+            await session.wait_for("policy_applied", 2)
+        assert [p.revision for p in session.policies_applied] == [7, 9]
+        assert all(p.error == "" for p in session.policies_applied)
+        assert agent.state.applied_revision == 9
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_the_agent_fails_over_to_the_next_controller(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    connector = MemoryConnector()
+    connector.refuse("ctl-a")
+    agent = Agent(config(tmp_path, controllers=["ctl-a", "ctl-b"]), connector=connector)
+    async with trio.open_nursery() as nursery:
+        add_batch(agent, pid=1)
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller("ctl-b").wait_session()
+            await session.wait_for("hello")
+            session.push(welcome())
+            await session.wait_for("batch")
+        refused = connector.controller("ctl-a")
+        assert refused.attempts >= 1
+        assert refused.sessions == []
+        assert agent.state.connected_to == "ctl-b"
+        assert pids(session.batches) == [1]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("interval_ms", "expected_s"), [(10, 0.5), (2_000, 2.0)])
+@trio.testing.trio_test
+async def test_heartbeats_report_the_counters_at_the_clamped_interval(
+        tmp_path: Path, clock: trio.testing.MockClock, interval_ms: int, expected_s: float) -> None:
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector)
+    counters = agent.state.spool.counters
+    counters.count_malformed(3)
+    counters.count_dropped(5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller("ctl-a").wait_session()
+            session.push(welcome(heartbeat_ms=interval_ms))
+            arrivals = [trio.current_time()]
+            for n in (1, 2):
+                await session.wait_for("heartbeat", n)
+                arrivals.append(trio.current_time())
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+        assert gaps == pytest.approx([expected_s, expected_s], abs=0.01)
+        beat = session.heartbeats[0]
+        assert (beat.malformed_records, beat.dropped_records, beat.dropped_batches) == (3, 5, 0)
+        assert (beat.spooled_batches, beat.active_workloads) == (0, 0)
+        assert beat.time.seconds > 0
+        nursery.cancel_scope.cancel()
+
+
+def _record(kind: int, *fields: tuple[int, bytes], pid: int) -> bytes:
+    body = b"".join(struct.pack("<HH", tag, len(value)) + value for tag, value in fields)
+    header = struct.pack("<HBBHHIIIIQII", 0x5454, 1, kind, 40 + len(body), 0, pid, 1, pid, 1,
+                         1_750_000_000_000_000_000, 0, 1)
+    return header + body
+
+
+@trio.testing.trio_test
+async def test_records_from_a_workload_reach_the_controller_in_a_batch(tmp_path: Path) -> None:
+    """Real clock: a shim connection, the batch age flush and the link, end to end."""
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(10):
+            session = await connector.controller("ctl-a").wait_session()
+            session.push(welcome())
+            client = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with client:
+                await client.connect(str(tmp_path / "a.sock"))
+                await client.send(_record(1, (11, descriptor.encode(SHOP).encode()), pid=500))
+                await client.send(_record(3, (5, struct.pack("<HH4s8x", 2, 0x5000, bytes([127, 0, 0, 1]))),
+                                          pid=500))
+                await session.wait_for("batch")
+                await eventually(lambda: agent.state.workloads.active == 1, "the workload to be active")
+        batch = session.batches[0]
+        assert [w.id for w in batch.workloads] == ["w-shop"]
+        assert [e.kind for e in batch.events] == [common_pb2.EVENT_KIND_PROCESS_START,
+                                                  common_pb2.EVENT_KIND_CONNECT]
+        assert batch.events[1].socket.address.port == 0x0050  # 80, in network order on the wire
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,802 @@
+"""The LD_PRELOAD shim, observed from a real agent socket.
+
+Each test compiles a small C program from tests/shim/, runs it with the shim preloaded and
+TELLTALE_SOCKET pointing at a SOCK_SEQPACKET listener in tmp_path, and checks the decoded records
+exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from telltale._native import shim_path
+from telltale.nodeagent.records import (
+    ExecVariant,
+    Record,
+    RecordError,
+    RecordFlag,
+    RecordKind,
+    SockAddr,
+    decode,
+)
+
+SOURCES = Path(__file__).parent / "shim"
+TRUE = os.path.realpath("/bin/true")
+NO_FLAGS = RecordFlag(0)
+HOOKS = {
+    "connect",
+    "bind",
+    "listen",
+    "execve",
+    "execv",
+    "execvp",
+    "execvpe",
+    "execl",
+    "execlp",
+    "execle",
+    "fexecve",
+    "execveat",
+    "posix_spawn",
+    "posix_spawnp",
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+
+
+# ---- agent side ------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    """One record and the connection it came on."""
+
+    conn: int  # accept order, from 0
+    peer_pid: int  # SO_PEERCRED of the connection: the process that connected
+    record: Record
+
+
+@dataclass
+class Agent:
+    """A SOCK_SEQPACKET listener that accepts every connection and decodes every message on a
+    background thread."""
+
+    path: Path
+    received: list[Received] = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.bind(str(self.path))
+        self._sock.listen(128)
+        self._sock.setblocking(False)
+        self._lock = threading.Lock()
+        self._iteration = 0
+        self._last_idle = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ)
+        open_conns: dict[socket.socket, tuple[int, int]] = {}
+        accepted = 0
+        while not self._stop.is_set():
+            with self._lock:
+                iteration = self._iteration
+                self._iteration += 1
+            events = sel.select(timeout=0.02)
+            for key, _ in events:
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._sock:
+                    conn, _ = self._sock.accept()
+                    conn.setblocking(False)
+                    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                    open_conns[conn] = (accepted, struct.unpack("3i", creds)[0])
+                    accepted += 1
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                if self._drain(sock, *open_conns[sock]):
+                    sel.unregister(sock)
+                    del open_conns[sock]
+                    sock.close()
+            if not events and not open_conns:
+                with self._lock:
+                    self._last_idle = iteration
+        for sock in open_conns:
+            sock.close()
+        sel.close()
+
+    def _drain(self, sock: socket.socket, conn: int, peer_pid: int) -> bool:
+        """Reads every queued message; True at end of stream."""
+        while True:
+            try:
+                msg = sock.recv(65536)
+            except BlockingIOError:
+                return False
+            if not msg:
+                return True
+            try:
+                rec = decode(msg)
+            except RecordError as exc:
+                with self._lock:
+                    self.errors.append(exc)
+                continue
+            with self._lock:
+                self.received.append(Received(conn, peer_pid, rec))
+
+    def settle(self, timeout: float = 10.0) -> list[Received]:
+        """Everything received once every connection made so far has been drained and closed.
+
+        Call it after the workload (and every process it started) has exited."""
+        with self._lock:
+            target = self._iteration  # the idle pass must start after this call
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._last_idle >= target:
+                    assert self.errors == [], self.errors
+                    return list(self.received)
+            self._stop.wait(0.005)
+        raise AssertionError("agent connections still open after the workload exited")
+
+    def records(self, timeout: float = 10.0) -> list[Record]:
+        return [r.record for r in self.settle(timeout)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path / "agent.sock")
+    yield a
+    a.close()
+    assert a.errors == []
+
+
+# ---- workload side ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tests/shim/*.c compiled once per session."""
+    out = tmp_path_factory.mktemp("shim-programs")
+    sources = sorted(SOURCES.glob("*.c"))
+
+    def build(src: Path) -> tuple[str, Path]:
+        exe = out / src.stem
+        subprocess.run(
+            ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(exe), str(src)],
+            check=True,
+            capture_output=True,
+        )
+        return src.stem, exe
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(pool.map(build, sources))
+
+
+@dataclass
+class Run:
+    pid: int
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed: float
+
+
+def shim_env(
+    socket_path: Path | str | None, workload: str | None = "app=test", **extra: str
+) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_PRELOAD": str(shim_path())}
+    if socket_path is not None:
+        env["TELLTALE_SOCKET"] = str(socket_path)
+    if workload is not None:
+        env["TELLTALE_WORKLOAD"] = workload
+    env.update(extra)
+    return env
+
+
+def run(
+    program: Path,
+    *args: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout: float = 30.0,
+    check: bool = True,
+) -> Run:
+    start = time.monotonic()
+    with subprocess.Popen(
+        [str(program), *args],
+        env=dict(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(f"{program.name} still running after {timeout} s") from None
+    result = Run(proc.pid, proc.returncode, out, err, time.monotonic() - start)
+    if check:
+        assert result.returncode == 0, result
+    return result
+
+
+def inet(address: str, port: int) -> SockAddr:
+    raw = struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(address) + bytes(8)
+    return SockAddr("inet", address, port, raw)
+
+
+def by_pid(received: list[Received]) -> dict[int, list[Record]]:
+    """Records per process, in the order their connections were accepted and sent."""
+    out: dict[int, list[Record]] = {}
+    for r in sorted(received, key=lambda r: r.conn):
+        out.setdefault(r.record.pid, []).append(r.record)
+    return out
+
+
+def header(rec: Record) -> tuple[RecordKind, RecordFlag, int, int, int]:
+    return rec.kind, rec.flags, rec.count, rec.seq, rec.dropped
+
+
+@pytest.fixture
+def udp_port() -> Iterator[int]:
+    """A loopback UDP port held open by the test (a real address to connect to)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+
+def test_only_hooks_are_exported() -> None:
+    """The shim's dynamic symbol table defines the hooks and nothing else."""
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(shim_path())], check=True, capture_output=True, text=True
+    ).stdout
+    names = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert names == HOOKS
+
+
+def test_process_start_describes_the_process(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """At load the shim sends one PROC_START with exe, argv, cwd, creds and the workload."""
+    before = time.time_ns()
+    res = run(
+        programs["proc_start"],
+        "alpha",
+        "two words",
+        "",
+        "é",
+        env=shim_env(agent.path, workload="app=shop;component=web;v=1.2"),
+        cwd=tmp_path,
+    )
+    received = agent.settle()
+    assert [r.peer_pid for r in received] == [res.pid]
+    rec = received[0].record
+    assert before <= rec.time_ns <= time.time_ns()
+    assert rec == Record(
+        kind=RecordKind.PROC_START,
+        flags=NO_FLAGS,
+        pid=res.pid,
+        ppid=os.getpid(),
+        tid=res.pid,
+        count=1,
+        time_ns=rec.time_ns,
+        dropped=0,
+        seq=1,
+        exe=str(programs["proc_start"]),
+        argv=(str(programs["proc_start"]), "alpha", "two words", "", "é"),
+        cwd=str(tmp_path),
+        creds=(*os.getresuid(), *os.getresgid()),
+        workload="app=shop;component=web;v=1.2",
+    )
+
+
+def test_long_argv_and_workload_are_cut_and_flagged(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An argv longer than a record and a descriptor over 512 bytes are cut, with TRUNCATED set."""
+    args = [f"{i:04d}" + "x" * 95 for i in range(100)]  # 10 kB of arguments
+    run(programs["proc_start"], *args, env=shim_env(agent.path, workload="w" * 600), cwd=tmp_path)
+    (rec,) = agent.records()
+    assert rec.kind == RecordKind.PROC_START
+    assert rec.flags == RecordFlag.TRUNCATED
+    assert rec.workload == "w" * 512
+    assert rec.argv is not None
+    kept = rec.argv[1:]
+    assert 10 < len(kept) < 40
+    assert list(kept[:-1]) == args[: len(kept) - 1]
+    assert args[len(kept) - 1].startswith(kept[-1])
+
+
+def test_inert_without_socket_variable(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """With TELLTALE_SOCKET unset the shim sends nothing and the program runs normally."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        run(programs["connect_tcp"], "127.0.0.1", str(port), env=shim_env(None), cwd=tmp_path)
+    assert agent.settle() == []
+
+
+def test_connect_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """A TCP connect yields one CONNECT with the address, the result and the socket's kind."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        res = run(programs["connect_tcp"], "127.0.0.1", str(port), env=shim_env(agent.path), cwd=tmp_path)
+    start, conn = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(conn) == (RecordKind.CONNECT, NO_FLAGS, 1, 2, 0)
+    assert (conn.pid, conn.ppid, conn.tid) == (res.pid, os.getpid(), res.pid)
+    assert conn.sockaddr == inet("127.0.0.1", port)
+    assert conn.result == (0, 0)
+    assert conn.sockinfo == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    assert (conn.exe, conn.argv, conn.path, conn.variant, conn.backlog) == (None, None, None, None, None)
+
+
+def test_bind_and_listen_are_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """bind reports the address given; listen reports the bound address with the kernel's port."""
+    res = run(programs["bind_listen"], env=shim_env(agent.path), cwd=tmp_path)
+    port = int(res.stdout)
+    start, bind, listen = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(bind) == (RecordKind.BIND, NO_FLAGS, 1, 2, 0)
+    assert header(listen) == (RecordKind.LISTEN, NO_FLAGS, 1, 3, 0)
+    tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    assert (bind.sockaddr, bind.result, bind.sockinfo, bind.backlog) == (
+        inet("0.0.0.0", 0),
+        (0, 0),
+        tcp,
+        None,
+    )
+    assert (listen.sockaddr, listen.result, listen.sockinfo, listen.backlog) == (
+        inet("0.0.0.0", port),
+        (0, 0),
+        tcp,
+        16,
+    )
+    assert port > 0
+
+
+EXEC_CASES = {
+    "execve": (ExecVariant.EXECVE, "/bin/true"),
+    "execv": (ExecVariant.EXECV, "/bin/true"),
+    "execvp": (ExecVariant.EXECVP, "true"),
+    "execvpe": (ExecVariant.EXECVPE, "true"),
+    "execl": (ExecVariant.EXECL, "/bin/true"),
+    "execlp": (ExecVariant.EXECLP, "true"),
+    "execle": (ExecVariant.EXECLE, "/bin/true"),
+    "fexecve": (ExecVariant.FEXECVE, TRUE),  # the file the descriptor refers to
+    "execveat": (ExecVariant.EXECVEAT, "/bin/true"),
+}
+
+
+@pytest.mark.parametrize("name", list(EXEC_CASES))
+def test_exec_variant_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """Each exec entry point is reported before the call, and the new image sends its own PROC_START."""
+    variant, path = EXEC_CASES[name]
+    res = run(programs["exec_variant"], name, env=shim_env(agent.path), cwd=tmp_path)
+    received = agent.settle()
+    assert [(r.conn, r.peer_pid) for r in received] == [(0, res.pid), (0, res.pid), (1, res.pid)]
+    start, exec_, new_image = (r.record for r in received)
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert start.exe == str(programs["exec_variant"])
+    assert header(exec_) == (RecordKind.EXEC, NO_FLAGS, 1, 2, 0)
+    assert (exec_.pid, exec_.variant, exec_.path, exec_.argv) == (
+        res.pid,
+        variant,
+        path,
+        ("true", f"via-{name}"),
+    )
+    assert (exec_.result, exec_.child_pid) == (None, None)
+    assert header(new_image) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert (new_image.pid, new_image.exe, new_image.argv) == (res.pid, TRUE, ("true", f"via-{name}"))
+    assert new_image.workload == "app=test"
+
+
+SPAWN_CASES = {
+    "posix_spawn": (ExecVariant.POSIX_SPAWN, "/bin/true"),
+    "posix_spawnp": (ExecVariant.POSIX_SPAWNP, "true"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPAWN_CASES))
+def test_spawn_reports_result_and_child(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    """posix_spawn* is reported after the call with its result and the child's pid; the child
+    image sends its own PROC_START."""
+    variant, path = SPAWN_CASES[name]
+    res = run(programs["spawn"], name, path, env=shim_env(agent.path), cwd=tmp_path)
+    ret, child = map(int, res.stdout.split())
+    assert ret == 0
+    assert child > 0
+    procs = by_pid(agent.settle())
+    assert set(procs) == {res.pid, child}
+    start, spawn = procs[res.pid]
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(spawn) == (RecordKind.EXEC, NO_FLAGS, 1, 2, 0)
+    assert (spawn.variant, spawn.path, spawn.argv) == (variant, path, ("true", "spawned"))
+    assert (spawn.result, spawn.child_pid) == ((0, 0), child)
+    (child_start,) = procs[child]
+    assert header(child_start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert (child_start.exe, child_start.ppid, child_start.argv) == (TRUE, res.pid, ("true", "spawned"))
+
+
+def test_failed_spawn_reports_the_error(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """A spawn that fails is reported with its error number and no child."""
+    res = run(
+        programs["spawn"], "posix_spawn", "/nonexistent/program", env=shim_env(agent.path), cwd=tmp_path
+    )
+    assert res.stdout.split() == [str(errno.ENOENT), "0"]
+    start, spawn = agent.records()
+    assert start.kind == RecordKind.PROC_START
+    assert header(spawn) == (RecordKind.EXEC, NO_FLAGS, 1, 2, 0)
+    assert (spawn.variant, spawn.path, spawn.result, spawn.child_pid) == (
+        ExecVariant.POSIX_SPAWN,
+        "/nonexistent/program",
+        (errno.ENOENT, errno.ENOENT),
+        None,
+    )
+
+
+def test_repeats_are_counted_not_sent(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, udp_port: int
+) -> None:
+    """1000 connects to one address: one CONNECT, then REPEAT summaries counting the other 999."""
+    run(
+        programs["repeat_connect"], "127.0.0.1", str(udp_port), "1000", env=shim_env(agent.path), cwd=tmp_path
+    )
+    start, first, *repeats = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(first) == (RecordKind.CONNECT, NO_FLAGS, 1, 2, 0)
+    assert first.sockaddr == inet("127.0.0.1", udp_port)
+    assert first.sockinfo == (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    assert repeats
+    assert [r.seq for r in repeats] == list(range(3, 3 + len(repeats)))
+    for r in repeats:
+        assert (r.kind, r.flags, r.dropped) == (RecordKind.CONNECT, RecordFlag.REPEAT, 0)
+        assert (r.sockaddr, r.sockinfo, r.result) == (first.sockaddr, first.sockinfo, first.result)
+        assert r.count >= 1
+    assert sum(r.count for r in repeats) == 999
+
+
+def test_repeats_are_flushed_before_exec(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, udp_port: int
+) -> None:
+    """Repeat counts are sent before an exec replaces the image (no destructor runs then)."""
+    res = run(
+        programs["repeat_then_exec"], "127.0.0.1", str(udp_port), env=shim_env(agent.path), cwd=tmp_path
+    )
+    received = agent.settle()
+    assert [(r.conn, r.record.pid) for r in received] == [(0, res.pid)] * 4 + [(1, res.pid)]
+    start, conn, exec_, repeat, new_image = (r.record for r in received)
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert (header(conn), conn.sockaddr) == (
+        (RecordKind.CONNECT, NO_FLAGS, 1, 2, 0),
+        inet("127.0.0.1", udp_port),
+    )
+    assert (header(exec_), exec_.path) == ((RecordKind.EXEC, NO_FLAGS, 1, 3, 0), "/bin/true")
+    assert (header(repeat), repeat.sockaddr) == (
+        (RecordKind.CONNECT, RecordFlag.REPEAT, 1, 4, 0),
+        conn.sockaddr,
+    )
+    assert (header(new_image), new_image.exe) == ((RecordKind.PROC_START, NO_FLAGS, 1, 1, 0), TRUE)
+
+
+def test_socket_type_is_part_of_the_identity(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """The same address over TCP and over UDP are two behaviours, each with its own repeats."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        run(programs["two_types"], "127.0.0.1", str(port), env=shim_env(agent.path), cwd=tmp_path)
+    _start, *rest = agent.records()
+    address = inet("127.0.0.1", port)
+    summary = [(r.kind, r.flags, r.count, r.sockaddr, r.sockinfo[1] if r.sockinfo else None) for r in rest]
+    assert summary[:2] == [
+        (RecordKind.CONNECT, NO_FLAGS, 1, address, socket.SOCK_STREAM),
+        (RecordKind.CONNECT, NO_FLAGS, 1, address, socket.SOCK_DGRAM),
+    ]
+    assert sorted(summary[2:], key=lambda t: t[4] or 0) == [  # flushed in table order
+        (RecordKind.CONNECT, RecordFlag.REPEAT, 1, address, socket.SOCK_STREAM),
+        (RecordKind.CONNECT, RecordFlag.REPEAT, 1, address, socket.SOCK_DGRAM),
+    ]
+
+
+def test_repeat_of_a_long_record_is_cut_to_the_stored_size(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The first occurrence goes out whole; its REPEAT summary carries the first 1 KiB, flagged TRUNCATED."""
+    run(programs["exec_repeat"], env=shim_env(agent.path), cwd=tmp_path)
+    start, first, repeat = agent.records()
+    args = tuple(chr(ord("a") + i) * 100 for i in range(20))
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(first) == (RecordKind.EXEC, NO_FLAGS, 1, 2, 0)
+    assert (first.variant, first.path, first.argv) == (ExecVariant.EXECV, "/nonexistent/program", args)
+    assert header(repeat) == (RecordKind.EXEC, RecordFlag.REPEAT | RecordFlag.TRUNCATED, 1, 3, 0)
+    assert (repeat.variant, repeat.path) == (first.variant, first.path)
+    assert repeat.argv is not None
+    kept = len(repeat.argv)
+    assert repeat.argv[:-1] == args[: kept - 1]
+    assert args[kept - 1].startswith(repeat.argv[-1])
+    # 1024 bytes: header 40, VARIANT 5, PATH 24, ARGV header 4, then 951 bytes of arguments, the
+    # last one cut (without its NUL).
+    assert len("\0".join(repeat.argv)) == 1024 - 73
+
+
+def test_full_dedup_table_sends_undeduplicated(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Beyond 256 distinct behaviours records go out flagged NODEDUP; sent and dropped add up."""
+    run(programs["burst"], "300", env=shim_env(agent.path), cwd=tmp_path)
+    recs = agent.records()
+    last = max(recs, key=lambda r: r.seq)
+    assert len(recs) + last.dropped == last.seq  # everything attempted was delivered or counted
+    connects = [r for r in recs if r.kind == RecordKind.CONNECT]
+    for r in connects:
+        assert r.sockaddr is not None
+        assert r.sockaddr.port is not None
+        stored = r.sockaddr.port < 10000 + 256  # the first 256 distinct addresses fill the table
+        assert r.flags == (NO_FLAGS if stored else RecordFlag.NODEDUP)
+    assert [r.flags for r in recs if r.kind == RecordKind.EXEC] in ([RecordFlag.NODEDUP], [])
+    assert last.seq == 1 + 300 + 1  # PROC_START, the connects, the exec attempt
+
+
+def test_errno_is_preserved(programs: dict[str, Path], tmp_path: Path, agent: Agent) -> None:
+    """Failing calls keep their errno and successful ones leave errno untouched, with or without an agent."""
+    with socket.socket() as closed, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connects are refused
+        udp.bind(("127.0.0.1", 0))
+        args = ("127.0.0.1", str(closed.getsockname()[1]), str(udp.getsockname()[1]))
+        prog = programs["errno_keep"]
+        run(prog, *args, env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path)  # the baseline
+        res = run(prog, *args, env=shim_env(agent.path), cwd=tmp_path)
+        run(prog, *args, env=shim_env(tmp_path / "absent.sock"), cwd=tmp_path)
+    procs = by_pid(agent.settle())
+    assert len(procs) == 2
+    recs = procs.pop(res.pid)
+    (child_recs,) = procs.values()
+    assert [(r.kind, r.flags, r.result) for r in child_recs] == [
+        (RecordKind.PROC_START, RecordFlag.FORKED, None),
+        (RecordKind.CONNECT, NO_FLAGS, (0, 0)),
+    ]
+    assert child_recs[0].ppid == res.pid
+    firsts = [r for r in recs if not r.flags & RecordFlag.REPEAT]
+    assert [(r.kind, r.result) for r in firsts] == [
+        (RecordKind.PROC_START, None),
+        (RecordKind.CONNECT, (-1, errno.ECONNREFUSED)),
+        (RecordKind.CONNECT, (0, 0)),
+        (RecordKind.BIND, (0, 0)),
+        (RecordKind.LISTEN, (0, 0)),
+        (RecordKind.CONNECT, (-1, errno.EBADF)),
+        (RecordKind.EXEC, None),
+        (RecordKind.LISTEN, (0, 0)),  # round two listens on another ephemeral port: a new address
+    ]
+    assert firsts[5].sockaddr is None  # the address of a call on a bad descriptor is not read
+    # The failing bind repeats the first one (same address); round two repeats the other six.
+    repeats = [r for r in recs if r.flags & RecordFlag.REPEAT]
+    assert sum(r.count for r in repeats) == 7
+
+
+def test_absent_agent_does_not_disturb(programs: dict[str, Path], tmp_path: Path) -> None:
+    """With no agent at the socket path the program runs, prints nothing extra and exits promptly."""
+    missing = tmp_path / "no-agent.sock"
+    res = run(programs["burst"], "2000", env=shim_env(missing), cwd=tmp_path)
+    assert (res.stdout, res.stderr) == ("", "")
+    assert res.elapsed < 10
+    assert not missing.exists()
+
+
+def test_agent_that_never_reads_does_not_block(programs: dict[str, Path], tmp_path: Path) -> None:
+    """An agent that never accepts nor reads (backlog and buffers full) does not block or break programs."""
+    path = tmp_path / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as stuck:
+        stuck.bind(str(path))
+        stuck.listen(1)
+        env = shim_env(path)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(
+                pool.map(
+                    lambda _: run(programs["burst"], "3000", env=env, cwd=tmp_path, timeout=60), range(4)
+                )
+            )
+    for res in results:
+        assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+        assert res.elapsed < 20
+
+
+def test_drops_are_counted_and_start_is_resent(programs: dict[str, Path], tmp_path: Path) -> None:
+    """Records sent while the agent is away are dropped and counted, repeat counts are kept; once
+    the agent is up, the shim reconnects, sends the undelivered PROC_START first, and the header
+    shows every earlier drop."""
+    path = tmp_path / "late.sock"
+    with subprocess.Popen(
+        [str(programs["late_agent"])],
+        env=shim_env(path),
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        word, repeated = proc.stdout.readline().split()
+        assert word == "ready"
+        agent = Agent(path)
+        try:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            proc.wait(timeout=30)
+            received = agent.settle()
+        finally:
+            agent.close()
+    assert proc.returncode == 0
+    recs = [r.record for r in received]
+    assert recs
+    assert {r.pid for r in recs} == {proc.pid}
+    start, *rest = recs
+    lost = start.seq - 1
+    assert lost >= 7  # PROC_START, the first connect to the repeated address, five distinct ones
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, lost + 1, lost)
+    assert start.exe == str(programs["late_agent"])
+    assert [(r.seq, r.dropped, r.count > 0) for r in rest] == [
+        (lost + 2 + i, lost, True) for i in range(len(rest))
+    ]
+    firsts = [r for r in rest if r.flags == NO_FLAGS]
+    repeats = [r for r in rest if r.flags == RecordFlag.REPEAT]
+    assert len(firsts) + len(repeats) == len(rest)
+    assert firsts
+    assert all(r.kind == RecordKind.CONNECT and r.count == 1 for r in firsts)
+    # Repeats counted while no agent could take them were kept, not lost.
+    assert {r.sockaddr for r in repeats} == {inet("127.0.0.1", 19999)}
+    assert sum(r.count for r in repeats) == int(repeated) - 1
+
+
+def test_fork_child_reports_as_itself(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, udp_port: int
+) -> None:
+    """A fork child sends a FORKED PROC_START under its own pid and keeps its own dedup table."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.1", 0))
+        port_b = other.getsockname()[1]
+        res = run(
+            programs["fork_connect"],
+            "127.0.0.1",
+            str(udp_port),
+            str(port_b),
+            env=shim_env(agent.path),
+            cwd=tmp_path,
+        )
+    child = int(res.stdout)
+    received = agent.settle()
+    for r in received:
+        assert r.peer_pid == r.record.pid
+    procs = by_pid(received)
+    assert set(procs) == {res.pid, child}
+    a, b = inet("127.0.0.1", udp_port), inet("127.0.0.1", port_b)
+
+    p_start, p_conn, p_repeat = procs[res.pid]
+    assert header(p_start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert (header(p_conn), p_conn.sockaddr) == ((RecordKind.CONNECT, NO_FLAGS, 1, 2, 0), a)
+    assert (header(p_repeat), p_repeat.sockaddr) == ((RecordKind.CONNECT, RecordFlag.REPEAT, 1, 3, 0), a)
+
+    c_start, c_a, c_b = procs[child]
+    assert header(c_start) == (RecordKind.PROC_START, RecordFlag.FORKED, 1, 1, 0)
+    assert (c_start.ppid, c_start.exe, c_start.workload) == (
+        res.pid,
+        str(programs["fork_connect"]),
+        "app=test",
+    )
+    assert (header(c_a), c_a.sockaddr, c_a.ppid) == ((RecordKind.CONNECT, NO_FLAGS, 1, 2, 0), a, res.pid)
+    assert (header(c_b), c_b.sockaddr) == ((RecordKind.CONNECT, NO_FLAGS, 1, 3, 0), b)
+
+
+def test_vfork_child_reports_directly(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """An exec from a vfork child is sent undeduplicated under the child's pid (seq 0, NODEDUP),
+    leaving the parent's table and counters alone."""
+    res = run(programs["vfork_exec"], env=shim_env(agent.path), cwd=tmp_path)
+    child = int(res.stdout)
+    received = agent.settle()
+    procs = by_pid(received)
+    assert set(procs) == {res.pid, child}
+    (p_start,) = procs[res.pid]
+    assert header(p_start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    exec_, c_start = procs[child]
+    assert header(exec_) == (RecordKind.EXEC, RecordFlag.NODEDUP, 1, 0, 0)
+    assert (exec_.ppid, exec_.variant, exec_.path, exec_.argv) == (
+        res.pid,
+        ExecVariant.EXECV,
+        "/bin/true",
+        ("true", "from-vfork"),
+    )
+    assert header(c_start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert (c_start.exe, c_start.argv) == (TRUE, ("true", "from-vfork"))
+
+
+def test_threads_share_one_dedup_table(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, udp_port: int
+) -> None:
+    """8 threads connecting at once: no crash, each distinct address sent once, every repeat counted."""
+    threads, count, base = 8, 1000, 40000
+    run(
+        programs["threads_connect"],
+        "127.0.0.1",
+        str(udp_port),
+        str(base),
+        str(threads),
+        str(count),
+        env=shim_env(agent.path),
+        cwd=tmp_path,
+    )
+    start, *rest = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert sorted(r.seq for r in rest) == list(range(2, 2 + len(rest)))
+    assert all(r.kind == RecordKind.CONNECT and r.dropped == 0 for r in rest)
+    shared = inet("127.0.0.1", udp_port)
+    firsts = [r for r in rest if not r.flags & RecordFlag.REPEAT]
+    assert all(r.flags == NO_FLAGS and r.count == 1 for r in firsts)
+    assert sorted(r.sockaddr.port for r in firsts if r.sockaddr) == sorted(
+        [udp_port, *range(base, base + threads)]
+    )
+    repeats = [r for r in rest if r.flags & RecordFlag.REPEAT]
+    assert all(r.flags == RecordFlag.REPEAT and r.sockaddr == shared for r in repeats)
+    assert sum(r.count for r in repeats) == threads * count - 1
+
+
+@pytest.mark.parametrize("mode", ["file", "socket"])
+def test_program_reusing_the_shim_descriptor_is_left_alone(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, udp_port: int, mode: str
+) -> None:
+    """A program that closes every descriptor and puts a file or a socket of its own on the shim's
+    number never gets records written there; the shim reconnects on a new descriptor."""
+    target = tmp_path / "program-output"
+    res = run(
+        programs["fd_steal"],
+        mode,
+        str(target),
+        "127.0.0.1",
+        str(udp_port),
+        env=shim_env(agent.path),
+        cwd=tmp_path,
+    )
+    if mode == "file":
+        assert target.stat().st_size == 0
+    received = agent.settle()
+    assert [(r.conn, r.peer_pid) for r in received] == [(0, res.pid), (1, res.pid), (1, res.pid)]
+    start, conn, repeat = (r.record for r in received)
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert (header(conn), conn.sockaddr) == (
+        (RecordKind.CONNECT, NO_FLAGS, 1, 2, 0),
+        inet("127.0.0.1", udp_port),
+    )
+    assert (header(repeat), repeat.sockaddr) == (
+        (RecordKind.CONNECT, RecordFlag.REPEAT, 1, 3, 0),
+        conn.sockaddr,
+    )

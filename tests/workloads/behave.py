@@ -1,0 +1,44 @@
+"""A test workload: does exactly the behaviours its arguments ask for, then exits 0.
+
+    behave.py [--listen-all PORT] [--connect HOST:PORT] [--times N] [--shell] [--exit N]
+
+All traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen-all", type=int, default=None, help="listen on 0.0.0.0:PORT")
+    parser.add_argument("--connect", default="", help="HOST:PORT to connect to")
+    parser.add_argument("--times", type=int, default=1, help="how many connections")
+    parser.add_argument("--shell", action="store_true", help="run /bin/sh -c true")
+    parser.add_argument("--exit", type=int, default=0, help="exit status")
+    args = parser.parse_args()
+    server = None
+    if args.listen_all is not None:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("0.0.0.0", args.listen_all))
+        server.listen(64)
+    if args.connect:
+        host, port = args.connect.rsplit(":", 1)
+        for _ in range(args.times):
+            with socket.create_connection((host, int(port)), timeout=5):
+                pass
+    if server is not None:
+        server.close()
+    if args.shell:
+        subprocess.run(["/bin/sh", "-c", "true"], check=True)
+    print("behave: done", flush=True)
+    return args.exit
+
+
+if __name__ == "__main__":
+    sys.exit(main())
