@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from telltale.netutil import free_tcp_port
+from telltale.procutil import stop_stale, tied_to_parent
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,20 @@ class EmbeddedEtcd:
             self.process.wait()
 
 
-def start_embedded_etcd(data_dir: Path, *, client_port: int = 0, ready_timeout: float = 30.0) -> EmbeddedEtcd:
+def spawn_embedded_etcd(data_dir: Path, *, client_port: int = 0) -> EmbeddedEtcd:
     """Start a single-member etcd on loopback with its data under `data_dir/etcd`.
 
-    `client_port` 0 picks a free port. Returns once etcd answers its health endpoint.
-    Raises EtcdError (with the tail of etcd's log) when it exits or is not healthy in time.
+    Call from a long-lived thread: the child is tied to it and receives SIGTERM if the
+    controller dies without stopping it. An etcd left running by a previous controller on the
+    same data directory is stopped first. Returns at once; see wait_ready().
+    Raises EtcdError when no etcd binary exists.
     """
     binary = find_etcd_binary()
     etcd_dir = data_dir / "etcd"
     etcd_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = data_dir / "etcd.pid"
+    if stop_stale(pid_file, str(etcd_dir)):
+        log.warning("stopped an etcd left running on %s by a previous controller", etcd_dir)
     log_path = data_dir / "etcd.log"
     client_port = client_port or free_tcp_port()
     peer_port = free_tcp_port()
@@ -87,49 +93,52 @@ def start_embedded_etcd(data_dir: Path, *, client_port: int = 0, ready_timeout: 
     peer_url = f"http://127.0.0.1:{peer_port}"
     cmd = [
         binary,
-        "--name",
-        "telltale-embedded",
-        "--data-dir",
-        str(etcd_dir),
-        "--listen-client-urls",
-        client_url,
-        "--advertise-client-urls",
-        client_url,
-        "--listen-peer-urls",
-        peer_url,
-        "--initial-advertise-peer-urls",
-        peer_url,
-        "--initial-cluster",
-        f"telltale-embedded={peer_url}",
-        "--initial-cluster-state",
-        "new",
+        "--name", "telltale-embedded",
+        "--data-dir", str(etcd_dir),
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"telltale-embedded={peer_url}",
+        "--initial-cluster-state", "new",
         "--force-new-cluster",
-        "--auto-compaction-mode",
-        "revision",
-        "--auto-compaction-retention",
-        "100000",
-        "--log-level",
-        "warn",
-    ]
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "100000",
+        "--log-level", "warn",
+    ]  # fmt: skip
     log.info("starting embedded etcd (%s) on %s", binary, client_url)
     with log_path.open("ab") as logf:
         process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            tied_to_parent(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    etcd = EmbeddedEtcd(process, client_port, etcd_dir, log_path)
-    deadline = time.monotonic() + ready_timeout
+    pid_file.write_text(f"{process.pid}\n")
+    return EmbeddedEtcd(process, client_port, etcd_dir, log_path)
+
+
+def wait_ready(etcd: EmbeddedEtcd, timeout: float = 30.0) -> None:
+    """Block until etcd answers its health endpoint.
+
+    Raises EtcdError (with the tail of etcd's log) and stops etcd when it exits or is not healthy
+    within `timeout` seconds.
+    """
+    url = f"http://{etcd.endpoint}/health"
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise EtcdError(f"embedded etcd exited with {process.returncode}: {_tail(log_path)}")
+        if etcd.process.poll() is not None:
+            raise EtcdError(f"embedded etcd exited with {etcd.process.returncode}: {_tail(etcd.log_path)}")
         try:
-            with urllib.request.urlopen(f"{client_url}/health", timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 if b'"health":"true"' in resp.read():
-                    return etcd
+                    return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.05)
     etcd.stop()
-    raise EtcdError(f"embedded etcd not healthy after {ready_timeout:.0f}s: {_tail(log_path)}")
+    raise EtcdError(f"embedded etcd not healthy after {timeout:.0f}s: {_tail(etcd.log_path)}")
 
 
 def _tail(path: Path, lines: int = 5) -> str:

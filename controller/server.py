@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from telltale.controller.agent_service import AgentService
 from telltale.controller.alert_service import AlertService
-from telltale.controller.etcd import EmbeddedEtcd, start_embedded_etcd
+from telltale.controller.etcd import EmbeddedEtcd, spawn_embedded_etcd, wait_ready
 from telltale.controller.inventory_service import InventoryService
 from telltale.controller.policies import PolicyView
 from telltale.controller.policy_service import CatalogService, PolicyService
@@ -118,8 +118,9 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
             endpoint = config.etcd_endpoints[0].removeprefix("http://")
         else:
             config.data_dir.mkdir(parents=True, exist_ok=True)
-            embedded = await asyncio.to_thread(start_embedded_etcd, config.data_dir)
+            embedded = spawn_embedded_etcd(config.data_dir)  # from the main thread: tied to it
             stack.callback(embedded.stop)
+            await asyncio.to_thread(wait_ready, embedded)
             endpoint = embedded.endpoint
         host, port = split_host_port(endpoint)
         # 2. store

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from telltale.netutil import free_tcp_port
+from telltale.procutil import tied_to_parent
 
 
 class ClusterError(RuntimeError):
@@ -46,7 +47,11 @@ def _healthy(address: str) -> bool:
 
 
 class LocalCluster:
-    """Controller + agent under `workdir`; use as a context manager."""
+    """Controller + agent under `workdir`; use as a context manager.
+
+    Start it from a long-lived thread (the main one): its processes are tied to that thread
+    and are sent SIGTERM if it dies without stopping them.
+    """
 
     def __init__(
         self,
@@ -73,7 +78,7 @@ class LocalCluster:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                self.telltale_cmd("--log-level", self.log_level, *args),
+                tied_to_parent(self.telltale_cmd("--log-level", self.log_level, *args)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,46 @@
+"""Helpers for the child processes telltale starts (the embedded etcd, the local cluster)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def tied_to_parent(cmd: Sequence[str]) -> list[str]:
+    """`cmd` wrapped so the kernel sends it SIGTERM when the thread that starts it dies.
+
+    Uses util-linux's `setpriv --pdeathsig` when present (the parent-death signal fires when the
+    *thread* that forked exits, so start such children from a long-lived thread, such as the
+    main one). Without setpriv the command is returned unchanged.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return list(cmd)
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+
+
+def stop_stale(pid_file: Path, marker: str, timeout: float = 5.0) -> bool:
+    """Kill a process left behind by a previous run and recorded in `pid_file`.
+
+    Only a live process whose command line contains `marker` is signalled (SIGKILL: it is an
+    orphan holding resources we need, such as etcd's data-directory lock). Waits up to
+    `timeout` seconds for it to be gone. Returns True when one was stopped.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return False
+    if marker not in cmdline:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return True
