@@ -55,7 +55,9 @@ def test_alerts_survive_a_controller_restart_and_the_agent_reconnects(tmp_path: 
         assert "process.shell_launched" in _alert_types(channel, "restart-a")
 
         assert cluster.run_workload("restart-b", behave("--shell")).returncode == 0
-        wait_for(lambda: "process.shell_launched" in _alert_types(channel, "restart-b"), 30, "alert after restart")
+        wait_for(
+            lambda: "process.shell_launched" in _alert_types(channel, "restart-b"), 30, "alert after restart"
+        )
 
 
 def test_an_invalid_policy_is_rejected_whole_with_the_field_path(tmp_path: Path) -> None:
