@@ -113,8 +113,11 @@ class Batcher:
             self.flush()
 
     def due(self, now: float) -> bool:
-        """True when the open batch is older than MAX_BATCH_AGE_S."""
-        return self.opened_at is not None and now - self.opened_at >= MAX_BATCH_AGE_S
+        """True when the open batch is older than MAX_BATCH_AGE_S, or when losses wait to be reported."""
+        if self.opened_at is None:
+            counters = self._spool.counters
+            return bool(counters.unsent_dropped or counters.unsent_malformed)
+        return now - self.opened_at >= MAX_BATCH_AGE_S
 
     def flush(self) -> None:
         """Close the open batch (if any, or if loss counts must be reported) into the spool."""

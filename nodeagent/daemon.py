@@ -1,7 +1,8 @@
 """The node agent daemon: startup order, the controller link loop, and shutdown.
 
-Startup order: the node identity, then the intake socket (so workloads can report at once), then
-the batch flusher, then the controller link. The agent is ready when the intake socket listens;
+Startup order: the node identity, then signal handling (a stop request must never be lost), then
+the intake socket (so workloads can report at once), then the batch flusher, then the controller
+link. The agent is ready when the intake socket listens;
 events are spooled until a controller acknowledges them, so the link may come up later.
 """
 
@@ -93,10 +94,11 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part; `task_status.started()` once the intake socket listens."""
         async with trio.open_nursery() as nursery:
+            # Signals first: a stop request that arrives as soon as we are ready must be honoured.
+            await nursery.start(self._stop_on_signals, nursery.cancel_scope)
             await nursery.start(self.intake.run)
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._link_loop)
-            nursery.start_soon(self._stop_on_signals, nursery.cancel_scope)
             log.warning(
                 "telltale agent %s ready: shim socket %s, controllers %s",
                 self.state.node_id,
@@ -105,9 +107,12 @@ class Agent:
             )
             task_status.started()
 
-    async def _stop_on_signals(self, scope: trio.CancelScope) -> None:
+    async def _stop_on_signals(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """On SIGINT/SIGTERM: close the open batch, give a connected link a moment to deliver, stop."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 log.warning("agent stopping on %s", signal.Signals(signum).name)
                 self.batcher.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -257,3 +258,33 @@ def test_the_node_is_in_the_inventory_and_in_sync(cluster: LocalCluster, channel
     assert node.liveness == inventory_pb2.NODE_LIVENESS_ONLINE
     assert node.sequence_gaps == 0
     assert node.hostname
+
+
+def test_garbage_on_the_agent_socket_is_dropped_counted_and_reported(
+    cluster: LocalCluster, channel: grpc.Channel
+) -> None:
+    """A local process writing junk cannot hurt the agent; the loss shows on the node's counters."""
+    stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+    before = stub.ListNodes(inventory_pb2.ListNodesRequest(), timeout=10).nodes[0].malformed_records
+    junk = [
+        b"\x00" * 60,  # bad magic
+        b"TT",  # shorter than a header
+        b"TT\x09\x03" + b"\x00" * 36,  # unknown version
+        b"TT\x01\x03\xff\x00" + b"\x00" * 34,  # length says 255, message has 40
+        b"TT\x01\x03\x30\x00" + b"\x00" * 34 + b"\x05\x00\xff\x00" + b"\x00" * 4,  # field overruns
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(str(cluster.socket_path))
+        for message in junk * 10:
+            sock.send(message)
+
+    def counted() -> bool:
+        node = stub.ListNodes(inventory_pb2.ListNodesRequest(), timeout=10).nodes[0]
+        return node.malformed_records >= before + len(junk) * 10
+
+    wait_for(counted, 30, "the malformed records to be counted on the node")
+    node = stub.ListNodes(inventory_pb2.ListNodesRequest(), timeout=10).nodes[0]
+    assert node.malformed_records == before + len(junk) * 10
+    # The agent still serves workloads.
+    assert cluster.run_workload("e2e-after-junk", behave("--shell")).returncode == 0
+    poll_alerts(channel, "e2e-after-junk", lambda a: "process.shell_launched" in a)

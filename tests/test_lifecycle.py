@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import aetcd
 import grpc
 import pytest
 from helpers import behave
 
+from telltale.controller.etcd import spawn_embedded_etcd, wait_ready
 from telltale.devcluster import LocalCluster, wait_for
 from telltale.netutil import free_tcp_port
 from telltale.v1 import alert_pb2, alert_pb2_grpc, policy_pb2, policy_pb2_grpc
@@ -127,3 +130,33 @@ def test_the_cli_explains_what_is_wrong() -> None:
     out = _telltale("run", "--app", "shop", "--socket", "/nonexistent/a.sock", "--", "no-such-command-xyz")
     assert out.returncode == 127
     assert "command not found" in out.stderr
+
+
+def test_a_controller_uses_a_configured_etcd_under_its_key_prefix(tmp_path: Path) -> None:
+    """With --etcd-endpoints no etcd is embedded; everything lands under the configured prefix."""
+    etcd = spawn_embedded_etcd(tmp_path / "etcd")
+    try:
+        wait_ready(etcd)
+        with LocalCluster(
+            tmp_path / "cluster", etcd_endpoint=etcd.endpoint, etcd_prefix="/acme/tt/"
+        ) as cluster:
+            assert not (tmp_path / "cluster" / "controller" / "etcd").exists()
+            assert cluster.run_workload("external-etcd", behave("--shell")).returncode == 0
+            with grpc.insecure_channel(cluster.api) as channel:
+                wait_for(
+                    lambda: "process.shell_launched" in _alert_types(channel, "external-etcd"),
+                    30,
+                    "the alert",
+                )
+        keys = asyncio.run(_keys(etcd.endpoint))
+        assert any(k.startswith("/acme/tt/alerts/") for k in keys)
+        assert "/acme/tt/policy/default" in keys
+        assert all(k.startswith("/acme/tt/") for k in keys)
+    finally:
+        etcd.stop()
+
+
+async def _keys(endpoint: str) -> list[str]:
+    host, port = endpoint.split(":")
+    async with aetcd.Client(host=host, port=int(port)) as client:
+        return [kv.key.decode() for kv in await client.get_prefix(b"/")]
