@@ -27,8 +27,9 @@ test-fast: $(STAMP) ## run the tests that start no daemons
 
 check: lint typecheck contracts ## ruff, mypy (strict) and the import contracts
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff: lint rules and formatting
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP) ## mypy --strict on the packages
 	$(BIN)/mypy

@@ -13,8 +13,12 @@ BILLING = common_pb2.Workload(id="w-billing", application="billing")
 
 
 def event(pid: int = 1) -> common_pb2.Event:
-    return common_pb2.Event(kind=common_pb2.EVENT_KIND_CONNECT, workload_id=SHOP.id,
-                            process=common_pb2.ProcessInfo(pid=pid), count=1)
+    return common_pb2.Event(
+        kind=common_pb2.EVENT_KIND_CONNECT,
+        workload_id=SHOP.id,
+        process=common_pb2.ProcessInfo(pid=pid),
+        count=1,
+    )
 
 
 def spool_with(n_batches: int, *, capacity: int = 100, events_per_batch: int = 1) -> Spool:

@@ -16,8 +16,9 @@ NO_FLAGS = RecordFlag(0)
 
 
 def rec(kind: RecordKind, flags: RecordFlag = NO_FLAGS, count: int = 1, **fields: object) -> Record:
-    return Record(kind, flags, pid=300, ppid=200, tid=301, count=count, time_ns=T0, dropped=0, seq=1,
-                  **fields)
+    return Record(
+        kind, flags, pid=300, ppid=200, tid=301, count=count, time_ns=T0, dropped=0, seq=1, **fields
+    )
 
 
 def sockaddr_in(ip: str, port: int) -> bytes:
@@ -26,21 +27,28 @@ def sockaddr_in(ip: str, port: int) -> bytes:
 
 
 def sockaddr_in6(ip: str, port: int, scope: int = 0) -> bytes:
-    return (struct.pack("<H", socket.AF_INET6) + struct.pack(">HI", port, 0)
-            + socket.inet_pton(socket.AF_INET6, ip) + struct.pack("<I", scope))
+    return (
+        struct.pack("<H", socket.AF_INET6)
+        + struct.pack(">HI", port, 0)
+        + socket.inet_pton(socket.AF_INET6, ip)
+        + struct.pack("<I", scope)
+    )
 
 
 def sockaddr_un(path: bytes) -> bytes:
     return struct.pack("<H", socket.AF_UNIX) + path + b"\0"
 
 
-@pytest.mark.parametrize(("kind", "expected"), [
-    (RecordKind.PROC_START, common_pb2.EVENT_KIND_PROCESS_START),
-    (RecordKind.EXEC, common_pb2.EVENT_KIND_EXEC),
-    (RecordKind.CONNECT, common_pb2.EVENT_KIND_CONNECT),
-    (RecordKind.BIND, common_pb2.EVENT_KIND_BIND),
-    (RecordKind.LISTEN, common_pb2.EVENT_KIND_LISTEN),
-])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (RecordKind.PROC_START, common_pb2.EVENT_KIND_PROCESS_START),
+        (RecordKind.EXEC, common_pb2.EVENT_KIND_EXEC),
+        (RecordKind.CONNECT, common_pb2.EVENT_KIND_CONNECT),
+        (RecordKind.BIND, common_pb2.EVENT_KIND_BIND),
+        (RecordKind.LISTEN, common_pb2.EVENT_KIND_LISTEN),
+    ],
+)
 def test_each_record_kind_maps_to_its_event_kind(kind: RecordKind, expected: int) -> None:
     event = to_event(rec(kind), "w-1", None)
     assert event.kind == expected
@@ -50,9 +58,18 @@ def test_each_record_kind_maps_to_its_event_kind(kind: RecordKind, expected: int
 
 
 def test_process_start_describes_its_process() -> None:
-    event = to_event(rec(
-        RecordKind.PROC_START, RecordFlag.FORKED, exe="/usr/bin/python3", argv=("python3", "-m", "app"),
-        cwd="/srv", creds=(1000, 0, 0, 1001, 1002, 1003)), "w-1", None)
+    event = to_event(
+        rec(
+            RecordKind.PROC_START,
+            RecordFlag.FORKED,
+            exe="/usr/bin/python3",
+            argv=("python3", "-m", "app"),
+            cwd="/srv",
+            creds=(1000, 0, 0, 1001, 1002, 1003),
+        ),
+        "w-1",
+        None,
+    )
     proc = event.process
     assert (proc.exe, list(proc.argv), proc.cwd) == ("/usr/bin/python3", ["python3", "-m", "app"], "/srv")
     assert (proc.uid, proc.euid, proc.gid, proc.egid) == (1000, 0, 1001, 1002)
@@ -61,9 +78,16 @@ def test_process_start_describes_its_process() -> None:
 
 
 def test_connect_carries_inet_address_port_socket_type_and_result() -> None:
-    event = to_event(rec(
-        RecordKind.CONNECT, sockaddr=decode_sockaddr(sockaddr_in("10.1.2.3", 443)),
-        sockinfo=(socket.AF_INET, socket.SOCK_STREAM | 0o4000, 6), result=(-1, 115)), "w-1", None)
+    event = to_event(
+        rec(
+            RecordKind.CONNECT,
+            sockaddr=decode_sockaddr(sockaddr_in("10.1.2.3", 443)),
+            sockinfo=(socket.AF_INET, socket.SOCK_STREAM | 0o4000, 6),
+            result=(-1, 115),
+        ),
+        "w-1",
+        None,
+    )
     assert event.WhichOneof("detail") == "socket"
     addr = event.socket.address
     assert (addr.family, addr.address, addr.port) == ("inet", "10.1.2.3", 443)
@@ -72,8 +96,11 @@ def test_connect_carries_inet_address_port_socket_type_and_result() -> None:
 
 
 def test_bind_carries_a_scoped_inet6_address() -> None:
-    event = to_event(rec(RecordKind.BIND, sockaddr=decode_sockaddr(sockaddr_in6("fe80::1", 8080, scope=2)),
-                         result=(0, 0)), "w-1", None)
+    event = to_event(
+        rec(RecordKind.BIND, sockaddr=decode_sockaddr(sockaddr_in6("fe80::1", 8080, scope=2)), result=(0, 0)),
+        "w-1",
+        None,
+    )
     addr = event.socket.address
     assert (addr.family, addr.address, addr.port) == ("inet6", "fe80::1%2", 8080)
     assert event.result.known
@@ -87,16 +114,28 @@ def test_bind_carries_a_unix_path_without_port() -> None:
 
 
 def test_listen_carries_its_backlog() -> None:
-    event = to_event(rec(RecordKind.LISTEN, sockinfo=(socket.AF_INET6, socket.SOCK_STREAM, 0), backlog=511,
-                         result=(0, 0)), "w-1", None)
+    event = to_event(
+        rec(RecordKind.LISTEN, sockinfo=(socket.AF_INET6, socket.SOCK_STREAM, 0), backlog=511, result=(0, 0)),
+        "w-1",
+        None,
+    )
     assert event.socket.backlog == 511
     assert event.socket.domain == socket.AF_INET6
     assert not event.socket.HasField("address")
 
 
 def test_exec_carries_path_argv_variant_and_child() -> None:
-    event = to_event(rec(RecordKind.EXEC, path="/bin/sh", argv=("sh", "-c", "id"), variant=ExecVariant.EXECVP,
-                         child_pid=4321), "w-1", None)
+    event = to_event(
+        rec(
+            RecordKind.EXEC,
+            path="/bin/sh",
+            argv=("sh", "-c", "id"),
+            variant=ExecVariant.EXECVP,
+            child_pid=4321,
+        ),
+        "w-1",
+        None,
+    )
     assert event.WhichOneof("detail") == "exec"
     assert (event.exec.path, list(event.exec.argv)) == ("/bin/sh", ["sh", "-c", "id"])
     assert event.exec.variant == common_pb2.EXEC_VARIANT_EXECVP

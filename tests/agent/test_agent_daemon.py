@@ -29,13 +29,18 @@ def clock() -> trio.testing.MockClock:
 
 
 def config(tmp_path: Path, controllers: Sequence[str] = ("ctl-a",), state: str = "state") -> AgentConfig:
-    return AgentConfig(plaintext=True, socket_path=tmp_path / "a.sock", state_dir=tmp_path / state,
-                       controllers=list(controllers))
+    return AgentConfig(
+        plaintext=True,
+        socket_path=tmp_path / "a.sock",
+        state_dir=tmp_path / state,
+        controllers=list(controllers),
+    )
 
 
 def welcome(last_seq: int = 0, heartbeat_ms: int = 3_600_000) -> agent_pb2.ConnectResponse:
-    return agent_pb2.ConnectResponse(welcome=agent_pb2.Welcome(
-        controller_id="c1", last_seq=last_seq, heartbeat_interval_ms=heartbeat_ms))
+    return agent_pb2.ConnectResponse(
+        welcome=agent_pb2.Welcome(controller_id="c1", last_seq=last_seq, heartbeat_interval_ms=heartbeat_ms)
+    )
 
 
 def ack(seq: int) -> agent_pb2.ConnectResponse:
@@ -44,8 +49,12 @@ def ack(seq: int) -> agent_pb2.ConnectResponse:
 
 def add_batch(agent: Agent, pid: int) -> None:
     """Spool one batch holding one event of process `pid`."""
-    event = common_pb2.Event(kind=common_pb2.EVENT_KIND_CONNECT, workload_id=SHOP.id, count=1,
-                             process=common_pb2.ProcessInfo(pid=pid))
+    event = common_pb2.Event(
+        kind=common_pb2.EVENT_KIND_CONNECT,
+        workload_id=SHOP.id,
+        count=1,
+        process=common_pb2.ProcessInfo(pid=pid),
+    )
     agent.batcher.add(event, SHOP, trio.current_time())
     agent.batcher.flush()
 
@@ -66,7 +75,8 @@ async def eventually(predicate: Callable[[], bool], what: str) -> None:
 
 @trio.testing.trio_test
 async def test_hello_carries_the_node_id_persisted_in_the_state_dir(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     hellos: list[agent_pb2.Hello] = []
     for state in ("state", "state", "other-state"):
@@ -89,7 +99,8 @@ async def test_hello_carries_the_node_id_persisted_in_the_state_dir(
 
 @trio.testing.trio_test
 async def test_a_fresh_agent_continues_the_sequence_the_controller_knows(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
@@ -110,7 +121,8 @@ async def test_a_fresh_agent_continues_the_sequence_the_controller_knows(
 
 @trio.testing.trio_test
 async def test_unacknowledged_batches_are_resent_on_the_next_stream(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     controller = connector.controller("ctl-a")
     agent = Agent(config(tmp_path), connector=connector)
@@ -142,7 +154,8 @@ async def test_unacknowledged_batches_are_resent_on_the_next_stream(
 
 @trio.testing.trio_test
 async def test_a_stream_that_ends_before_its_welcome_is_retried(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     controller = connector.controller("ctl-a")
     agent = Agent(config(tmp_path), connector=connector)
@@ -165,7 +178,8 @@ async def test_a_stream_that_ends_before_its_welcome_is_retried(
 
 @trio.testing.trio_test
 async def test_a_stream_that_does_not_start_with_a_welcome_is_left_and_retried(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     controller = connector.controller("ctl-a")
     agent = Agent(config(tmp_path), connector=connector)
@@ -183,7 +197,8 @@ async def test_a_stream_that_does_not_start_with_a_welcome_is_left_and_retried(
 
 @trio.testing.trio_test
 async def test_a_controller_that_never_welcomes_is_abandoned_and_retried(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     controller = connector.controller("ctl-a")
     agent = Agent(config(tmp_path), connector=connector)
@@ -201,7 +216,8 @@ async def test_a_controller_that_never_welcomes_is_abandoned_and_retried(
 
 @trio.testing.trio_test
 async def test_a_policy_update_is_answered_with_the_revision_applied(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
@@ -210,8 +226,11 @@ async def test_a_policy_update_is_answered_with_the_revision_applied(
             session = await connector.controller("ctl-a").wait_session()
             session.push(welcome())
             for revision in (7, 9):
-                session.push(agent_pb2.ConnectResponse(policy_update=agent_pb2.PolicyUpdate(
-                    revision=revision, default_policy="Standard")))
+                session.push(
+                    agent_pb2.ConnectResponse(
+                        policy_update=agent_pb2.PolicyUpdate(revision=revision, default_policy="Standard")
+                    )
+                )
             await session.wait_for("policy_applied", 2)
         assert [p.revision for p in session.policies_applied] == [7, 9]
         assert all(p.error == "" for p in session.policies_applied)
@@ -221,7 +240,8 @@ async def test_a_policy_update_is_answered_with_the_revision_applied(
 
 @trio.testing.trio_test
 async def test_the_agent_fails_over_to_the_next_controller(
-        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     connector = MemoryConnector()
     connector.refuse("ctl-a")
     agent = Agent(config(tmp_path, controllers=["ctl-a", "ctl-b"]), connector=connector)
@@ -244,7 +264,8 @@ async def test_the_agent_fails_over_to_the_next_controller(
 @pytest.mark.parametrize(("interval_ms", "expected_s"), [(10, 0.5), (2_000, 2.0)])
 @trio.testing.trio_test
 async def test_heartbeats_report_the_counters_at_the_clamped_interval(
-        tmp_path: Path, clock: trio.testing.MockClock, interval_ms: int, expected_s: float) -> None:
+    tmp_path: Path, clock: trio.testing.MockClock, interval_ms: int, expected_s: float
+) -> None:
     connector = MemoryConnector()
     agent = Agent(config(tmp_path), connector=connector)
     counters = agent.state.spool.counters
@@ -276,8 +297,9 @@ async def test_heartbeats_report_the_counters_at_the_clamped_interval(
 
 def _record(kind: int, *fields: tuple[int, bytes], pid: int) -> bytes:
     body = b"".join(struct.pack("<HH", tag, len(value)) + value for tag, value in fields)
-    header = struct.pack("<HBBHHIIIIQII", 0x5454, 1, kind, 40 + len(body), 0, pid, 1, pid, 1,
-                         1_750_000_000_000_000_000, 0, 1)
+    header = struct.pack(
+        "<HBBHHIIIIQII", 0x5454, 1, kind, 40 + len(body), 0, pid, 1, pid, 1, 1_750_000_000_000_000_000, 0, 1
+    )
     return header + body
 
 
@@ -295,13 +317,16 @@ async def test_records_from_a_workload_reach_the_controller_in_a_batch(tmp_path:
             with client:
                 await client.connect(str(tmp_path / "a.sock"))
                 await client.send(_record(1, (11, descriptor.encode(SHOP).encode()), pid=500))
-                await client.send(_record(3, (5, struct.pack("<HH4s8x", 2, 0x5000, bytes([127, 0, 0, 1]))),
-                                          pid=500))
+                await client.send(
+                    _record(3, (5, struct.pack("<HH4s8x", 2, 0x5000, bytes([127, 0, 0, 1]))), pid=500)
+                )
                 await session.wait_for("batch")
                 await eventually(lambda: agent.state.workloads.active == 1, "the workload to be active")
         batch = session.batches[0]
         assert [w.id for w in batch.workloads] == ["w-shop"]
-        assert [e.kind for e in batch.events] == [common_pb2.EVENT_KIND_PROCESS_START,
-                                                  common_pb2.EVENT_KIND_CONNECT]
+        assert [e.kind for e in batch.events] == [
+            common_pb2.EVENT_KIND_PROCESS_START,
+            common_pb2.EVENT_KIND_CONNECT,
+        ]
         assert batch.events[1].socket.address.port == 0x0050  # 80, in network order on the wire
         nursery.cancel_scope.cancel()

@@ -36,9 +36,19 @@ def fld(tag: int, body: bytes) -> bytes:
     return struct.pack("<HH", tag, len(body)) + body
 
 
-def record(kind: int, *fields: bytes, pid: int = 1000, ppid: int = 1, flags: int = 0, count: int = 1,
-           dropped: int = 0, seq: int = 0, magic: int = 0x5454, version: int = 1,
-           length: int | None = None) -> bytes:
+def record(
+    kind: int,
+    *fields: bytes,
+    pid: int = 1000,
+    ppid: int = 1,
+    flags: int = 0,
+    count: int = 1,
+    dropped: int = 0,
+    seq: int = 0,
+    magic: int = 0x5454,
+    version: int = 1,
+    length: int | None = None,
+) -> bytes:
     body = b"".join(fields)
     buf = bytearray(40)
     struct.pack_into("<H", buf, 0, magic)
@@ -60,21 +70,34 @@ def sockaddr_in(ip: str, port: int) -> bytes:
     return struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(ip) + bytes(8)
 
 
-def proc_start(*, pid: int = 1000, ppid: int = 1, workload: common_pb2.Workload | None = SHOP,
-               dropped: int = 0) -> bytes:
-    fields = [fld(EXE, b"/usr/bin/app"), fld(ARGV, b"app\0--port\x008080\0"), fld(CWD, b"/srv"),
-              fld(CREDS, struct.pack("<6I", 1000, 1000, 1000, 100, 100, 100))]
+def proc_start(
+    *, pid: int = 1000, ppid: int = 1, workload: common_pb2.Workload | None = SHOP, dropped: int = 0
+) -> bytes:
+    fields = [
+        fld(EXE, b"/usr/bin/app"),
+        fld(ARGV, b"app\0--port\x008080\0"),
+        fld(CWD, b"/srv"),
+        fld(CREDS, struct.pack("<6I", 1000, 1000, 1000, 100, 100, 100)),
+    ]
     if workload is not None:
         fields.append(fld(WORKLOAD, descriptor.encode(workload).encode()))
     return record(PROC_START, *fields, pid=pid, ppid=ppid, dropped=dropped)
 
 
-def connect(*, pid: int = 1000, ppid: int = 1, port: int = 443, dropped: int = 0, flags: int = 0,
-            count: int = 1) -> bytes:
-    return record(CONNECT, fld(SOCKADDR, sockaddr_in("10.1.2.3", port)),
-                  fld(SOCKINFO, struct.pack("<3i", socket.AF_INET, socket.SOCK_STREAM, 6)),
-                  fld(RESULT, struct.pack("<2i", 0, 0)), pid=pid, ppid=ppid, dropped=dropped, flags=flags,
-                  count=count)
+def connect(
+    *, pid: int = 1000, ppid: int = 1, port: int = 443, dropped: int = 0, flags: int = 0, count: int = 1
+) -> bytes:
+    return record(
+        CONNECT,
+        fld(SOCKADDR, sockaddr_in("10.1.2.3", port)),
+        fld(SOCKINFO, struct.pack("<3i", socket.AF_INET, socket.SOCK_STREAM, 6)),
+        fld(RESULT, struct.pack("<2i", 0, 0)),
+        pid=pid,
+        ppid=ppid,
+        dropped=dropped,
+        flags=flags,
+        count=count,
+    )
 
 
 @dataclass
@@ -100,8 +123,9 @@ class Harness:
 
 async def start_intake(nursery: trio.Nursery, tmp_path: Path) -> Harness:
     harness = Harness(tmp_path / "agent.sock", Counters(), Workloads())
-    intake = Intake(harness.path, lambda e, w: harness.got.append((e, w)), harness.counters,
-                    harness.workloads)
+    intake = Intake(
+        harness.path, lambda e, w: harness.got.append((e, w)), harness.counters, harness.workloads
+    )
     await nursery.start(intake.run)
     return harness
 
@@ -184,7 +208,8 @@ MALFORMED = {
 @pytest.mark.parametrize("bad", MALFORMED.values(), ids=MALFORMED.keys())
 @trio.testing.trio_test
 async def test_a_malformed_record_is_counted_and_the_connection_keeps_working(
-        tmp_path: Path, bad: bytes) -> None:
+    tmp_path: Path, bad: bytes
+) -> None:
     async with trio.open_nursery() as nursery:
         h = await start_intake(nursery, tmp_path)
         with await h.client() as client:
@@ -209,8 +234,10 @@ async def test_an_empty_message_is_counted_and_the_connection_keeps_working(tmp_
             await client.send(proc_start())
             await h.wait_events(1)
             await client.send(b"")
-            await eventually(lambda: h.counters.malformed == 1 or h.workloads.active == 0,
-                             "the empty message to be handled")
+            await eventually(
+                lambda: h.counters.malformed == 1 or h.workloads.active == 0,
+                "the empty message to be handled",
+            )
             assert h.counters.malformed == 1
             assert h.workloads.active == 1, "the connection is still open"
         nursery.cancel_scope.cancel()
@@ -291,15 +318,33 @@ def _garbage(rng: random.Random) -> bytes:
     if shape == 1:  # a plausible header with random fields
         fields = b"".join(
             struct.pack("<HH", rng.randrange(15), rng.choice([n, n, rng.randrange(64)])) + rng.randbytes(n)
-            for n in (rng.randrange(40) for _ in range(rng.randrange(6))))
+            for n in (rng.randrange(40) for _ in range(rng.randrange(6)))
+        )
         length = None if rng.random() < 0.8 else rng.randrange(65536)
-        return record(rng.randrange(8), fields, pid=rng.getrandbits(32), ppid=rng.getrandbits(32),
-                      flags=rng.getrandbits(16), count=rng.getrandbits(32), dropped=rng.getrandbits(32),
-                      length=length)
-    valid = rng.choice([proc_start(pid=rng.randrange(1, 50)), connect(pid=rng.randrange(1, 50)),
-                        record(EXEC, fld(PATH, b"/bin/sh"), fld(ARGV, b"sh\0-c\0"), fld(VARIANT, b"\x01"),
-                               fld(CHILD_PID, struct.pack("<I", 7))),
-                        record(LISTEN, fld(BACKLOG, struct.pack("<i", 128)))])
+        return record(
+            rng.randrange(8),
+            fields,
+            pid=rng.getrandbits(32),
+            ppid=rng.getrandbits(32),
+            flags=rng.getrandbits(16),
+            count=rng.getrandbits(32),
+            dropped=rng.getrandbits(32),
+            length=length,
+        )
+    valid = rng.choice(
+        [
+            proc_start(pid=rng.randrange(1, 50)),
+            connect(pid=rng.randrange(1, 50)),
+            record(
+                EXEC,
+                fld(PATH, b"/bin/sh"),
+                fld(ARGV, b"sh\0-c\0"),
+                fld(VARIANT, b"\x01"),
+                fld(CHILD_PID, struct.pack("<I", 7)),
+            ),
+            record(LISTEN, fld(BACKLOG, struct.pack("<i", 128))),
+        ]
+    )
     if shape == 2:  # a valid record with a few bytes changed
         buf = bytearray(valid)
         for _ in range(rng.randint(1, 4)):
@@ -324,8 +369,10 @@ async def test_a_garbage_spewing_client_cannot_crash_the_intake(tmp_path: Path) 
             for messages in batches:
                 spewers.start_soon(spew, messages)
         total = sum(len(b) for b in batches)
-        await eventually(lambda: h.counters.records + h.counters.malformed == total,
-                         "every message to be decoded or counted")
+        await eventually(
+            lambda: h.counters.records + h.counters.malformed == total,
+            "every message to be decoded or counted",
+        )
         assert h.counters.malformed > total // 2
         h.got.clear()
         with await h.client() as client:

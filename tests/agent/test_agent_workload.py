@@ -16,8 +16,13 @@ SOCKET = Path("/run/telltale/agent.sock")
 
 def full_workload() -> common_pb2.Workload:
     workload = common_pb2.Workload(
-        id="0123abcd", application="shop", component="api", version="1.4.2+build 7",
-        environment="prod-eu", policy_override="Max Alert")
+        id="0123abcd",
+        application="shop",
+        component="api",
+        version="1.4.2+build 7",
+        environment="prod-eu",
+        policy_override="Max Alert",
+    )
     workload.tags["team"] = "payments"
     workload.tags["odd&key"] = "a=b&c%d e"
     return workload
@@ -93,8 +98,15 @@ def test_a_required_name_must_be_given() -> None:
 
 
 def test_new_workload_has_a_fresh_id_and_every_field() -> None:
-    workload = new_workload("shop", component="api", version="2.0", environment="prod", policy="Strict",
-                            tags={"team": "payments"}, command=["gunicorn", "app:main"])
+    workload = new_workload(
+        "shop",
+        component="api",
+        version="2.0",
+        environment="prod",
+        policy="Strict",
+        tags={"team": "payments"},
+        command=["gunicorn", "app:main"],
+    )
     other = new_workload("shop")
     assert len(workload.id) == 32
     assert int(workload.id, 16) >= 0
@@ -106,12 +118,15 @@ def test_new_workload_has_a_fresh_id_and_every_field() -> None:
     assert workload.started_at.seconds > 0
 
 
-@pytest.mark.parametrize(("kwargs", "flag"), [
-    ({"application": ""}, "--app"),
-    ({"application": "my app"}, "--app"),
-    ({"application": "shop", "component": "-api"}, "--component"),
-    ({"application": "shop", "environment": "prod/eu"}, "--env"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"application": ""}, "--app"),
+        ({"application": "my app"}, "--app"),
+        ({"application": "shop", "component": "-api"}, "--component"),
+        ({"application": "shop", "environment": "prod/eu"}, "--env"),
+    ],
+)
 def test_new_workload_rejects_bad_names(kwargs: dict[str, str], flag: str) -> None:
     application = kwargs.pop("application")
     with pytest.raises(descriptor.DescriptorError, match=rf"^{flag} "):
