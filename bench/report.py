@@ -55,10 +55,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _numeric(cell: str) -> bool:
+    return cell[:1].isdigit() or cell[:1] in "+-—"
+
+
 def _table(table: Table) -> list[str]:
+    """Markdown lines; columns whose every cell starts like a number are right-aligned."""
     lines = [f"**{table.title}**", ""] if table.title else []
     lines.append("| " + " | ".join(table.columns) + " |")
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|")
+    aligns = [
+        "---:" if table.rows and all(_numeric(row[i]) for row in table.rows) else "---"
+        for i in range(len(table.columns))
+    ]
+    lines.append("|" + "|".join(aligns) + "|")
     lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows)
     return [*lines, ""]
 
