@@ -5,6 +5,11 @@ from __future__ import annotations
 from telltale.nodeagent.records import Record, RecordFlag, RecordKind
 from telltale.v1 import common_pb2
 
+# Plain ints: testing an IntFlag member costs an enum construction per record.
+_REPEAT = int(RecordFlag.REPEAT)
+_TRUNCATED = int(RecordFlag.TRUNCATED)
+_FORKED = int(RecordFlag.FORKED)
+
 _KINDS = {
     RecordKind.PROC_START: common_pb2.EVENT_KIND_PROCESS_START,
     RecordKind.EXEC: common_pb2.EVENT_KIND_EXEC,
@@ -20,12 +25,13 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
     `process` is what the agent knows of the acting process from its start record (exe, argv,
     credentials); the record's own pid/ppid/tid always win.
     """
+    flags = int(record.flags)
     event = common_pb2.Event(
         kind=_KINDS.get(record.kind, common_pb2.EVENT_KIND_UNSPECIFIED),
         workload_id=workload_id,
         count=max(record.count, 1),
-        repeat=bool(record.flags & RecordFlag.REPEAT),
-        truncated=bool(record.flags & RecordFlag.TRUNCATED),
+        repeat=bool(flags & _REPEAT),
+        truncated=bool(flags & _TRUNCATED),
     )
     event.time.FromNanoseconds(record.time_ns)
     proc = event.process
@@ -67,4 +73,4 @@ def fill_process(proc: common_pb2.ProcessInfo, record: Record) -> None:
     if record.creds is not None:
         ruid, euid, _suid, rgid, egid, _sgid = record.creds
         proc.uid, proc.euid, proc.gid, proc.egid = ruid, euid, rgid, egid
-    proc.forked = bool(record.flags & RecordFlag.FORKED)
+    proc.forked = bool(int(record.flags) & _FORKED)
