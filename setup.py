@@ -27,6 +27,8 @@ def generate_protos() -> None:
     if not sources:
         raise SystemExit("no .proto files under proto/telltale/v1")
     GENERATED.mkdir(parents=True, exist_ok=True)
+    for stale in GENERATED.glob("*_pb2*.py*"):  # a renamed or removed .proto leaves no module behind
+        stale.unlink()
     include = Path(protoc.__file__).resolve().parent / "_proto"
     args = [
         "grpc_tools.protoc",

@@ -1,4 +1,4 @@
-"""PolicyService and CatalogService: policies as documents, validated by the engine, kept in etcd.
+"""PolicyService: policies as documents, validated by the engine, kept in etcd.
 
 Built-in policies are read-only. Operations that belong to the policy-management milestone
 (clone, delete, default, assignments, history) answer UNIMPLEMENTED until it lands.
@@ -20,7 +20,6 @@ from telltale.controller.errors import (
 )
 from telltale.controller.rpc import require, unary
 from telltale.controller.store import Conflict, EtcdStore
-from telltale.engine import catalog
 from telltale.engine import policy as policy_model
 from telltale.v1 import policy_pb2, policy_pb2_grpc
 
@@ -179,26 +178,3 @@ def _stamped(message: policy_pb2.Policy, *, revision: int, actor: str) -> policy
     ts.GetCurrentTime()
     message.updated_at.CopyFrom(ts)
     return message
-
-
-class CatalogService(policy_pb2_grpc.CatalogServiceServicer):
-    """Serves the alert catalog compiled into this release."""
-
-    @unary
-    async def ListAlertTypes(
-        self, request: policy_pb2.ListAlertTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> policy_pb2.ListAlertTypesResponse:
-        specs = sorted(catalog.CATALOG.values(), key=lambda s: s.id)
-        if request.category:
-            specs = [s for s in specs if s.category == request.category]
-        return policy_pb2.ListAlertTypesResponse(alert_types=[catalog.to_proto(s) for s in specs])
-
-    @unary
-    async def GetAlertType(
-        self, request: policy_pb2.GetAlertTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> policy_pb2.GetAlertTypeResponse:
-        type_id = require(request.id, "id")
-        spec = catalog.CATALOG.get(type_id)
-        if spec is None:
-            raise NotFound(f"no alert type {type_id!r} in the catalog")
-        return policy_pb2.GetAlertTypeResponse(alert_type=catalog.to_proto(spec))

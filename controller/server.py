@@ -28,10 +28,11 @@ from grpc_reflection.v1alpha import reflection
 
 from telltale.controller.agent_service import AgentService
 from telltale.controller.alert_service import AlertService
+from telltale.controller.catalog_service import CatalogService
 from telltale.controller.etcd import EmbeddedEtcd, spawn_embedded_etcd, wait_ready
 from telltale.controller.inventory_service import InventoryService
 from telltale.controller.policies import PolicyView
-from telltale.controller.policy_service import CatalogService, PolicyService
+from telltale.controller.policy_service import PolicyService
 from telltale.controller.store import DEFAULT_PREFIX, EtcdStore
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
@@ -41,6 +42,8 @@ from telltale.v1 import (
     agent_pb2_grpc,
     alert_pb2,
     alert_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
     inventory_pb2,
     inventory_pb2_grpc,
     policy_pb2,
@@ -93,7 +96,7 @@ class ControllerConfig:
 SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
-    policy_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     alert_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
 )
@@ -152,7 +155,7 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
             AgentService(store, policies, controller_id), server
         )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(store), server)
-        policy_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogService(), server)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogService(), server)
         alert_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(store), server)
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(InventoryService(store, policies), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

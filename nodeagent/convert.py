@@ -42,7 +42,7 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         fill_process(proc, record)
     if record.result is not None:
         event.result.known = True
-        event.result.return_value, event.result.errno = record.result
+        event.result.return_value, event.result.error_number = record.result
     if record.kind in (RecordKind.CONNECT, RecordKind.BIND, RecordKind.LISTEN):
         sock = event.socket
         if record.sockaddr is not None:

@@ -6,7 +6,7 @@ import argparse
 
 from telltale.cli.client import api_channel
 from telltale.cli.format import ALERT_HEADERS, alert_row, priority, table, to_json
-from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2, policy_pb2, policy_pb2_grpc
+from telltale.v1 import alert_pb2, alert_pb2_grpc, catalog_pb2, catalog_pb2_grpc, common_pb2
 
 _STATES = {
     s: getattr(alert_pb2, f"ALERT_STATE_{s.upper().replace('-', '_')}")
@@ -106,8 +106,8 @@ def watch_alerts(args: argparse.Namespace) -> int:
 def list_catalog(args: argparse.Namespace) -> int:
     """Print the alert catalog."""
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
-        stub = policy_pb2_grpc.CatalogServiceStub(channel)
-        types = stub.ListAlertTypes(policy_pb2.ListAlertTypesRequest(), timeout=args.timeout).alert_types
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        types = stub.ListAlertTypes(catalog_pb2.ListAlertTypesRequest(), timeout=args.timeout).alert_types
     if args.output == "json":
         for t in types:
             print(to_json(t))

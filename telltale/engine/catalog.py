@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import TypeAlias
 
 from telltale.engine.params import ParamSpec, absolute_path, cidr, port, program_name, to_proto_value
-from telltale.v1 import common_pb2, policy_pb2
+from telltale.v1 import catalog_pb2, common_pb2
 
 __all__ = ["CATALOG", "AlertTypeSpec", "ParamSpec", "to_proto"]
 
@@ -197,9 +197,9 @@ CATALOG: Mapping[str, AlertTypeSpec] = MappingProxyType({spec.id: spec for spec 
 """Every alert type, by id, in a stable order (the order the catalog lists them)."""
 
 
-def to_proto(spec: AlertTypeSpec) -> policy_pb2.AlertType:
+def to_proto(spec: AlertTypeSpec) -> catalog_pb2.AlertType:
     """Describe an alert type as the AlertType message of the catalog API."""
-    return policy_pb2.AlertType(
+    return catalog_pb2.AlertType(
         id=spec.id,
         category=spec.category,
         title=spec.title,
@@ -207,7 +207,7 @@ def to_proto(spec: AlertTypeSpec) -> policy_pb2.AlertType:
         rationale=spec.rationale,
         remediation=spec.remediation,
         params=[
-            policy_pb2.AlertTypeParam(
+            catalog_pb2.AlertTypeParam(
                 name=param.name,
                 type=param.type,
                 description=param.description,

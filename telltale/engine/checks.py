@@ -70,7 +70,7 @@ def _ints(params: Mapping[str, ParamValue], name: str) -> tuple[int, ...]:
 
 def _failed(event: common_pb2.Event) -> bool:
     result = event.result
-    return result.known and result.errno != 0
+    return result.known and result.error_number != 0
 
 
 def resolve_program(path: str, cwd: str) -> str | None:

@@ -92,7 +92,7 @@ def test_connect_carries_inet_address_port_socket_type_and_result() -> None:
     addr = event.socket.address
     assert (addr.family, addr.address, addr.port) == ("inet", "10.1.2.3", 443)
     assert (event.socket.domain, event.socket.type, event.socket.protocol) == (2, 1 | 0o4000, 6)
-    assert (event.result.known, event.result.return_value, event.result.errno) == (True, -1, 115)
+    assert (event.result.known, event.result.return_value, event.result.error_number) == (True, -1, 115)
 
 
 def test_bind_carries_a_scoped_inet6_address() -> None:

@@ -51,7 +51,7 @@ def socket_event(
         kind=kind,
         count=1,
         process=common_pb2.ProcessInfo(pid=10, exe=exe),
-        result=common_pb2.CallResult(known=True, return_value=-1 if errno else 0, errno=errno),
+        result=common_pb2.CallResult(known=True, return_value=-1 if errno else 0, error_number=errno),
         socket=common_pb2.SocketDetail(
             address=common_pb2.SocketAddress(family=family, address=address, port=port),
             domain=10 if family == "inet6" else 2,
