@@ -48,7 +48,7 @@ spec:
 """
 WAIT_S = 30.0
 
-Change = tuple[int, alert_pb2.WatchAlertsResponse]  # (arrival time in ns, change)
+Change = tuple[int, alert_pb2.AlertChange]  # (arrival time in ns, change)
 
 
 @dataclass
@@ -73,8 +73,10 @@ def _watch(channel: grpc.Channel) -> Iterator[queue.Queue[Change]]:
 
     def consume() -> None:
         try:
-            for change in stream:
-                changes.put((time.time_ns(), change))
+            for response in stream:
+                arrived = time.time_ns()
+                for change in response.changes:
+                    changes.put((arrived, change))
         except grpc.RpcError:
             pass  # cancelled at the end
 

@@ -1,9 +1,10 @@
 """AgentService: the one bidirectional stream each node agent keeps open.
 
-Per stream: Hello → Welcome; every EventBatch is evaluated, recorded and acknowledged in order
-(batches at or below the node's recorded sequence are duplicates from a resend: acknowledged,
-not counted twice; a jump in sequence is counted as a gap); every policy-state change is pushed
-as a PolicyUpdate and the node's acknowledgement is recorded.
+Per stream: Hello → Welcome; every EventBatch is evaluated and recorded exactly once, then
+acknowledged, in order (see ingest.apply_batch); every policy-state change is pushed as a
+PolicyUpdate and the node's acknowledgement is recorded. The node record is only ever written
+with compare-and-swap, so a stale stream (the same node reconnected elsewhere) cannot undo
+what the live one wrote.
 """
 
 from __future__ import annotations
@@ -12,38 +13,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aetcd
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from telltale.controller.ingest import ingest_batch
+from telltale.controller.errors import ControllerError, Unavailable, status_of
+from telltale.controller.ingest import apply_batch, workloads_of
 from telltale.controller.policies import PolicyView
-from telltale.controller.store import Store
+from telltale.controller.rpc import store_unavailable
+from telltale.controller.store import Conflict, Store, Versioned
 from telltale.v1 import agent_pb2, agent_pb2_grpc, inventory_pb2
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_MS = 5000
 OUTBOUND_QUEUE = 64
-
-
-def _now_ts() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
+NODE_WRITE_ATTEMPTS = 8
+MAX_KNOWN_WORKLOADS = 10_000
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     """Serves node agents; every stream is independent and lives as long as the agent's call."""
 
     def __init__(self, store: Store, policies: PolicyView, controller_id: str) -> None:
-        self._store = store
-        self._policies = policies
-        self._controller_id = controller_id
-        self.connected: dict[str, int] = {}
-        self.events_received = 0
+        self.store = store
+        self.policies = policies
+        self.controller_id = controller_id
+        self.streams: dict[str, int] = {}  # node id -> open streams on this replica
 
     # The stream is written with context.write() from its own task, so the handler returns None
     # rather than being a generator of responses.
@@ -63,13 +61,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         session = _Session(self, first.hello, context)
         node_id = first.hello.node_id
-        self.connected[node_id] = self.connected.get(node_id, 0) + 1
+        self.streams[node_id] = self.streams.get(node_id, 0) + 1
         try:
             await session.run(requests)
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        except aetcd.ClientError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, store_unavailable(exc))
         finally:
-            self.connected[node_id] -= 1
-            if not self.connected[node_id]:
-                del self.connected[node_id]
+            self.streams[node_id] -= 1
+            if not self.streams[node_id]:
+                del self.streams[node_id]
                 await session.mark_offline()
 
 
@@ -80,21 +82,27 @@ class _Session:
         self, service: AgentService, hello: agent_pb2.Hello, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         self.service = service
-        self.store = service._store
-        self.policies = service._policies
+        self.store = service.store
+        self.policies = service.policies
         self.hello = hello
         self.context = context
-        self.node = inventory_pb2.Node(node_id=hello.node_id)
+        self.node: Versioned[inventory_pb2.Node] = Versioned(inventory_pb2.Node(node_id=hello.node_id), 0)
         self.outbound: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue(OUTBOUND_QUEUE)
         self.known_workloads: set[str] = set()
 
     async def run(self, requests: AsyncIterator[agent_pb2.ConnectRequest]) -> None:
-        await self._register()
+        await self._update_node(self._registered)
+        log.info(
+            "node %s (%s) connected, last seq %d",
+            self.hello.node_id,
+            self.hello.hostname,
+            self.node.value.last_seq,
+        )
         await self.outbound.put(
             agent_pb2.ConnectResponse(
                 welcome=agent_pb2.Welcome(
-                    controller_id=self.service._controller_id,
-                    last_seq=self.node.last_seq,
+                    controller_id=self.service.controller_id,
+                    last_seq=self.node.value.last_seq,
                     heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                 )
             )
@@ -107,38 +115,56 @@ class _Session:
                 if writer.done():
                     break
         finally:
-            pusher.cancel()
-            writer.cancel()
             for task in (pusher, writer):
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _register(self) -> None:
-        stored = await self.store.get_node(self.hello.node_id)
-        if stored is not None:
-            self.node.CopyFrom(stored.value)
+    # -- the node record -------------------------------------------------------------------
+    async def _update_node(self, change: Callable[[inventory_pb2.Node], None]) -> None:
+        """Apply `change` to the stored node record with compare-and-swap, re-reading on conflict."""
+        for _ in range(NODE_WRITE_ATTEMPTS):
+            updated = inventory_pb2.Node()
+            updated.CopyFrom(self.node.value)
+            change(updated)
+            try:
+                revision = await self.store.put_node(updated, self.node.mod_revision)
+            except Conflict:
+                stored = await self.store.get_node(self.hello.node_id)
+                self.node = stored or Versioned(inventory_pb2.Node(node_id=self.hello.node_id), 0)
+                continue
+            self.node = Versioned(updated, revision)
+            return
+        raise Unavailable(f"node {self.hello.node_id}: its record keeps changing; retry")
+
+    def _registered(self, node: inventory_pb2.Node) -> None:
         hello = self.hello
-        self.node.hostname = hello.hostname
-        self.node.kernel = hello.kernel
-        self.node.os = hello.os
-        self.node.agent_version = hello.agent_version
-        self.node.controller_id = self.service._controller_id
-        self.node.liveness = inventory_pb2.NODE_LIVENESS_ONLINE
-        self.node.applied_policy_revision = hello.applied_policy_revision
-        self.node.in_sync = hello.applied_policy_revision == self.policies.revision
-        del self.node.addresses[:]
-        self.node.addresses.extend(hello.addresses)
-        self.node.last_seen.CopyFrom(_now_ts())
-        await self.store.put_node(self.node)
-        log.info("node %s (%s) connected, last seq %d", self.node.node_id, hello.hostname, self.node.last_seq)
+        node.hostname = hello.hostname
+        node.kernel = hello.kernel
+        node.os = hello.os
+        node.agent_version = hello.agent_version
+        node.instance_id = hello.instance_id
+        node.controller_id = self.service.controller_id
+        node.liveness = inventory_pb2.NODE_LIVENESS_ONLINE
+        node.applied_policy_revision = hello.applied_policy_revision
+        node.in_sync = hello.applied_policy_revision == self.policies.revision
+        del node.addresses[:]
+        node.addresses.extend(hello.addresses)
+        node.last_seen.GetCurrentTime()
 
     async def mark_offline(self) -> None:
-        self.node.liveness = inventory_pb2.NODE_LIVENESS_OFFLINE
-        self.node.last_seen.CopyFrom(_now_ts())
-        with contextlib.suppress(Exception):
-            await self.store.put_node(self.node)
-        log.info("node %s disconnected", self.node.node_id)
+        """Mark the node offline, unless another stream (another replica, a newer agent) owns it now."""
+        node = inventory_pb2.Node()
+        node.CopyFrom(self.node.value)
+        if node.instance_id != self.hello.instance_id or node.controller_id != self.service.controller_id:
+            return
+        node.liveness = inventory_pb2.NODE_LIVENESS_OFFLINE
+        node.last_seen.GetCurrentTime()
+        with contextlib.suppress(Conflict, Exception):
+            await self.store.put_node(node, self.node.mod_revision)
+        log.info("node %s disconnected", node.node_id)
 
+    # -- the stream ------------------------------------------------------------------------
     async def _write_loop(self) -> None:
         while True:
             message = await self.outbound.get()
@@ -158,55 +184,49 @@ class _Session:
         if which == "batch":
             await self._handle_batch(request.batch)
         elif which == "heartbeat":
-            # Loss counters arrive as per-batch deltas; the heartbeat only proves liveness.
-            self.node.last_seen.CopyFrom(_now_ts())
-            await self.store.put_node(self.node)
+            # Loss counters arrive as per-batch deltas; the heartbeat proves liveness and shows
+            # the agent's spool.
+            beat = request.heartbeat
+
+            def heartbeat(node: inventory_pb2.Node) -> None:
+                node.last_seen.GetCurrentTime()
+                node.spooled_batches = beat.spooled_batches
+                node.dropped_batches = beat.dropped_batches
+
+            await self._update_node(heartbeat)
         elif which == "policy_applied":
             applied = request.policy_applied
             if applied.error:
                 log.warning(
-                    "node %s could not apply policy revision %d: %s",
-                    self.node.node_id,
+                    "node %s could not apply policy revision %d: %r",
+                    self.hello.node_id,
                     applied.revision,
-                    applied.error,
+                    applied.error[:200],
                 )
-            else:
-                self.node.applied_policy_revision = applied.revision
-            self.node.in_sync = self.node.applied_policy_revision == self.policies.revision
-            await self.store.put_node(self.node)
+
+            def acknowledged(node: inventory_pb2.Node) -> None:
+                if not applied.error:
+                    node.applied_policy_revision = applied.revision
+                node.in_sync = node.applied_policy_revision == self.policies.revision
+
+            await self._update_node(acknowledged)
         elif which == "node_state":
             pass  # host-state evaluation arrives with the node-agent issue; accepted and ignored
         elif which == "hello":
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: sent twice on one stream")
 
     async def _handle_batch(self, batch: agent_pb2.EventBatch) -> None:
-        node = self.node
-        if batch.seq <= node.last_seq:
-            await self._ack(batch.seq)  # a resend of something already recorded
-            return
-        if node.last_seq and batch.seq > node.last_seq + 1:
-            node.sequence_gaps += batch.seq - node.last_seq - 1
-            log.warning(
-                "node %s: %d batches missing before seq %d",
-                node.node_id,
-                batch.seq - node.last_seq - 1,
-                batch.seq,
-            )
-        result = await ingest_batch(self.store, batch, node.node_id, self.policies.policy_set, time.time_ns())
-        self.service.events_received += result.events
-        for workload in batch.workloads:
-            if workload.id not in self.known_workloads:
-                self.known_workloads.add(workload.id)
-                stamped = type(workload)()
-                stamped.CopyFrom(workload)
-                stamped.node_id = node.node_id
-                await self.store.put_workload(stamped)
-        node.last_seq = batch.seq
-        node.dropped_records += batch.dropped_records
-        node.malformed_records += batch.malformed_records
-        node.last_seen.CopyFrom(_now_ts())
-        await self.store.put_node(node)
-        await self._ack(batch.seq)
+        outcome = await apply_batch(self.store, batch, self.node, self.policies.policy_set, time.time_ns())
+        self.node = outcome.node
+        if not outcome.duplicate:
+            await self._record_workloads(batch)
+        await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=batch.seq)))
 
-    async def _ack(self, seq: int) -> None:
-        await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=seq)))
+    async def _record_workloads(self, batch: agent_pb2.EventBatch) -> None:
+        for workload in workloads_of(batch, self.hello.node_id).values():
+            if workload.id in self.known_workloads:
+                continue
+            if len(self.known_workloads) >= MAX_KNOWN_WORKLOADS:
+                self.known_workloads.clear()
+            self.known_workloads.add(workload.id)
+            await self.store.put_workload(workload)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aetcd
 import grpc
 
 from telltale.controller.errors import InvalidArgument, NotFound, Unavailable
-from telltale.controller.rpc import page_size, require, unary
-from telltale.controller.store import Conflict, Store
+from telltale.controller.rpc import page_size, require, store_unavailable, unary
+from telltale.controller.store import AlertChange, Conflict, Store
 from telltale.engine.alerts import alert_matches
 from telltale.v1 import alert_pb2, alert_pb2_grpc
 
@@ -70,35 +72,54 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
     ) -> AsyncIterator[alert_pb2.WatchAlertsResponse]:
         if request.after_revision < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after_revision: must not be negative")
+        try:
+            async for change in self._changes(request, context):
+                yield change
+        except aetcd.RevisionCompactedError as exc:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"after_revision {request.after_revision} is older than the retained history "
+                f"(compacted at {exc.compacted_revision}): list the alerts again, or watch with "
+                "send_existing, and resume from the revision that returns",
+            )
+        except aetcd.ClientError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, store_unavailable(exc))
+
+    async def _changes(
+        self, request: alert_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[alert_pb2.WatchAlertsResponse]:
         start = request.after_revision
+        sent = False
         if request.send_existing or start == 0:
             stored, revision = await self._store.list_alerts()
             if request.send_existing:
-                for item in sorted(stored, key=lambda v: v.mod_revision):
-                    if item.mod_revision > start and alert_matches(item.value, request.filter):
-                        yield alert_pb2.WatchAlertsResponse(
-                            kind=alert_pb2.ALERT_CHANGE_KIND_CREATED,
-                            alert=item.value,
-                            revision=item.mod_revision,
-                        )
+                existing = sorted(
+                    (v for v in stored if v.mod_revision > start and alert_matches(v.value, request.filter)),
+                    key=lambda v: v.mod_revision,
+                )
+                for rev, items in itertools.groupby(existing, key=lambda v: v.mod_revision):
+                    sent = True
+                    yield alert_pb2.WatchAlertsResponse(
+                        revision=rev,
+                        changes=[
+                            alert_pb2.AlertChange(kind=alert_pb2.ALERT_CHANGE_KIND_CREATED, alert=v.value)
+                            for v in items
+                        ],
+                    )
             start = max(start, revision)
-        # Every change after `start` will be replayed by the watch, so the client may rely on it
-        # from here: say so by answering the call's initial metadata.
-        await context.send_initial_metadata(())
-        async for change in self._store.watch_alerts(start):
-            if change.alert is None:
-                yield alert_pb2.WatchAlertsResponse(
-                    kind=alert_pb2.ALERT_CHANGE_KIND_DELETED,
-                    alert=alert_pb2.Alert(fingerprint=change.fingerprint),
-                    revision=change.revision,
-                )
-            elif alert_matches(change.alert, request.filter):
-                kind = (
-                    alert_pb2.ALERT_CHANGE_KIND_CREATED
-                    if change.created
-                    else alert_pb2.ALERT_CHANGE_KIND_UPDATED
-                )
-                yield alert_pb2.WatchAlertsResponse(kind=kind, alert=change.alert, revision=change.revision)
+        if not sent:
+            # Every change after `start` will be replayed by the watch, so the client may rely on
+            # it from here: say so by answering the call's initial metadata.
+            await context.send_initial_metadata(())
+        async for group in self._store.watch_alerts(start):
+            changes = [c for c in map(_change_message, group) if c is not None]
+            changes = [
+                c
+                for c in changes
+                if c.kind == alert_pb2.ALERT_CHANGE_KIND_DELETED or alert_matches(c.alert, request.filter)
+            ]
+            if changes:
+                yield alert_pb2.WatchAlertsResponse(revision=group[0].revision, changes=changes)
 
     @unary
     async def UpdateAlertState(
@@ -134,6 +155,15 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
                 continue
             return alert_pb2.UpdateAlertStateResponse(alert=alert)
         raise Unavailable(f"alert {fingerprint}: too many concurrent updates, retry")
+
+
+def _change_message(change: AlertChange) -> alert_pb2.AlertChange | None:
+    if change.alert is None:
+        return alert_pb2.AlertChange(
+            kind=alert_pb2.ALERT_CHANGE_KIND_DELETED, alert=alert_pb2.Alert(fingerprint=change.fingerprint)
+        )
+    kind = alert_pb2.ALERT_CHANGE_KIND_CREATED if change.created else alert_pb2.ALERT_CHANGE_KIND_UPDATED
+    return alert_pb2.AlertChange(kind=kind, alert=change.alert)
 
 
 def _actor(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -7,7 +7,9 @@ streams it serves when the policy-state revision changes, whichever replica made
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 
 from telltale.controller.store import PolicyState, Store
 from telltale.engine import policy as policy_model
@@ -15,6 +17,9 @@ from telltale.engine.evaluate import PolicySet
 from telltale.v1 import agent_pb2, policy_pb2
 
 log = logging.getLogger(__name__)
+
+FOLLOW_BACKOFF_MIN_S = 0.2
+FOLLOW_BACKOFF_MAX_S = 10.0
 
 
 class PolicyView:
@@ -64,18 +69,28 @@ class PolicyView:
         )
 
     async def follow(self) -> None:
-        """Watch the store and reload on each change, forever (restarting the watch on errors)."""
+        """Watch the store and reload on each change, forever.
+
+        When the store cannot be reached the watch is re-established with capped, jittered
+        backoff, reloading first so that changes made meanwhile are not missed; the last good
+        state stays in force until then.
+        """
+        delay = FOLLOW_BACKOFF_MIN_S
         while True:
             try:
                 async for revision in self._store.watch_policy_state(self.state.revision):
+                    delay = FOLLOW_BACKOFF_MIN_S
                     if revision > self.state.revision:
                         await self.load()
+                await self.load()  # the watch ended without an error: resynchronise and watch again
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("policy watch failed; retrying")
-                await asyncio.sleep(1.0)
-                await self.load()
+            except Exception as exc:
+                log.warning("policy watch failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, FOLLOW_BACKOFF_MAX_S)
+                with contextlib.suppress(Exception):
+                    await self.load()
 
     def update_message(self) -> agent_pb2.PolicyUpdate:
         """The PolicyUpdate agents receive for the current state."""

@@ -68,7 +68,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         if stored is None:
             raise NotFound(f"no policy named {name!r}")
         if request.revision and request.revision != stored.value.revision:
-            raise InvalidArgument("revision", "past revisions are not served yet")
+            raise Unimplemented("past revisions of a policy are not served by this release yet")
         policy = stored.value
         return policy_pb2.GetPolicyResponse(
             policy=policy, document=policy_model.to_document(policy_model.from_proto(policy))

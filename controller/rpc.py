@@ -6,9 +6,11 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aetcd
 import grpc
 
 from telltale.controller.errors import ControllerError, InvalidArgument, status_of
+from telltale.controller.store import Conflict
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -24,9 +26,18 @@ def unary(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
             return await fn(self, request, context)
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
-            raise  # unreachable: abort raises
+        except Conflict as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"{exc}; retry")
+        except aetcd.ClientError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, store_unavailable(exc))
+        raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+def store_unavailable(exc: Exception) -> str:
+    """The message for a request that failed because etcd could not serve it."""
+    return f"the shared state (etcd) cannot serve this request now ({type(exc).__name__}); retry"
 
 
 def require(value: str, field: str) -> str:

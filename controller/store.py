@@ -18,9 +18,11 @@ default policy and assignments, which are UTF-8 names.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 import aetcd
@@ -28,6 +30,8 @@ import aetcd
 from telltale.v1 import alert_pb2, common_pb2, inventory_pb2, policy_pb2
 
 DEFAULT_PREFIX = "/telltale/v1/"
+# etcd refuses transactions of more than --max-txn-ops operations (128 by default); one is the node.
+MAX_BATCH_ALERTS = 100
 
 
 class Conflict(Exception):
@@ -90,6 +94,10 @@ class Store(Protocol):
         """Replace a policy if its key is still at `expected_mod_revision`; raises Conflict otherwise."""
         ...
 
+    async def get_policy(self, name: str) -> Versioned[policy_pb2.Policy] | None:
+        """Read one policy."""
+        ...
+
     async def get_alert(self, fingerprint: str) -> Versioned[alert_pb2.Alert] | None:
         """Read one alert."""
         ...
@@ -102,16 +110,32 @@ class Store(Protocol):
         """Every alert, and the store revision the listing was read at."""
         ...
 
-    def watch_alerts(self, after_revision: int) -> AsyncIterator[AlertChange]:
-        """Yield alert changes after `after_revision`, in revision order."""
+    def watch_alerts(self, after_revision: int) -> AsyncIterator[list[AlertChange]]:
+        """Yield the alert changes after `after_revision`, one list per store revision, in order."""
         ...
 
     async def get_node(self, node_id: str) -> Versioned[inventory_pb2.Node] | None:
         """Read one node."""
         ...
 
-    async def put_node(self, node: inventory_pb2.Node) -> None:
-        """Write a node record."""
+    async def put_node(self, node: inventory_pb2.Node, expected_mod_revision: int) -> int:
+        """Write a node record if its key is at `expected_mod_revision` (0 = must not exist).
+
+        Returns the new mod revision; raises Conflict."""
+        ...
+
+    async def commit_batch(
+        self,
+        node: inventory_pb2.Node,
+        expected_node_revision: int,
+        alerts: Sequence[tuple[alert_pb2.Alert, int]],
+    ) -> int:
+        """Write alerts and the node record (which holds the batch's sequence number) atomically.
+
+        Each write is conditional on the revision it was read at (0 = absent). Returns the node's
+        new mod revision; raises Conflict when anything changed, and then nothing is written.
+        Raises ValueError when more alerts are given than MAX_BATCH_ALERTS.
+        """
         ...
 
     async def list_nodes(self) -> list[inventory_pb2.Node]:
@@ -299,34 +323,104 @@ class EtcdStore:
             alerts.append(Versioned(alert, int(kv.mod_revision)))
         return alerts, int(result.header.revision)
 
-    async def watch_alerts(self, after_revision: int) -> AsyncIterator[AlertChange]:
+    async def watch_alerts(self, after_revision: int) -> AsyncIterator[list[AlertChange]]:
         base = self._key("alerts") + b"/"
         watch = await self._client.watch_prefix(base, start_revision=after_revision + 1)
+        # The events of one etcd watch response arrive together: a pump moves them into a queue
+        # without suspending, so everything queued when we wake up can be grouped by revision.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in watch:
+                    queue.put_nowait(event)
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        pumping = asyncio.create_task(pump())
         try:
-            async for event in watch:
-                fingerprint = unquote(event.kv.key[len(base) :].decode())
-                revision = int(event.kv.mod_revision)
-                if event.kind == "DELETE":
-                    yield AlertChange(fingerprint, None, revision, created=False)
-                    continue
-                alert = alert_pb2.Alert()
-                alert.ParseFromString(event.kv.value)
-                alert.revision = revision
-                yield AlertChange(fingerprint, alert, revision, created=event.kv.version == 1)
+            while True:
+                events = [await queue.get()]
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                group: list[AlertChange] = []
+                for event in events:
+                    if isinstance(event, Exception):
+                        raise event
+                    change = self._alert_change(base, event)
+                    if group and change.revision != group[0].revision:
+                        yield group
+                        group = []
+                    group.append(change)
+                if group:
+                    yield group
         finally:
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumping
             await watch.cancel()
+
+    @staticmethod
+    def _alert_change(base: bytes, event: Any) -> AlertChange:
+        fingerprint = unquote(event.kv.key[len(base) :].decode())
+        revision = int(event.kv.mod_revision)
+        if event.kind == "DELETE":
+            return AlertChange(fingerprint, None, revision, created=False)
+        alert = alert_pb2.Alert()
+        alert.ParseFromString(event.kv.value)
+        alert.revision = revision
+        return AlertChange(fingerprint, alert, revision, created=event.kv.version == 1)
 
     # -- nodes and workloads ---------------------------------------------------------------
     async def get_node(self, node_id: str) -> Versioned[inventory_pb2.Node] | None:
-        kv = await self._client.get(self._key("nodes", _name(node_id)))
+        kv = await self._client.get(self._node_key(node_id))
         if kv is None:
             return None
         node = inventory_pb2.Node()
         node.ParseFromString(kv.value)
         return Versioned(node, int(kv.mod_revision))
 
-    async def put_node(self, node: inventory_pb2.Node) -> None:
-        await self._client.put(self._key("nodes", _name(node.node_id)), node.SerializeToString())
+    def _node_key(self, node_id: str) -> bytes:
+        return self._key("nodes", _name(node_id))
+
+    def _expect(self, key: bytes, mod_revision: int) -> object:
+        txn = self._client.transactions
+        return txn.create(key) == 0 if mod_revision == 0 else txn.mod(key) == mod_revision
+
+    async def put_node(self, node: inventory_pb2.Node, expected_mod_revision: int) -> int:
+        key = self._node_key(node.node_id)
+        ok, responses = await self._client.transaction(
+            compare=[self._expect(key, expected_mod_revision)],
+            success=[self._client.transactions.put(key, node.SerializeToString())],
+            failure=[],
+        )
+        if not ok:
+            raise Conflict(f"node {node.node_id} changed concurrently")
+        return int(responses[0].response_put.header.revision)
+
+    async def commit_batch(
+        self,
+        node: inventory_pb2.Node,
+        expected_node_revision: int,
+        alerts: Sequence[tuple[alert_pb2.Alert, int]],
+    ) -> int:
+        if len(alerts) > MAX_BATCH_ALERTS:
+            raise ValueError(f"{len(alerts)} alerts in one commit, the limit is {MAX_BATCH_ALERTS}")
+        txn = self._client.transactions
+        node_key = self._node_key(node.node_id)
+        compare = [self._expect(node_key, expected_node_revision)]
+        success = [txn.put(node_key, node.SerializeToString())]
+        for alert, expected in alerts:
+            key = self._alert_key(alert.fingerprint)
+            compare.append(self._expect(key, expected))
+            stored = alert_pb2.Alert()
+            stored.CopyFrom(alert)
+            stored.ClearField("revision")
+            success.append(txn.put(key, stored.SerializeToString()))
+        ok, responses = await self._client.transaction(compare=compare, success=success, failure=[])
+        if not ok:
+            raise Conflict(f"node {node.node_id}: the batch's alerts or node record changed concurrently")
+        return int(responses[0].response_put.header.revision)
 
     async def list_nodes(self) -> list[inventory_pb2.Node]:
         result = await self._client.get_prefix(self._key("nodes") + b"/")

@@ -158,22 +158,37 @@ def test_the_default_policy_ignores_what_it_does_not_cover(
     assert alerts["process.shell_launched"].policy == "Standard"
 
 
-def next_change(
-    changes: queue.Queue[alert_pb2.WatchAlertsResponse], alert_type: str
-) -> alert_pb2.WatchAlertsResponse:
+Change = tuple[int, alert_pb2.AlertChange]  # (revision, change)
+
+
+def next_change(changes: queue.Queue[Change], alert_type: str) -> Change:
     """The next change of `alert_type` (others, such as node.workload_as_root for root, are skipped)."""
     deadline = time.monotonic() + 30
     while True:
-        change = changes.get(timeout=max(deadline - time.monotonic(), 0.01))
+        revision, change = changes.get(timeout=max(deadline - time.monotonic(), 0.01))
         if change.alert.alert_type == alert_type:
-            return change
+            return revision, change
+
+
+def first_response(after_revision: int, channel: grpc.Channel) -> alert_pb2.WatchAlertsResponse:
+    """The first message of a watch of e2e-watch's alerts resumed after `after_revision`."""
+    resumed = alert_pb2_grpc.AlertServiceStub(channel).WatchAlerts(
+        alert_pb2.WatchAlertsRequest(
+            filter=alert_pb2.AlertFilter(applications=["e2e-watch"]), after_revision=after_revision
+        ),
+        timeout=60,
+    )
+    try:
+        return next(iter(resumed))
+    finally:
+        resumed.cancel()
 
 
 def test_a_console_watching_sees_the_alert_as_it_is_raised(
     cluster: LocalCluster, channel: grpc.Channel
 ) -> None:
     """WatchAlerts delivers CREATED for a new finding, UPDATED for its repeat, and resumes by position."""
-    changes: queue.Queue[alert_pb2.WatchAlertsResponse] = queue.Queue()
+    changes: queue.Queue[Change] = queue.Queue()
     stream = alert_pb2_grpc.AlertServiceStub(channel).WatchAlerts(
         alert_pb2.WatchAlertsRequest(filter=alert_pb2.AlertFilter(applications=["e2e-watch"])),
         timeout=120,
@@ -181,8 +196,9 @@ def test_a_console_watching_sees_the_alert_as_it_is_raised(
 
     def consume() -> None:
         try:
-            for change in stream:
-                changes.put(change)
+            for response in stream:
+                for change in response.changes:
+                    changes.put((response.revision, change))
         except grpc.RpcError:
             pass
 
@@ -193,29 +209,26 @@ def test_a_console_watching_sees_the_alert_as_it_is_raised(
         stream.initial_metadata()
         run = cluster.run_workload("e2e-watch", behave("--shell"))
         assert run.returncode == 0, run.stderr
-        first = next_change(changes, "process.shell_launched")
+        first_rev, first = next_change(changes, "process.shell_launched")
         assert first.kind == alert_pb2.ALERT_CHANGE_KIND_CREATED
         assert first.alert.application == "e2e-watch"
         assert first.alert.occurrences == 1
-        assert first.revision > 0
+        assert first_rev > 0
         run = cluster.run_workload("e2e-watch", behave("--shell"))
         assert run.returncode == 0, run.stderr
-        again = next_change(changes, "process.shell_launched")
+        again_rev, again = next_change(changes, "process.shell_launched")
         assert again.kind == alert_pb2.ALERT_CHANGE_KIND_UPDATED
         assert again.alert.fingerprint == first.alert.fingerprint
         assert again.alert.occurrences == 2
-        assert again.revision > first.revision
-        # Resuming after that position replays what came later and nothing before it.
-        resumed = alert_pb2_grpc.AlertServiceStub(channel).WatchAlerts(
-            alert_pb2.WatchAlertsRequest(
-                filter=alert_pb2.AlertFilter(applications=["e2e-watch"]), after_revision=first.revision - 1
-            ),
-            timeout=60,
-        )
-        replay = next(iter(resumed))
-        resumed.cancel()
-        assert replay.revision == first.revision
-        assert replay.alert.fingerprint == first.alert.fingerprint
+        assert again_rev > first_rev
+        # A position replays exactly what came after it: the whole revision after first_rev - 1,
+        # and nothing of first_rev after first_rev.
+        replay = first_response(first_rev - 1, channel)
+        assert replay.revision == first_rev
+        assert first.alert.fingerprint in {c.alert.fingerprint for c in replay.changes}
+        later = first_response(first_rev, channel)
+        assert later.revision > first_rev
+        assert later.revision <= again_rev
     finally:
         stream.cancel()
         reader.join(timeout=10)

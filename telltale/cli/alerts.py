@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from telltale.cli.client import api_channel
-from telltale.cli.format import ALERT_HEADERS, alert_row, priority, table, to_json
+from telltale.cli.format import ALERT_HEADERS, alert_row, clean, priority, table, to_json
 from telltale.v1 import alert_pb2, alert_pb2_grpc, catalog_pb2, catalog_pb2_grpc, common_pb2
 
 _STATES = {
@@ -83,17 +83,18 @@ def watch_alerts(args: argparse.Namespace) -> int:
         )
         stream = stub.WatchAlerts(request)
         try:
-            for change in stream:
-                if args.output == "json":
-                    print(to_json(change), flush=True)
-                else:
-                    a = change.alert
-                    print(
-                        f"{_CHANGE.get(change.kind, '?'):8} {priority(a.priority)} {a.alert_type:34} "
-                        f"{a.summary or a.fingerprint} (x{a.occurrences})  @{change.revision}",
-                        flush=True,
-                    )
-                seen += 1
+            for response in stream:
+                for change in response.changes:
+                    if args.output == "json":
+                        print(to_json(change, revision=response.revision), flush=True)
+                    else:
+                        a = change.alert
+                        print(
+                            f"{_CHANGE.get(change.kind, '?'):8} {priority(a.priority)} {a.alert_type:34} "
+                            f"{clean(a.summary or a.fingerprint)} (x{a.occurrences})  @{response.revision}",
+                            flush=True,
+                        )
+                    seen += 1
                 if args.count and seen >= args.count:
                     break
         except KeyboardInterrupt:

@@ -13,13 +13,26 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from telltale.v1 import alert_pb2, common_pb2
 
 
-def to_json(message: Message) -> str:
-    """One message as JSON with the proto field names."""
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True)
+def to_json(message: Message, **extra: object) -> str:
+    """One message as JSON with the proto field names, plus `extra` top-level fields."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps({**data, **extra}, sort_keys=True)
+
+
+def clean(text: str) -> str:
+    """`text` safe for a terminal: control and formatting characters (bidi overrides) are escaped.
+
+    Paths, arguments and names come from the workloads being watched; a hostile one must not be
+    able to rewrite the operator's screen.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table with columns sized to their content."""
+    rows = [[clean(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
