@@ -19,7 +19,7 @@ from telltale.controller.errors import (
     Unimplemented,
 )
 from telltale.controller.rpc import require, unary
-from telltale.controller.store import Conflict, EtcdStore
+from telltale.controller.store import Conflict, Store
 from telltale.engine import policy as policy_model
 from telltale.v1 import policy_pb2, policy_pb2_grpc
 
@@ -46,7 +46,7 @@ def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
 class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
     """Serves policies from the store."""
 
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
 
     @unary

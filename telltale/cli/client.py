@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import grpc
 
+from telltale.netutil import is_loopback_host, split_host_port
+
 DEFAULT_CONTROLLER = "127.0.0.1:7443"
 
 
@@ -37,6 +39,12 @@ def api_channel(address: str, *, plaintext: bool) -> Iterator[grpc.Channel]:
             "TLS is not configured: pass --plaintext (or set TELLTALE_PLAINTEXT=1) to reach a "
             "controller on loopback without encryption"
         )
+    try:
+        host, _ = split_host_port(address)
+    except ValueError as exc:
+        raise CliError(f"--controller: {exc}", code=2) from None
+    if not is_loopback_host(host):
+        raise CliError(f"--plaintext is only allowed for a controller on loopback, not {address}", code=2)
     channel = grpc.insecure_channel(address)
     try:
         yield channel

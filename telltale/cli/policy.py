@@ -82,7 +82,7 @@ def apply_policy(args: argparse.Namespace) -> int:
             return 0
         name = _document_name(document)
         current = stub.GetPolicy(policy_pb2.GetPolicyRequest(name=name), timeout=args.timeout)
-        if _normalised(current.document) == _normalised(_render(stub, document, args.timeout)):
+        if _normalised(current.document) == _normalised(_render(document)):
             print(f"policy {name!r} unchanged (revision {current.policy.revision})")
             return 0
         updated = stub.UpdatePolicy(
@@ -100,8 +100,8 @@ def _document_name(document: str) -> str:
     return str(data["metadata"]["name"])
 
 
-def _render(stub: policy_pb2_grpc.PolicyServiceStub, document: str, timeout: float) -> str:
-    """The document as the server would render it (local engine rendering, same code)."""
+def _render(document: str) -> str:
+    """The document in canonical form (the engine's rendering, which the controller also uses)."""
     from telltale.engine import policy as policy_model
 
     return policy_model.to_document(policy_model.parse_document(document))
