@@ -33,6 +33,17 @@ def _violations_error(error: policy_model.PolicyValidationError) -> InvalidArgum
     return InvalidArgument("document", "; ".join(f"{v.field}: {v.description}" for v in error.violations))
 
 
+# A policy and its history entry are written in one etcd request, which etcd caps at 1.5 MiB.
+MAX_POLICY_BYTES = 512 * 1024
+
+
+def _checked_size(message: policy_pb2.Policy) -> policy_pb2.Policy:
+    size = message.ByteSize()
+    if size > MAX_POLICY_BYTES:
+        raise InvalidArgument("policy", f"is {size} bytes once encoded; the limit is {MAX_POLICY_BYTES}")
+    return message
+
+
 def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
     """The engine's Policy from a request's document (preferred) or message; InvalidArgument if invalid."""
     try:
@@ -79,7 +90,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.CreatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.CreatePolicyResponse:
         model = _parse(request.policy, request.document)
-        message = _stamped(policy_model.to_proto(model), revision=1, actor=str(context.peer()))
+        message = _checked_size(_stamped(policy_model.to_proto(model), revision=1, actor=str(context.peer())))
         message.builtin = False
         try:
             await self._store.create_policy(message)
@@ -105,7 +116,9 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
                 f"policy {model.name!r} is at revision {stored.value.revision}, not {expected}: "
                 "read it again and reapply your change"
             )
-        message = _stamped(policy_model.to_proto(model), revision=expected + 1, actor=str(context.peer()))
+        message = _checked_size(
+            _stamped(policy_model.to_proto(model), revision=expected + 1, actor=str(context.peer()))
+        )
         message.cloned_from = stored.value.cloned_from
         try:
             await self._store.update_policy(message, stored.mod_revision)

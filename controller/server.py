@@ -127,7 +127,13 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
             endpoint = embedded.endpoint
         host, port = split_host_port(endpoint)
         # 2. store
-        client = aetcd.Client(host=host, port=port, timeout=10)
+        client = aetcd.Client(
+            host=host,
+            port=port,
+            timeout=10,
+            # Listings read whole prefixes; grpc's default 4 MiB would cap them far too low.
+            options={"grpc.max_receive_message_length": 256 * 1024 * 1024},
+        )
         await client.connect()
         stack.push_async_callback(client.close)
         store = EtcdStore(client, config.etcd_prefix)
