@@ -1,9 +1,10 @@
 """The node agent daemon: startup order, the controller link loop, and shutdown.
 
-Startup order: the node identity, then signal handling (a stop request must never be lost), then
-the intake socket (so workloads can report at once), then the batch flusher, then the controller
-link. The agent is ready when the intake socket listens;
-events are spooled until a controller acknowledges them, so the link may come up later.
+Startup order: the node identity, then the open file limit (raised to the hard limit: every shim
+connection holds a descriptor), then signal handling (a stop request must never be lost), then the
+intake socket (so workloads can report at once), then the batch flusher, then the controller link.
+The agent is ready when the intake socket listens; events are spooled until a controller
+acknowledges them, so the link may come up later. After a stop request the link is not retried.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from telltale.netutil import is_loopback_host, split_host_port
 from telltale.nodeagent import identity
 from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, Batcher, Counters, Spool
 from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
-from telltale.nodeagent.intake import Intake, Workloads
+from telltale.nodeagent.intake import Intake, Workloads, raise_open_file_limit
 from telltale.nodeagent.link import Connector, GrpcConnector, LinkClosed, LinkSession
 from telltale.v1 import agent_pb2, common_pb2
 
@@ -50,11 +52,23 @@ class AgentConfig:
         """Raise ConfigError naming the first unusable setting."""
         if not self.controllers:
             raise ConfigError("--controller: at least one controller address is needed")
+        hosts = []
+        for address in self.controllers:
+            try:
+                hosts.append((address, split_host_port(address)[0]))
+            except ValueError:
+                raise ConfigError(f"--controller: {address!r} is not HOST:PORT") from None
         if not self.plaintext:
             raise ConfigError(
                 "TLS is not configured: pass --plaintext to talk to a controller on loopback without "
                 "encryption (for a local demo or tests only)"
             )
+        for address, host in hosts:
+            if not is_loopback_host(host):
+                raise ConfigError(
+                    f"--controller: {address} is not a loopback address; --plaintext (no encryption) "
+                    "is only allowed to a controller on this host"
+                )
         if len(str(self.socket_path)) > 100:
             raise ConfigError(f"--socket: {self.socket_path} is too long for a unix socket path")
 
@@ -79,6 +93,11 @@ class Agent:
         config.validate()
         self.config = config
         self.connector = connector or GrpcConnector()
+        # Stable across this object's reconnects: a controller seeing two instance ids for one node
+        # id at once knows two agents claim that identity.
+        self.instance_id = identity.instance_id()
+        self.boot_id = identity.boot_id()
+        self.stopping = False  # a stop was requested: the link is not retried any more
         counters = Counters()
         self.state = AgentState(
             node_id=identity.node_id(config.state_dir),
@@ -93,6 +112,7 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part; `task_status.started()` once the intake socket listens."""
+        open_file_limit = raise_open_file_limit()
         async with trio.open_nursery() as nursery:
             # Signals first: a stop request that arrives as soon as we are ready must be honoured.
             await nursery.start(self._stop_on_signals, nursery.cancel_scope)
@@ -100,10 +120,11 @@ class Agent:
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._link_loop)
             log.warning(
-                "telltale agent %s ready: shim socket %s, controllers %s",
+                "telltale agent %s ready: shim socket %s, controllers %s, open file limit %d",
                 self.state.node_id,
                 self.config.socket_path,
                 ", ".join(self.config.controllers),
+                open_file_limit,
             )
             task_status.started()
 
@@ -115,6 +136,7 @@ class Agent:
             task_status.started()
             async for signum in signals:
                 log.warning("agent stopping on %s", signal.Signals(signum).name)
+                self.stopping = True
                 self.batcher.flush()
                 spool = self.state.spool
                 with trio.move_on_after(STOP_GRACE_S):
@@ -132,7 +154,10 @@ class Agent:
                 self.batcher.flush()
 
     async def _link_loop(self) -> None:
-        """Connect to the controllers in turn, with exponential backoff and jitter between failures."""
+        """Connect to the controllers in turn, with exponential backoff and jitter between failures.
+
+        Returns when the link fails after a stop was requested.
+        """
         delay = BACKOFF_MIN_S
         attempt = 0
         while True:
@@ -143,10 +168,15 @@ class Agent:
                     await self._serve_session(session, endpoint)
             except* LinkClosed as group:  # nurseries deliver it inside an exception group
                 reasons = "; ".join(str(e) for e in _leaves(group))
-                log.warning("controller %s: %s; retrying in %.1fs", endpoint, reasons, delay)
+                if self.stopping:
+                    log.info("controller %s: %s (stopping)", endpoint, reasons)
+                else:
+                    log.warning("controller %s: %s; retrying in %.1fs", endpoint, reasons, delay)
             if self.state.connected_to:
                 delay = BACKOFF_MIN_S  # we were connected: start the backoff over
             self.state.connected_to = ""
+            if self.stopping:
+                return
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
@@ -158,6 +188,8 @@ class Agent:
                     state.node_id,
                     last_acked_seq=state.last_acked_seq,
                     applied_revision=state.applied_revision,
+                    instance=self.instance_id,
+                    boot=self.boot_id,
                 )
             )
         )
@@ -173,6 +205,19 @@ class Agent:
             # This process never talked to a controller: continue the node's sequence.
             spool.renumber_from(welcome.last_seq + 1)
             state.synced_once = True
+        elif welcome.last_seq >= spool.next_seq:
+            # The controller remembers batches this agent never sent (another agent with this node
+            # id, a cloned machine): acknowledging would discard ours unsent. Continue its sequence.
+            log.warning(
+                "controller %s has recorded batch %d of node %s, but this agent numbered only up to "
+                "%d; renumbering unacknowledged batches from %d",
+                endpoint,
+                welcome.last_seq,
+                state.node_id,
+                spool.next_seq - 1,
+                welcome.last_seq + 1,
+            )
+            spool.renumber_from(welcome.last_seq + 1)
         spool.ack(welcome.last_seq)
         state.last_acked_seq = max(state.last_acked_seq, welcome.last_seq)
         state.connected_to = endpoint

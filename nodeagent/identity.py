@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import secrets
 import socket
 import uuid
 from pathlib import Path
 
 import telltale
 from telltale.v1 import agent_pb2
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
 def node_id(state_dir: Path) -> str:
@@ -37,8 +40,26 @@ def _os_name() -> str:
         return platform.system()
 
 
-def hello(node: str, *, last_acked_seq: int, applied_revision: int) -> agent_pb2.Hello:
-    """The Hello this node sends at the start of each stream."""
+def instance_id() -> str:
+    """A new random id for one agent instance (32 hex digits)."""
+    return secrets.token_hex(16)
+
+
+def boot_id(path: Path = BOOT_ID_PATH) -> str:
+    """The kernel's boot id, or "" when it cannot be read."""
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def hello(
+    node: str, *, last_acked_seq: int, applied_revision: int, instance: str = "", boot: str = ""
+) -> agent_pb2.Hello:
+    """The Hello this node sends at the start of each stream.
+
+    `instance` is the agent instance's id (see `instance_id`), `boot` the kernel's boot id.
+    """
     return agent_pb2.Hello(
         node_id=node,
         hostname=socket.gethostname(),
@@ -47,4 +68,6 @@ def hello(node: str, *, last_acked_seq: int, applied_revision: int) -> agent_pb2
         agent_version=telltale.__version__,
         last_acked_seq=last_acked_seq,
         applied_policy_revision=applied_revision,
+        instance_id=instance,
+        boot_id=boot,
     )

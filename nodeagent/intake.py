@@ -3,15 +3,25 @@
 Each workload process holds one connection. A connection's first record is the process-start
 record carrying the workload descriptor; later records of the connection belong to that workload.
 Readers wait for readability once and then drain the socket without blocking, which is several
-times faster than one await per datagram. A malformed record is dropped and counted; it never
-ends the connection or the agent.
+times faster than one await per datagram.
+
+Nothing a peer sends ends the intake or the agent: a record that does not decode is dropped and
+counted as malformed and the connection keeps being read; an invalid workload descriptor leaves
+the connection unattributed; drop counts a record claims are bounded and the totals saturate; and
+a record the agent fails to handle (a bug) closes that one connection, logged and counted. Memory
+stays bounded whatever the input: at most `max_connections` connections are served (more are
+closed at once and counted), each tracks at most MAX_PROCESSES_PER_CONNECTION processes, and a
+workload is forgotten when its last connection closes. Running out of descriptors or memory in
+accept() is waited out, as trio's serve_listeners does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
 import select
 import socket
 import struct
@@ -25,39 +35,68 @@ import trio
 from telltale.nodeagent import workload as workload_descriptor
 from telltale.nodeagent.batcher import Counters
 from telltale.nodeagent.convert import fill_process, to_event
-from telltale.nodeagent.records import RecordError, RecordKind, decode
+from telltale.nodeagent.records import Record, RecordError, RecordKind, decode
 from telltale.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD = 4096
 MAX_TRACKED_PIDS = 65536
+MAX_CONNECTIONS = 8192
+# A real connection carries one process plus the vfork children that report on it before exec.
+MAX_PROCESSES_PER_CONNECTION = 64
 DRAIN_LIMIT = 512  # records read per wake-up before yielding to other tasks
+# accept() failing for lack of descriptors or memory: wait and retry (as trio's serve_listeners).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_S = 0.1
+# accept() failing because of the one pending connection: skip it.
+_ACCEPT_IGNORABLE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _UCRED = struct.Struct("3i")
 
 EventSink = Callable[[common_pb2.Event, common_pb2.Workload | None], None]
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each shim connection holds a descriptor).
+
+    Returns the soft limit in force afterwards, which stays as it was if the kernel refuses.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # an unlimited hard limit is above fs.nr_open
+            log.warning("could not raise the open file limit from %d: %s", soft, exc)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft
+
+
 @dataclass
 class Workloads:
-    """Workloads known to the agent and how many live connections each has."""
+    """Workloads with a live connection, and how many live connections each has.
+
+    A workload is forgotten when its last connection closes; `by_pid` only names workloads of
+    `by_id`, and only pids that a live connection of that workload tracks.
+    """
 
     by_id: dict[str, common_pb2.Workload] = field(default_factory=dict)
     connections: dict[str, int] = field(default_factory=dict)
     by_pid: dict[int, str] = field(default_factory=dict)  # pids with a live connection -> workload id
-    # pid -> the shim's cumulative drop count last seen; per process, not per connection, since a
-    # process that reconnects keeps counting. Bounded: the oldest entries are forgotten.
-    shim_drops: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    # pid -> (the shim's cumulative drop count last seen, the seq of that record or 0 when unknown);
+    # per process, not per connection, since a process that reconnects keeps counting. Bounded:
+    # the oldest entries are forgotten.
+    shim_drops: OrderedDict[int, tuple[int, int]] = field(default_factory=OrderedDict)
 
     @property
     def active(self) -> int:
-        return sum(1 for n in self.connections.values() if n > 0)
+        return len(self.connections)
 
 
 @dataclass
 class _Connection:
     peer_pid: int
     workload: common_pb2.Workload | None = None
+    # At most MAX_PROCESSES_PER_CONNECTION entries.
     processes: dict[int, common_pb2.ProcessInfo] = field(default_factory=dict)
 
 
@@ -77,13 +116,28 @@ def _peer_pid(sock: socket.socket) -> int:
 
 
 class Intake:
-    """Accepts shim connections and turns their records into events for `sink`."""
+    """Accepts shim connections and turns their records into events for `sink`.
 
-    def __init__(self, path: Path, sink: EventSink, counters: Counters, workloads: Workloads) -> None:
+    At most `max_connections` connections are served at once; beyond that a connection is
+    accepted and closed at once, and counted in `counters.refused_connections`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        sink: EventSink,
+        counters: Counters,
+        workloads: Workloads,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.path = path
+        self.max_connections = max_connections
         self._sink = sink
         self._counters = counters
         self._workloads = workloads
+        self._open = 0
+        self._refusing = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on `path` (replacing a stale socket file) until cancelled; ready once listening."""
@@ -99,13 +153,55 @@ class Intake:
             try:
                 async with trio.open_nursery() as nursery:
                     while True:
-                        conn, _ = await listener.accept()
-                        raw = socket.socket(fileno=conn.detach())
-                        raw.setblocking(False)
-                        nursery.start_soon(self._serve, raw)
+                        sock = await self._accept(listener)
+                        if self._open >= self.max_connections:
+                            self._refuse(sock)
+                            continue
+                        self._refusing = False
+                        self._open += 1
+                        nursery.start_soon(self._serve, sock)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
+
+    async def _accept(self, listener: trio.socket.SocketType) -> socket.socket:
+        """The next connection, non-blocking. Waits out a lack of descriptors or memory, logging
+        once per episode; other accept errors than those and a vanished peer propagate."""
+        exhausted = False
+        while True:
+            try:
+                conn, _ = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_IGNORABLE_ERRNOS:
+                    continue
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                if not exhausted:
+                    exhausted = True
+                    log.error(
+                        "accepting shim connections failed with %s (%s); %d open; retrying every %.1fs",
+                        errno.errorcode[exc.errno],
+                        os.strerror(exc.errno),
+                        self._open,
+                        ACCEPT_RETRY_S,
+                    )
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
+            if exhausted:
+                log.warning("accepting shim connections again (%d open)", self._open)
+            raw = socket.socket(fileno=conn.detach())
+            raw.setblocking(False)
+            return raw
+
+    def _refuse(self, sock: socket.socket) -> None:
+        sock.close()
+        self._counters.count_refused_connection()
+        if not self._refusing:
+            self._refusing = True
+            log.error(
+                "%d shim connections are open, the most served at once; closing new ones",
+                self._open,
+            )
 
     async def _serve(self, sock: socket.socket) -> None:
         conn = _Connection(peer_pid=_peer_pid(sock))
@@ -116,12 +212,29 @@ class Intake:
                     if not self._drain(sock, conn):
                         return
                     await trio.lowlevel.checkpoint()
+        except Exception:
+            # A bug must cost this connection only (the shim reconnects), never the agent.
+            self._counters.count_malformed()
+            log.exception("closed the connection of pid %d after an unexpected error", conn.peer_pid)
         finally:
-            if conn.workload is not None:
-                self._workloads.connections[conn.workload.id] -= 1
-                for pid in conn.processes:
-                    if self._workloads.by_pid.get(pid) == conn.workload.id:
-                        del self._workloads.by_pid[pid]
+            self._open -= 1
+            self._forget(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        """Release what a closed connection held; the last one of a workload forgets the workload."""
+        workload = conn.workload
+        if workload is None:
+            return
+        workloads = self._workloads
+        for pid in conn.processes:
+            if workloads.by_pid.get(pid) == workload.id:
+                del workloads.by_pid[pid]
+        remaining = workloads.connections[workload.id] - 1
+        if remaining:
+            workloads.connections[workload.id] = remaining
+        else:
+            del workloads.connections[workload.id]
+            del workloads.by_id[workload.id]
 
     def _drain(self, sock: socket.socket, conn: _Connection) -> bool:
         """Read what is queued (up to DRAIN_LIMIT records); False when the peer has gone."""
@@ -147,26 +260,33 @@ class Intake:
             self._counters.count_malformed()
             log.debug("dropped malformed record from pid %d: %s", conn.peer_pid, exc)
             return
-        self._counters.records += 1
-        if record.kind == RecordKind.PROC_START and record.seq == 1:
-            # The first record of a new image or fork child: its drop count starts from zero. A
-            # start record on a later connection of the same process carries a higher seq.
-            self._workloads.shim_drops.pop(record.pid, None)
-        if record.dropped:
-            self._count_shim_drops(record.pid, record.dropped)
+        self._counters.records += 1  # not sent anywhere: needs no saturation
+        pid = record.pid
         if record.kind == RecordKind.PROC_START:
+            if record.seq == 1:
+                # The first record of a new image or fork child: its drop count starts from zero.
+                # A start record on a later connection of the same process carries a higher seq.
+                self._note_shim_drops(pid, 0, 1)
             self._start(record.workload or "", conn)
-            process = common_pb2.ProcessInfo()
-            fill_process(process, record)
-            conn.processes[record.pid] = process
+            if pid in conn.processes or len(conn.processes) < MAX_PROCESSES_PER_CONNECTION:
+                process = common_pb2.ProcessInfo()
+                fill_process(process, record)
+                conn.processes[pid] = process
+        if record.dropped:
+            self._count_shim_drops(record)
         if conn.workload is None:
-            self._adopt(conn, record.pid, record.ppid)
+            self._adopt(conn, pid, record.ppid)
         workload = conn.workload
-        if workload is not None and record.pid not in self._workloads.by_pid:
-            self._workloads.by_pid[record.pid] = workload.id
-            conn.processes.setdefault(record.pid, common_pb2.ProcessInfo(pid=record.pid))
-        event = to_event(record, workload.id if workload else "", conn.processes.get(record.pid))
+        if workload is not None and pid not in self._workloads.by_pid:
+            self._track(conn, workload, pid)
+        event = to_event(record, workload.id if workload else "", conn.processes.get(pid))
         self._sink(event, workload)
+
+    def _track(self, conn: _Connection, workload: common_pb2.Workload, pid: int) -> None:
+        """Let later connections of `pid` (or of its children) find `workload`, within the bound."""
+        if pid in conn.processes or len(conn.processes) < MAX_PROCESSES_PER_CONNECTION:
+            self._workloads.by_pid[pid] = workload.id
+            conn.processes.setdefault(pid, common_pb2.ProcessInfo(pid=pid))
 
     def _adopt(self, conn: _Connection, pid: int, ppid: int) -> None:
         """Tie a connection that sent no descriptor to the workload of its process or parent.
@@ -194,13 +314,23 @@ class Intake:
             return
         self._attach(conn, self._workloads.by_id.setdefault(decoded.id, decoded))
 
-    def _count_shim_drops(self, pid: int, cumulative: int) -> None:
-        """The shim reports its drops cumulatively per process; count only the increase."""
+    def _count_shim_drops(self, record: Record) -> None:
+        """The shim reports its drops cumulatively per process; count only the increase.
+
+        A shim counts at most one drop per seq number, so when the seq of this record and of the
+        process's previous one are both known, the increase credited is at most their difference.
+        """
+        previous, previous_seq = self._workloads.shim_drops.get(record.pid, (0, 0))
+        increase = record.dropped - previous
+        if record.seq and previous_seq:
+            increase = min(increase, record.seq - previous_seq)
+        if increase > 0:
+            self._counters.count_dropped(increase)
+        self._note_shim_drops(record.pid, max(record.dropped, previous), max(record.seq, previous_seq))
+
+    def _note_shim_drops(self, pid: int, cumulative: int, seq: int) -> None:
         seen = self._workloads.shim_drops
-        previous = seen.get(pid, 0)
-        if cumulative > previous:
-            self._counters.count_dropped(cumulative - previous)
-            seen[pid] = cumulative
-            seen.move_to_end(pid)
-            if len(seen) > MAX_TRACKED_PIDS:
-                seen.popitem(last=False)
+        seen[pid] = (cumulative, seq)
+        seen.move_to_end(pid)
+        if len(seen) > MAX_TRACKED_PIDS:
+            seen.popitem(last=False)

@@ -55,7 +55,11 @@ def encode(workload: common_pb2.Workload) -> str:
 
 
 def decode(text: str) -> common_pb2.Workload:
-    """Parse a descriptor; raises DescriptorError when it has no id or application."""
+    """Parse a descriptor.
+
+    Raises DescriptorError when it has no id or application, or when the application, component or
+    environment is not a valid name (see `check_name`).
+    """
     workload = common_pb2.Workload()
     for key, value in parse_qsl(text, keep_blank_values=True):
         if key == "id":
@@ -75,4 +79,7 @@ def decode(text: str) -> common_pb2.Workload:
             workload.tags[tag_key] = tag_value
     if not workload.id or not workload.application:
         raise DescriptorError(f"workload descriptor {text[:80]!r} lacks an id or an application")
+    check_name(workload.application, "app")
+    check_name(workload.component, "component")
+    check_name(workload.environment, "env")
     return workload

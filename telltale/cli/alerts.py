@@ -95,8 +95,8 @@ def watch_alerts(args: argparse.Namespace) -> int:
                             flush=True,
                         )
                     seen += 1
-                if args.count and seen >= args.count:
-                    break
+                    if args.count and seen >= args.count:
+                        return 0
         except KeyboardInterrupt:
             pass
         finally:

@@ -20,6 +20,7 @@ from telltale.nodeagent.memlink import MemoryConnector
 from telltale.v1 import agent_pb2, common_pb2
 
 SHOP = common_pb2.Workload(id="w-shop", application="shop")
+CTL_A, CTL_B = "127.0.0.1:7001", "127.0.0.1:7002"  # never dialled: the connector is in memory
 DEADLINE_S = 60.0  # virtual seconds under the autojump clock
 
 
@@ -28,7 +29,7 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-def config(tmp_path: Path, controllers: Sequence[str] = ("ctl-a",), state: str = "state") -> AgentConfig:
+def config(tmp_path: Path, controllers: Sequence[str] = (CTL_A,), state: str = "state") -> AgentConfig:
     return AgentConfig(
         plaintext=True,
         socket_path=tmp_path / "a.sock",
@@ -84,7 +85,7 @@ async def test_hello_carries_the_node_id_persisted_in_the_state_dir(
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             with trio.fail_after(DEADLINE_S):
-                session = await connector.controller("ctl-a").wait_session(len(hellos) + 1)
+                session = await connector.controller(CTL_A).wait_session(len(hellos) + 1)
                 await session.wait_for("hello")
             hellos.append(session.hello)
             nursery.cancel_scope.cancel()
@@ -107,7 +108,7 @@ async def test_a_fresh_agent_continues_the_sequence_the_controller_knows(
         add_batch(agent, pid=1)  # spooled before any controller was reached
         await nursery.start(agent.run)
         with trio.fail_after(DEADLINE_S):
-            session = await connector.controller("ctl-a").wait_session()
+            session = await connector.controller(CTL_A).wait_session()
             await session.wait_for("hello")
             session.push(welcome(last_seq=41))
             await session.wait_for("batch", 1)
@@ -124,7 +125,7 @@ async def test_unacknowledged_batches_are_resent_on_the_next_stream(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     connector = MemoryConnector()
-    controller = connector.controller("ctl-a")
+    controller = connector.controller(CTL_A)
     agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
@@ -157,7 +158,7 @@ async def test_a_stream_that_ends_before_its_welcome_is_retried(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     connector = MemoryConnector()
-    controller = connector.controller("ctl-a")
+    controller = connector.controller(CTL_A)
     agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
         add_batch(agent, pid=1)
@@ -181,7 +182,7 @@ async def test_a_stream_that_does_not_start_with_a_welcome_is_left_and_retried(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     connector = MemoryConnector()
-    controller = connector.controller("ctl-a")
+    controller = connector.controller(CTL_A)
     agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
@@ -200,7 +201,7 @@ async def test_a_controller_that_never_welcomes_is_abandoned_and_retried(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     connector = MemoryConnector()
-    controller = connector.controller("ctl-a")
+    controller = connector.controller(CTL_A)
     agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
@@ -223,7 +224,7 @@ async def test_a_policy_update_is_answered_with_the_revision_applied(
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         with trio.fail_after(DEADLINE_S):
-            session = await connector.controller("ctl-a").wait_session()
+            session = await connector.controller(CTL_A).wait_session()
             session.push(welcome())
             for revision in (7, 9):
                 session.push(
@@ -243,20 +244,20 @@ async def test_the_agent_fails_over_to_the_next_controller(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     connector = MemoryConnector()
-    connector.refuse("ctl-a")
-    agent = Agent(config(tmp_path, controllers=["ctl-a", "ctl-b"]), connector=connector)
+    connector.refuse(CTL_A)
+    agent = Agent(config(tmp_path, controllers=[CTL_A, CTL_B]), connector=connector)
     async with trio.open_nursery() as nursery:
         add_batch(agent, pid=1)
         await nursery.start(agent.run)
         with trio.fail_after(DEADLINE_S):
-            session = await connector.controller("ctl-b").wait_session()
+            session = await connector.controller(CTL_B).wait_session()
             await session.wait_for("hello")
             session.push(welcome())
             await session.wait_for("batch")
-        refused = connector.controller("ctl-a")
+        refused = connector.controller(CTL_A)
         assert refused.attempts >= 1
         assert refused.sessions == []
-        assert agent.state.connected_to == "ctl-b"
+        assert agent.state.connected_to == CTL_B
         assert pids(session.batches) == [1]
         nursery.cancel_scope.cancel()
 
@@ -274,7 +275,7 @@ async def test_heartbeats_report_the_counters_at_the_clamped_interval(
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         with trio.fail_after(DEADLINE_S):
-            session = await connector.controller("ctl-a").wait_session()
+            session = await connector.controller(CTL_A).wait_session()
             session.push(welcome(heartbeat_ms=interval_ms))
             arrivals = [trio.current_time()]
             for n in (1, 2):
@@ -311,7 +312,7 @@ async def test_records_from_a_workload_reach_the_controller_in_a_batch(tmp_path:
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         with trio.fail_after(10):
-            session = await connector.controller("ctl-a").wait_session()
+            session = await connector.controller(CTL_A).wait_session()
             session.push(welcome())
             client = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             with client:

@@ -58,6 +58,21 @@ def test_a_descriptor_without_id_or_application_is_rejected(text: str) -> None:
         descriptor.decode(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "part"),
+    [
+        ("id=w1&app=my+shop", "app"),
+        ("id=w1&app=-shop", "app"),
+        ("id=w1&app=" + "x" * 64, "app"),
+        ("id=w1&app=shop&component=api%2Fv1", "component"),
+        ("id=w1&app=shop&env=prod%0A", "env"),
+    ],
+)
+def test_a_descriptor_with_an_invalid_name_is_rejected_naming_the_part(text: str, part: str) -> None:
+    with pytest.raises(descriptor.DescriptorError, match=rf"^{part} "):
+        descriptor.decode(text)
+
+
 def test_a_descriptor_over_the_limit_is_rejected() -> None:
     workload = common_pb2.Workload(id="w1", application="shop")
     workload.tags["big"] = "x" * descriptor.MAX_DESCRIPTOR
