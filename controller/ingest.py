@@ -58,17 +58,20 @@ def workloads_of(batch: agent_pb2.EventBatch, node_id: str) -> dict[str, common_
 
 
 def evaluate_batch(
-    batch: agent_pb2.EventBatch,
-    workloads: dict[str, common_pb2.Workload],
-    policies: PolicySet,
-    now_ns: int,
+    batch: agent_pb2.EventBatch, node_id: str, policies: PolicySet, now_ns: int
 ) -> dict[str, Group]:
-    """Evaluate every event of a batch; findings grouped by alert fingerprint, in event order."""
+    """Evaluate every event of a batch; findings grouped by alert fingerprint, in event order.
+
+    Events of a workload the batch does not describe are attributed to application "unknown".
+    """
+    workloads = workloads_of(batch, node_id)
     groups: dict[str, Group] = defaultdict(list)
     for event in batch.events:
         workload = workloads.get(event.workload_id)
         if workload is None:
-            workload = common_pb2.Workload(id=event.workload_id, application=UNKNOWN_APPLICATION)
+            workload = common_pb2.Workload(
+                id=event.workload_id, application=UNKNOWN_APPLICATION, node_id=node_id
+            )
             workloads[event.workload_id] = workload
         for finding in policies.policy_for(workload).evaluate(event, workload, now_ns):
             groups[finding.fingerprint].append((finding, event, workload))
@@ -117,7 +120,7 @@ async def apply_batch(
     Unavailable and nothing of the batch is recorded (the agent sends it again).
     """
     node_id = node.value.node_id
-    groups = evaluate_batch(batch, workloads_of(batch, node_id), policies, now_ns)
+    groups = evaluate_batch(batch, node_id, policies, now_ns)
     outcome = BatchOutcome(node=node, events=len(batch.events), findings=sum(map(len, groups.values())))
     items = list(groups.items())
     for attempt in range(MAX_ATTEMPTS):
