@@ -30,9 +30,10 @@ def saturating_add(total: int, n: int) -> int:
 
 @dataclass
 class Counters:
-    """Loss and volume counters of the agent; deltas are carried by the next batch.
+    """Loss and volume counters of the agent; loss deltas are carried by the next batch.
 
-    Every counter stays within 0..U64_MAX (the count_* methods saturate), whatever records claim.
+    The counters that reach the controller (in batches and heartbeats, as protobuf uint64) change
+    only through the count_* methods, which hold them at U64_MAX whatever records claim.
     """
 
     records: int = 0
@@ -42,9 +43,6 @@ class Counters:
     refused_connections: int = 0  # shim connections closed at once because too many were open
     unsent_malformed: int = 0
     unsent_dropped: int = 0
-
-    def count_record(self) -> None:
-        self.records = saturating_add(self.records, 1)
 
     def count_malformed(self, n: int = 1) -> None:
         self.malformed = saturating_add(self.malformed, n)
@@ -114,7 +112,7 @@ class Spool:
         self._notify()
 
     def renumber_from(self, first_seq: int) -> None:
-        """Renumber every kept batch from `first_seq` (a fresh agent learning the controller's position)."""
+        """Renumber every kept batch from `first_seq`, continuing the sequence a controller knows."""
         for offset, batch in enumerate(self.batches):
             batch.seq = first_seq + offset
         self.next_seq = first_seq + len(self.batches)

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import trio
 
@@ -69,6 +70,45 @@ def raise_open_file_limit() -> int:
             log.warning("could not raise the open file limit from %d: %s", soft, exc)
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft
+
+
+class Listener(Protocol):
+    """What `accept_patiently` needs of a listening socket."""
+
+    async def accept(self) -> tuple[trio.socket.SocketType, Any]: ...
+
+
+async def accept_patiently(listener: Listener) -> socket.socket:
+    """The next connection, as a non-blocking socket.
+
+    Waits out a lack of descriptors or memory (ACCEPT_CAPACITY_ERRNOS), retrying every
+    ACCEPT_RETRY_S and logging once per episode; skips a connection that vanished before it was
+    accepted; other errors propagate.
+    """
+    exhausted = False
+    while True:
+        try:
+            conn, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_IGNORABLE_ERRNOS:
+                continue
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            if not exhausted:
+                exhausted = True
+                log.error(
+                    "accepting shim connections failed with %s (%s); retrying every %.1fs",
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_S,
+                )
+            await trio.sleep(ACCEPT_RETRY_S)
+            continue
+        if exhausted:
+            log.warning("accepting shim connections again")
+        raw = socket.socket(fileno=conn.detach())
+        raw.setblocking(False)
+        return raw
 
 
 @dataclass
@@ -153,7 +193,7 @@ class Intake:
             try:
                 async with trio.open_nursery() as nursery:
                     while True:
-                        sock = await self._accept(listener)
+                        sock = await accept_patiently(listener)
                         if self._open >= self.max_connections:
                             self._refuse(sock)
                             continue
@@ -163,35 +203,6 @@ class Intake:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
-
-    async def _accept(self, listener: trio.socket.SocketType) -> socket.socket:
-        """The next connection, non-blocking. Waits out a lack of descriptors or memory, logging
-        once per episode; other accept errors than those and a vanished peer propagate."""
-        exhausted = False
-        while True:
-            try:
-                conn, _ = await listener.accept()
-            except OSError as exc:
-                if exc.errno in _ACCEPT_IGNORABLE_ERRNOS:
-                    continue
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                if not exhausted:
-                    exhausted = True
-                    log.error(
-                        "accepting shim connections failed with %s (%s); %d open; retrying every %.1fs",
-                        errno.errorcode[exc.errno],
-                        os.strerror(exc.errno),
-                        self._open,
-                        ACCEPT_RETRY_S,
-                    )
-                await trio.sleep(ACCEPT_RETRY_S)
-                continue
-            if exhausted:
-                log.warning("accepting shim connections again (%d open)", self._open)
-            raw = socket.socket(fileno=conn.detach())
-            raw.setblocking(False)
-            return raw
 
     def _refuse(self, sock: socket.socket) -> None:
         sock.close()

@@ -3,7 +3,8 @@
 grpcio has no trio support, so the real link runs grpcio's synchronous streaming client: grpcio
 reads the request iterator on its own thread (fed from trio through a thread-safe queue), and a
 worker thread iterates the responses into a trio memory channel. Closing cancels the call and
-ends the request iterator with a sentinel rather than abandoning the thread.
+ends the request iterator with a sentinel rather than abandoning the thread. Waiting for the
+channel to connect holds no thread and is cancellable; the channel is closed on every way out.
 """
 
 from __future__ import annotations
@@ -66,6 +67,27 @@ class _GrpcSession:
             raise LinkClosed(self.error) from None
 
 
+async def _wait_ready(channel: grpc.Channel) -> None:
+    """Wait until `channel` is connected. Cancellable at any time.
+
+    grpcio completes the readiness future on its own thread; the callback only schedules an
+    event in this trio run, so no thread waits here.
+    """
+    ready = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def wake(_: object) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(ready.set)
+
+    future = grpc.channel_ready_future(channel)
+    future.add_done_callback(wake)
+    try:
+        await ready.wait()
+    finally:
+        future.cancel()  # stops grpcio watching the connectivity for it
+
+
 class GrpcConnector:
     """Opens AgentService streams with grpcio's synchronous client (plaintext for now)."""
 
@@ -81,21 +103,22 @@ class GrpcConnector:
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ],
         )
+        with contextlib.closing(channel):
+            with trio.move_on_after(self._connect_timeout) as waiting:
+                await _wait_ready(channel)
+            if waiting.cancelled_caught:
+                raise LinkClosed(f"controller {endpoint} not reachable within {self._connect_timeout:g}s")
+            async with self._stream(channel) as session:
+                yield session
+
+    @asynccontextmanager
+    async def _stream(self, channel: grpc.Channel) -> AsyncIterator[LinkSession]:
         requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None] = queue.SimpleQueue()
 
         def request_iter() -> Iterator[agent_pb2.ConnectRequest]:
             while (item := requests.get()) is not None:
                 yield item
 
-        try:
-            await trio.to_thread.run_sync(
-                lambda: grpc.channel_ready_future(channel).result(timeout=self._connect_timeout)
-            )
-        except grpc.FutureTimeoutError:
-            channel.close()
-            raise LinkClosed(
-                f"controller {endpoint} not reachable within {self._connect_timeout:.0f}s"
-            ) from None
         call = agent_pb2_grpc.AgentServiceStub(channel).Connect(request_iter())
         send_channel, receive_channel = trio.open_memory_channel[agent_pb2.ConnectResponse](RESPONSE_BUFFER)
         session = _GrpcSession(requests, receive_channel)
@@ -113,14 +136,11 @@ class GrpcConnector:
                 with contextlib.suppress(trio.RunFinishedError):
                     trio.from_thread.run_sync(send_channel.close, trio_token=token)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.to_thread.run_sync, pump)
-                try:
-                    yield session
-                finally:
-                    requests.put(None)
-                    call.cancel()  # type: ignore[no-untyped-call]
-                    receive_channel.close()
-        finally:
-            channel.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, pump)
+            try:
+                yield session
+            finally:
+                requests.put(None)
+                call.cancel()  # type: ignore[no-untyped-call]
+                receive_channel.close()

@@ -5,8 +5,15 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, MAX_BATCH_EVENTS, Batcher, Counters, Spool
-from telltale.v1 import common_pb2
+from telltale.nodeagent.batcher import (
+    MAX_BATCH_AGE_S,
+    MAX_BATCH_EVENTS,
+    U64_MAX,
+    Batcher,
+    Counters,
+    Spool,
+)
+from telltale.v1 import agent_pb2, common_pb2
 
 SHOP = common_pb2.Workload(id="w-shop", application="shop")
 BILLING = common_pb2.Workload(id="w-billing", application="billing")
@@ -213,3 +220,62 @@ async def test_wait_beyond_returns_once_such_a_batch_exists() -> None:
         with trio.fail_after(5):
             await done.wait()
     await spool.wait_beyond(1)  # already there: returns at once
+
+
+def test_a_full_spool_refuses_a_batch_without_events_and_uses_no_number() -> None:
+    spool = spool_with(2, capacity=2)
+    assert spool.full
+    assert not spool.append(agent_pb2.EventBatch(dropped_records=1))
+    assert seqs(spool) == [1, 2]
+    assert spool.next_seq == 3
+    assert spool.counters.dropped_batches == 0
+    assert spool.append(agent_pb2.EventBatch(events=[event()])), "a batch with events still goes in"
+    assert seqs(spool) == [2, 3]
+    assert spool.counters.dropped_batches == 1
+
+
+def test_losses_wait_while_the_spool_is_full_and_go_out_with_the_next_batch_that_fits() -> None:
+    spool = Spool(capacity=2)
+    batcher = Batcher(spool, max_events=1)
+    for i in range(3):  # seq 1 is pushed out: one event lost
+        batcher.add(event(i), SHOP, now=0.0)
+    counters = spool.counters
+    assert (counters.dropped_batches, counters.unsent_dropped) == (1, 1)
+    assert not batcher.due(1000.0), "a loss-only batch would push an event batch out"
+    batcher.flush()
+    assert seqs(spool) == [2, 3], "no batch was made, none was dropped"
+    assert (counters.dropped_batches, counters.unsent_dropped) == (1, 1), "the count is still pending"
+    batcher.add(event(3), SHOP, now=0.0)  # seq 4 has events: it may push seq 2 out, and carries the loss
+    assert seqs(spool) == [3, 4]
+    assert spool.batches[-1].dropped_records == 1
+    assert counters.unsent_dropped == 1, "seq 2's event, lost just now"
+    spool.ack(4)
+    assert batcher.due(1000.0), "with room again, the losses alone make a batch"
+    batcher.flush()
+    assert [(b.seq, len(b.events), b.dropped_records) for b in spool.batches] == [(5, 0, 1)]
+
+
+def test_counters_saturate_at_the_uint64_maximum() -> None:
+    counters = Counters()
+    for _ in range(3):
+        counters.count_dropped(2**63)
+        counters.count_malformed(2**63)
+    assert (counters.dropped, counters.unsent_dropped) == (U64_MAX, U64_MAX)
+    assert (counters.malformed, counters.unsent_malformed) == (U64_MAX, U64_MAX)
+    lost = agent_pb2.EventBatch(events=[event()], dropped_records=U64_MAX, malformed_records=U64_MAX)
+    counters.dropped_batches = U64_MAX
+    counters.count_dropped_batch(lost)
+    assert (counters.dropped_batches, counters.unsent_dropped, counters.unsent_malformed) == (U64_MAX,) * 3
+    agent_pb2.Heartbeat(
+        dropped_records=counters.dropped,
+        malformed_records=counters.malformed,
+        dropped_batches=counters.dropped_batches,
+    )  # fits: does not raise
+
+
+def test_a_batch_reporting_saturated_losses_fits_its_uint64_fields() -> None:
+    spool = Spool()
+    spool.counters.count_dropped(2**64 + 5)
+    spool.counters.count_malformed(2**65)
+    Batcher(spool).flush()
+    assert (spool.batches[0].dropped_records, spool.batches[0].malformed_records) == (U64_MAX, U64_MAX)

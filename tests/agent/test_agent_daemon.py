@@ -4,18 +4,24 @@ failover and heartbeats. Time is trio's autojump clock, so backoffs and interval
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import signal
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 import telltale
+from telltale.nodeagent import identity
 from telltale.nodeagent import workload as descriptor
-from telltale.nodeagent.daemon import WELCOME_TIMEOUT_S, Agent, AgentConfig
+from telltale.nodeagent.batcher import U64_MAX
+from telltale.nodeagent.daemon import STOP_GRACE_S, WELCOME_TIMEOUT_S, Agent, AgentConfig, ConfigError
 from telltale.nodeagent.memlink import MemoryConnector
 from telltale.v1 import agent_pb2, common_pb2
 
@@ -29,12 +35,15 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-def config(tmp_path: Path, controllers: Sequence[str] = (CTL_A,), state: str = "state") -> AgentConfig:
+def config(
+    tmp_path: Path, controllers: Sequence[str] = (CTL_A,), state: str = "state", **options: Any
+) -> AgentConfig:
     return AgentConfig(
         plaintext=True,
         socket_path=tmp_path / "a.sock",
         state_dir=tmp_path / state,
         controllers=list(controllers),
+        **options,
     )
 
 
@@ -331,3 +340,191 @@ async def test_records_from_a_workload_reach_the_controller_in_a_batch(tmp_path:
         ]
         assert batch.events[1].socket.address.port == 0x0050  # 80, in network order on the wire
         nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_an_outage_with_a_full_spool_keeps_every_event_batch(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    connector = MemoryConnector()
+    connector.refuse(CTL_A)
+    agent = Agent(config(tmp_path, spool_batches=100), connector=connector)
+    spool, counters = agent.state.spool, agent.state.spool.counters
+    for pid in range(101):  # batch 1 is pushed out: its event's loss waits to be reported
+        add_batch(agent, pid)
+    assert (counters.dropped_batches, counters.unsent_dropped) == (1, 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        await trio.sleep(10)  # ten virtual seconds of outage without new events
+        assert connector.controller(CTL_A).attempts > 1, "the link kept trying"
+        assert len(spool.batches) == 100
+        assert pids(spool.batches) == list(range(1, 101)), "every event batch is still there"
+        assert counters.dropped_batches == 1
+        assert (counters.dropped, counters.unsent_dropped) == (1, 1), "the loss is still pending"
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_welcome_beyond_what_this_agent_sent_renumbers_instead_of_acknowledging(
+    tmp_path: Path, clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller(CTL_A)
+    agent = Agent(config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            first.push(welcome(last_seq=0))
+            for pid in (1, 2, 3):
+                add_batch(agent, pid)
+            await first.wait_for("batch", 3)
+            first.push(ack(1))
+            await eventually(lambda: agent.state.last_acked_seq == 1, "the ack to be applied")
+            first.end("controller restarted")
+
+            # A controller that recorded 100 batches of this node id (a clone shares it).
+            second = await controller.wait_session(2)
+            second.push(welcome(last_seq=100))
+            await second.wait_for("batch", 2)
+            add_batch(agent, pid=4)
+            await second.wait_for("batch", 3)
+        assert [b.seq for b in second.batches] == [101, 102, 103]
+        assert pids(second.batches) == [2, 3, 4], "the unacknowledged batches were not discarded"
+        assert agent.state.last_acked_seq == 100
+        warnings = [r.getMessage() for r in caplog.records if "renumbering" in r.getMessage()]
+        assert len(warnings) == 1
+        assert re.search(r"\b100\b.* 3\b", warnings[0]), warnings[0]
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_hello_carries_an_instance_id_per_agent_and_the_boot_id(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller(CTL_A)
+    hellos: list[agent_pb2.Hello] = []
+    for _ in range(2):  # two agent instances with one node identity
+        agent = Agent(config(tmp_path), connector=connector)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            with trio.fail_after(DEADLINE_S):
+                for _ in range(2):  # two streams of one instance
+                    session = await controller.wait_session(len(hellos) + 1)
+                    await session.wait_for("hello")
+                    hellos.append(session.hello)
+                    session.end()
+            nursery.cancel_scope.cancel()
+    ids = [h.instance_id for h in hellos]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
+    assert ids[0] == ids[1], "an instance keeps its id across reconnects"
+    assert ids[2] == ids[3]
+    assert ids[0] != ids[2], "another agent instance has another id"
+    assert len({h.node_id for h in hellos}) == 1
+    boot = (await trio.Path("/proc/sys/kernel/random/boot_id").read_text()).strip()
+    assert {h.boot_id for h in hellos} == {boot}
+    assert identity.boot_id(tmp_path / "no-such-file") == ""
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1:7443", "127.9.0.1:1", "localhost:7443", "[::1]:7443"],
+)
+def test_plaintext_to_a_loopback_controller_is_allowed(tmp_path: Path, address: str) -> None:
+    config(tmp_path, controllers=[address]).validate()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("10.0.0.5:7443", "not a loopback address"),
+        ("controller.example.com:7443", "not a loopback address"),
+        ("[2001:db8::1]:7443", "not a loopback address"),
+        ("0.0.0.0:7443", "not a loopback address"),
+        ("127.0.0.1", "is not HOST:PORT"),
+        ("127.0.0.1:99999", "is not HOST:PORT"),
+        (":7443", "is not HOST:PORT"),
+        ("ctl-a", "is not HOST:PORT"),
+    ],
+)
+def test_plaintext_to_a_controller_off_this_host_or_a_bad_address_is_refused(
+    tmp_path: Path, address: str, message: str
+) -> None:
+    settings = config(tmp_path, controllers=["127.0.0.1:7443", address])
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        settings.validate()
+    assert address in str(info.value)
+
+
+@trio.testing.trio_test
+async def test_counters_past_the_uint64_range_reach_the_controller_saturated(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector)
+    counters = agent.state.spool.counters
+    for _ in range(3):
+        counters.count_dropped(2**63)
+        counters.count_malformed(2**63)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller(CTL_A).wait_session()
+            session.push(welcome(heartbeat_ms=500))
+            await session.wait_for("heartbeat")
+            await session.wait_for("batch")
+        beat = session.heartbeats[0]
+        assert (beat.dropped_records, beat.malformed_records) == (U64_MAX, U64_MAX)
+        batch = session.batches[0]
+        assert (batch.dropped_records, batch.malformed_records) == (U64_MAX, U64_MAX)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def sigterm_caught() -> Iterator[list[int]]:
+    """While the test runs, a SIGTERM nobody else handles is recorded instead of ending pytest
+    (trio redelivers a signal its receiver did not consume when the receiver closes)."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@trio.testing.trio_test
+async def test_after_a_stop_request_a_lost_link_is_not_retried(
+    tmp_path: Path,
+    clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    sigterm_caught: list[int],
+) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller(CTL_A)
+    agent = Agent(config(tmp_path), connector=connector)
+    stopped = trio.Event()
+
+    async def run_until_stopped(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await agent.run(task_status=task_status)
+        stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_until_stopped)
+        with trio.fail_after(DEADLINE_S):
+            session = await controller.wait_session()
+            session.push(welcome())
+            add_batch(agent, pid=1)
+            await session.wait_for("batch")  # never acknowledged: the agent gives it a grace period
+            os.kill(os.getpid(), signal.SIGTERM)
+            await eventually(
+                lambda: any("agent stopping" in r.getMessage() for r in caplog.records),
+                "the stop request to be seen",
+            )
+            start = trio.current_time()
+            session.end("controller restarted")
+            await stopped.wait()
+        assert trio.current_time() - start <= STOP_GRACE_S + 0.1
+    assert controller.attempts == 1, "no new stream after the stop request"
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert sigterm_caught == [], "the agent handled the signal"

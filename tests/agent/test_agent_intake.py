@@ -7,20 +7,35 @@ time_ns u64 @24, dropped u32 @32, seq u32 @36), then fields of tag u16, length u
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import random
+import resource
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from telltale.nodeagent import workload as descriptor
-from telltale.nodeagent.batcher import Counters
-from telltale.nodeagent.intake import Intake, Workloads
+from telltale.nodeagent.batcher import U64_MAX, Counters
+from telltale.nodeagent.intake import (
+    ACCEPT_RETRY_S,
+    MAX_PROCESSES_PER_CONNECTION,
+    EventSink,
+    Intake,
+    Workloads,
+    accept_patiently,
+    raise_open_file_limit,
+)
 from telltale.v1 import common_pb2
 
 # Kinds, flags and field tags of format v1, spelled out rather than imported from the decoder.
@@ -30,6 +45,11 @@ EXE, ARGV, CWD, CREDS, SOCKADDR, RESULT, SOCKINFO, BACKLOG, PATH, VARIANT, WORKL
 
 T0 = 1_750_000_000_000_000_000
 SHOP = common_pb2.Workload(id="w-shop", application="shop", component="api")
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 def fld(tag: int, body: bytes) -> bytes:
@@ -71,7 +91,12 @@ def sockaddr_in(ip: str, port: int) -> bytes:
 
 
 def proc_start(
-    *, pid: int = 1000, ppid: int = 1, workload: common_pb2.Workload | None = SHOP, dropped: int = 0
+    *,
+    pid: int = 1000,
+    ppid: int = 1,
+    workload: common_pb2.Workload | None = SHOP,
+    dropped: int = 0,
+    seq: int = 0,
 ) -> bytes:
     fields = [
         fld(EXE, b"/usr/bin/app"),
@@ -81,11 +106,18 @@ def proc_start(
     ]
     if workload is not None:
         fields.append(fld(WORKLOAD, descriptor.encode(workload).encode()))
-    return record(PROC_START, *fields, pid=pid, ppid=ppid, dropped=dropped)
+    return record(PROC_START, *fields, pid=pid, ppid=ppid, dropped=dropped, seq=seq)
 
 
 def connect(
-    *, pid: int = 1000, ppid: int = 1, port: int = 443, dropped: int = 0, flags: int = 0, count: int = 1
+    *,
+    pid: int = 1000,
+    ppid: int = 1,
+    port: int = 443,
+    dropped: int = 0,
+    flags: int = 0,
+    count: int = 1,
+    seq: int = 0,
 ) -> bytes:
     return record(
         CONNECT,
@@ -97,6 +129,7 @@ def connect(
         dropped=dropped,
         flags=flags,
         count=count,
+        seq=seq,
     )
 
 
@@ -121,11 +154,18 @@ class Harness:
         return self.events
 
 
-async def start_intake(nursery: trio.Nursery, tmp_path: Path) -> Harness:
+async def start_intake(
+    nursery: trio.Nursery, tmp_path: Path, sink: EventSink | None = None, **options: Any
+) -> Harness:
+    """An intake on tmp_path/agent.sock; events go to `sink` as well as to the harness."""
     harness = Harness(tmp_path / "agent.sock", Counters(), Workloads())
-    intake = Intake(
-        harness.path, lambda e, w: harness.got.append((e, w)), harness.counters, harness.workloads
-    )
+
+    def collect(event: common_pb2.Event, workload: common_pb2.Workload | None) -> None:
+        if sink is not None:
+            sink(event, workload)
+        harness.got.append((event, workload))
+
+    intake = Intake(harness.path, collect, harness.counters, harness.workloads, **options)
     await nursery.start(intake.run)
     return harness
 
@@ -264,12 +304,17 @@ async def test_a_child_connection_without_descriptor_joins_its_parents_workload(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [b"app=shop", b"id=w1&app=my+shop", b"id=w1&app=shop&component=-api", b"id=w1&app=shop&env=prod%2Feu"],
+    ids=["no-id", "bad-app", "bad-component", "bad-env"],
+)
 @trio.testing.trio_test
-async def test_an_invalid_descriptor_leaves_the_events_unattributed(tmp_path: Path) -> None:
+async def test_an_invalid_descriptor_leaves_the_events_unattributed(tmp_path: Path, text: bytes) -> None:
     async with trio.open_nursery() as nursery:
         h = await start_intake(nursery, tmp_path)
         with await h.client() as client:
-            await client.send(record(PROC_START, fld(WORKLOAD, b"app=shop")))  # no id
+            await client.send(record(PROC_START, fld(WORKLOAD, text)))
             await client.send(connect())
             events = await h.wait_events(2)
             assert [e.workload_id for e in events] == ["", ""]
@@ -382,3 +427,250 @@ async def test_a_garbage_spewing_client_cannot_crash_the_intake(tmp_path: Path) 
             events = await h.wait_events(2)
             assert [e.workload_id for e in events] == ["w-late", "w-late"]
         nursery.cancel_scope.cancel()
+
+
+# ---- bounds: what hostile or heavy input can cost ----------------------------------------------
+
+
+@trio.testing.trio_test
+async def test_a_workload_is_forgotten_when_its_last_connection_closes(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path)
+        for n in range(50):  # short-lived workloads, one after the other
+            with await h.client() as client:
+                await client.send(
+                    proc_start(pid=2000 + n, workload=common_pb2.Workload(id=f"w{n}", application="a"))
+                )
+                await h.wait_events(n + 1)
+        await eventually(lambda: h.workloads.active == 0, "every connection to be closed")
+        assert (h.workloads.by_id, h.workloads.connections, h.workloads.by_pid) == ({}, {}, {})
+
+        parent, child = await h.client(), await h.client()
+        with parent:
+            with child:
+                await parent.send(proc_start(pid=1000))
+                await h.wait_events(51)
+                await child.send(connect(pid=1001, ppid=1000))  # joins its parent's workload
+                await h.wait_events(52)
+                assert h.workloads.connections == {"w-shop": 2}
+            await eventually(lambda: h.workloads.connections == {"w-shop": 1}, "the child to be gone")
+            assert h.workloads.by_id == {"w-shop": SHOP}, "the parent's connection still holds it"
+            assert h.workloads.by_pid == {1000: "w-shop"}
+        await eventually(lambda: h.workloads.active == 0, "the parent to be gone")
+        assert (h.workloads.by_id, h.workloads.connections, h.workloads.by_pid) == ({}, {}, {})
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_connection_tracks_a_bounded_number_of_processes_and_its_records_still_flow(
+    tmp_path: Path,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path)
+        with await h.client() as client:
+            await client.send(proc_start(pid=1000))
+            for pid in range(1001, 1501):  # far more pids than one process and its vfork children
+                await client.send(connect(pid=pid, ppid=1000))
+            await client.send(proc_start(pid=7000, ppid=1000))
+            events = await h.wait_events(502)
+            assert all(e.workload_id == "w-shop" for e in events), "untracked pids are still attributed"
+            assert [e.process.pid for e in events[1:501]] == list(range(1001, 1501))
+            assert events[-1].process.exe == "/usr/bin/app", "an untracked start record keeps its details"
+            assert len(h.workloads.by_pid) == MAX_PROCESSES_PER_CONNECTION
+            assert 1000 in h.workloads.by_pid
+            assert 7000 not in h.workloads.by_pid
+        await eventually(lambda: h.workloads.active == 0, "the connection to be closed")
+        assert h.workloads.by_pid == {}
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_the_drops_one_record_credits_are_bounded_by_its_seq_advance(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path)
+        with await h.client() as client:
+            await client.send(proc_start(pid=1000, seq=1))
+            await client.send(connect(pid=1000, seq=5, dropped=1000))  # seqs 2-4 could be lost: at most 4
+            await client.send(connect(pid=1000, seq=6, dropped=0xFFFFFFFF))  # at most 1 more
+            await client.send(connect(pid=1000, seq=7, dropped=0xFFFFFFFF))  # no increase
+            await h.wait_events(4)
+            assert h.counters.dropped == 5
+            for _ in range(5):  # a forger restarting its process over and over
+                await client.send(proc_start(pid=1000, seq=1))
+                await client.send(connect(pid=1000, seq=2, dropped=0xFFFFFFFF))
+            await h.wait_events(14)
+            assert h.counters.dropped == 10
+            assert h.counters.unsent_dropped == 10
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_forged_drop_counts_saturate_the_counters(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path)
+        h.counters.count_dropped(U64_MAX - 10)
+        with await h.client() as client:
+            for pid in range(1, 6):  # seq unknown (0): only saturation bounds the totals
+                await client.send(connect(pid=pid, dropped=0xFFFFFFFF))
+            await h.wait_events(5)
+        assert (h.counters.dropped, h.counters.unsent_dropped) == (U64_MAX, U64_MAX)
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_connections_beyond_the_cap_are_closed_counted_and_serving_goes_on(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path, max_connections=2)
+        first, second = await h.client(), await h.client()
+        with first, second:
+            await first.send(proc_start(pid=1000))
+            await second.send(proc_start(pid=1001))
+            await h.wait_events(2)
+            extra = [await h.client() for _ in range(3)]
+            await eventually(lambda: h.counters.refused_connections == 3, "three refusals")
+            for sock in extra:
+                with sock, trio.fail_after(10):
+                    assert await sock.recv(64) == b"", "the agent closed it"
+            await first.send(connect(pid=1000))
+            await h.wait_events(3)
+        await eventually(lambda: h.workloads.active == 0, "both connections to be closed")
+        with await h.client() as late:
+            await late.send(
+                proc_start(pid=3000, workload=common_pb2.Workload(id="w-late", application="late"))
+            )
+            events = await h.wait_events(4)
+            assert events[-1].workload_id == "w-late"
+        assert h.counters.refused_connections == 3
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_an_unexpected_error_closes_only_that_connection(tmp_path: Path) -> None:
+    def buggy(event: common_pb2.Event, workload: common_pb2.Workload | None) -> None:
+        if event.process.pid == 666:
+            raise RuntimeError("a bug in handling this record")
+
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path, sink=buggy)
+        with await h.client() as victim, await h.client() as bystander:
+            await bystander.send(proc_start(pid=1000))
+            await h.wait_events(1)
+            await victim.send(connect(pid=666))
+            with trio.fail_after(10):
+                assert await victim.recv(64) == b"", "the agent closed that connection"
+            assert h.counters.malformed == 1, "the lost record is counted"
+            await bystander.send(connect(pid=1000))
+            events = await h.wait_events(2)
+            assert events[-1].workload_id == "w-shop"
+        nursery.cancel_scope.cancel()
+
+
+class _ExhaustedListener:
+    """accept() fails with EMFILE `failures` times, then returns a real connection."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.spare, self.conn = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    async def accept(self) -> tuple[trio.socket.SocketType, Any]:
+        await trio.lowlevel.checkpoint()
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return trio.socket.from_stdlib_socket(self.conn), None
+
+
+@trio.testing.trio_test
+async def test_accept_waits_out_descriptor_exhaustion_logging_once(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = _ExhaustedListener(failures=30)
+    start = trio.current_time()
+    with listener.spare, trio.fail_after(60):
+        sock = await accept_patiently(listener)
+    with sock:
+        assert not sock.getblocking()
+    assert listener.calls == 31
+    assert trio.current_time() - start == pytest.approx(30 * ACCEPT_RETRY_S)
+    messages = [r.getMessage() for r in caplog.records if r.name == "telltale.nodeagent.intake"]
+    assert len(messages) == 2, messages
+    assert "EMFILE" in messages[0]
+    assert "again" in messages[1]
+
+
+_EXHAUSTED_AGENT = """
+import logging, resource, sys
+from pathlib import Path
+import trio
+from telltale.nodeagent.batcher import Counters
+from telltale.nodeagent.intake import Intake, Workloads
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+async def main() -> None:
+    intake = Intake(Path(sys.argv[1]), lambda e, w: print(e.workload_id, flush=True), Counters(), Workloads())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(intake.run)
+        print("ready", flush=True)
+
+trio.run(main)
+"""
+
+
+@trio.testing.trio_test
+async def test_an_intake_out_of_descriptors_keeps_serving(tmp_path: Path) -> None:
+    """A real process whose open file limit is lower than the connections it is offered."""
+    path = tmp_path / "agent.sock"
+    out, err = bytearray(), bytearray()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _EXHAUSTED_AGENT, str(path), "48"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    async def collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+        while chunk := await stream.receive_some():
+            into += chunk
+
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            nursery.start_soon(collect, process.stdout, out)
+            nursery.start_soon(collect, process.stderr, err)
+            await eventually(lambda: b"ready" in out, "the intake to listen", within=30)
+            with contextlib.ExitStack() as flood:
+                for _ in range(80):
+                    sock = flood.enter_context(trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+                    await sock.connect(str(path))
+                await eventually(
+                    lambda: b"Too many open files" in err, "the intake to run out of descriptors"
+                )
+            with trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as late:
+                await late.connect(str(path))
+                late_workload = common_pb2.Workload(id="w-late", application="late")
+                await late.send(proc_start(pid=3000, workload=late_workload))
+                await eventually(lambda: b"w-late" in out, "the later record to arrive", within=30)
+            assert process.poll() is None, err.decode()
+            process.terminate()
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.kill()
+            await process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
+    assert b"Traceback" not in err, err.decode()
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        assert raise_open_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
