@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from telltale.controller.errors import InvalidArgument, NotFound
-from telltale.controller.rpc import page_size, require, unary
+from telltale.controller.rpc import paginate, require, unary
 from telltale.engine import catalog
 from telltale.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
@@ -21,16 +21,14 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.ListAlertTypesResponse:
         if request.category and request.category not in common_pb2.Category.values():
             raise InvalidArgument("category", f"{request.category} is not a category")
-        specs = sorted(catalog.CATALOG.values(), key=lambda s: s.id)
-        if request.category:
-            specs = [s for s in specs if s.category == request.category]
-        if request.page.page_token:
-            specs = [s for s in specs if s.id > request.page.page_token]
-        size = page_size(request.page.page_size)
-        response = catalog_pb2.ListAlertTypesResponse(alert_types=[catalog.to_proto(s) for s in specs[:size]])
-        if len(specs) > size:
-            response.page.next_page_token = specs[size - 1].id
-        return response
+        specs = [
+            s for s in catalog.CATALOG.values() if not request.category or s.category == request.category
+        ]
+        page, token = paginate(specs, lambda s: s.id, request.page)
+        return catalog_pb2.ListAlertTypesResponse(
+            alert_types=[catalog.to_proto(s) for s in page],
+            page=common_pb2.PageResponse(next_page_token=token),
+        )
 
     @unary
     async def GetAlertType(

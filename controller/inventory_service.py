@@ -9,7 +9,7 @@ import grpc
 
 from telltale.controller.errors import NotFound
 from telltale.controller.policies import PolicyView
-from telltale.controller.rpc import page_size, require, unary
+from telltale.controller.rpc import paginate, require, unary
 from telltale.controller.store import Store
 from telltale.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
 
@@ -25,17 +25,12 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     async def ListNodes(
         self, request: inventory_pb2.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListNodesResponse:
-        nodes = sorted(await self._store.list_nodes(), key=lambda n: n.node_id)
+        nodes, token = paginate(await self._store.list_nodes(), lambda n: n.node_id, request.page)
         for node in nodes:
             node.in_sync = node.applied_policy_revision == self._policies.revision
-        token = request.page.page_token
-        if token:
-            nodes = [n for n in nodes if n.node_id > token]
-        size = page_size(request.page.page_size)
-        response = inventory_pb2.ListNodesResponse(nodes=nodes[:size])
-        if len(nodes) > size:
-            response.page.next_page_token = nodes[size - 1].node_id
-        return response
+        return inventory_pb2.ListNodesResponse(
+            nodes=nodes, page=common_pb2.PageResponse(next_page_token=token)
+        )
 
     @unary
     async def GetNode(
@@ -69,14 +64,10 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             )
             for name in sorted(counts)
         ]
-        token = request.page.page_token
-        if token:
-            apps = [a for a in apps if a.name > token]
-        size = page_size(request.page.page_size)
-        response = inventory_pb2.ListApplicationsResponse(applications=apps[:size])
-        if len(apps) > size:
-            response.page.next_page_token = apps[size - 1].name
-        return response
+        page, token = paginate(apps, lambda a: a.name, request.page)
+        return inventory_pb2.ListApplicationsResponse(
+            applications=page, page=common_pb2.PageResponse(next_page_token=token)
+        )
 
     @unary
     async def ListWorkloads(
@@ -88,12 +79,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             if (not request.application or w.application == request.application)
             and (not request.node_id or w.node_id == request.node_id)
         ]
-        workloads.sort(key=lambda w: w.id)
-        token = request.page.page_token
-        if token:
-            workloads = [w for w in workloads if w.id > token]
-        size = page_size(request.page.page_size)
-        response = inventory_pb2.ListWorkloadsResponse(workloads=workloads[:size])
-        if len(workloads) > size:
-            response.page.next_page_token = workloads[size - 1].id
-        return response
+        page, token = paginate(workloads, lambda w: w.id, request.page)
+        return inventory_pb2.ListWorkloadsResponse(
+            workloads=page, page=common_pb2.PageResponse(next_page_token=token)
+        )

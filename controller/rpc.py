@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import aetcd
@@ -11,6 +11,7 @@ import grpc
 
 from telltale.controller.errors import ControllerError, InvalidArgument, status_of
 from telltale.controller.store import Conflict
+from telltale.v1 import common_pb2
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -46,6 +47,26 @@ def require(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
     return value
+
+
+T = TypeVar("T")
+
+
+def paginate(
+    items: Iterable[T], key: Callable[[T], str], page: common_pb2.PageRequest
+) -> tuple[list[T], str]:
+    """One page of `items` ordered by the unique string `key`, and the token of the next page.
+
+    The token is the key of the page's last item, so a page is stable while items come and go.
+    Returns an empty token on the last page.
+    """
+    ordered = sorted(items, key=key)
+    if page.page_token:
+        ordered = [item for item in ordered if key(item) > page.page_token]
+    size = page_size(page.page_size)
+    if len(ordered) > size:
+        return ordered[:size], key(ordered[size - 1])
+    return ordered, ""
 
 
 def page_size(requested: int, *, default: int = 100, maximum: int = 1000) -> int:
