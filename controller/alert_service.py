@@ -11,28 +11,26 @@ import aetcd
 import grpc
 
 from telltale.controller.errors import InvalidArgument, NotFound, Unavailable
-from telltale.controller.rpc import page_size, require, store_unavailable, unary
+from telltale.controller.rpc import paginate, require, store_unavailable, unary
 from telltale.controller.store import AlertChange, Conflict, Store
 from telltale.engine.alerts import alert_matches
-from telltale.v1 import alert_pb2, alert_pb2_grpc
+from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
+
+_CURSOR_PREFIX = "fp:"
 
 
-def _sort_key(alert: alert_pb2.Alert) -> tuple[int, str]:
-    last = alert.last_seen
-    return (-(last.seconds * 1_000_000_000 + last.nanos), alert.fingerprint)
+def _encode_cursor(fingerprint: str) -> str:
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + fingerprint).encode()).decode()
 
 
-def _encode_cursor(alert: alert_pb2.Alert) -> str:
-    neg_ns, fingerprint = _sort_key(alert)
-    return base64.urlsafe_b64encode(f"{neg_ns}:{fingerprint}".encode()).decode()
-
-
-def _decode_cursor(token: str) -> tuple[int, str]:
+def _decode_cursor(token: str) -> str:
     try:
-        neg_ns, fingerprint = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        return int(neg_ns), fingerprint
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument("page.page_token", f"{token!r} is not a token this server issued") from exc
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    if not text.startswith(_CURSOR_PREFIX):
+        raise InvalidArgument("page.page_token", f"{token!r} is not a token this server issued")
+    return text.removeprefix(_CURSOR_PREFIX)
 
 
 class AlertService(alert_pb2_grpc.AlertServiceServicer):
@@ -45,16 +43,17 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
     async def ListAlerts(
         self, request: alert_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> alert_pb2.ListAlertsResponse:
-        size = page_size(request.page.page_size)
-        after = _decode_cursor(request.page.page_token) if request.page.page_token else None
+        # Pages follow the fingerprint, which never changes: an alert updated while a client pages
+        # through the listing keeps its place, so none is skipped or listed twice.
+        page_request = common_pb2.PageRequest(page_size=request.page.page_size)
+        if request.page.page_token:
+            page_request.page_token = _decode_cursor(request.page.page_token)
         stored, revision = await self._store.list_alerts()
-        matching = sorted((v.value for v in stored if alert_matches(v.value, request.filter)), key=_sort_key)
-        if after is not None:
-            matching = [a for a in matching if _sort_key(a) > after]
-        page = matching[:size]
+        matching = (v.value for v in stored if alert_matches(v.value, request.filter))
+        page, after = paginate(matching, lambda a: a.fingerprint, page_request)
         response = alert_pb2.ListAlertsResponse(alerts=page, revision=revision)
-        if len(matching) > size:
-            response.page.next_page_token = _encode_cursor(page[-1])
+        if after:
+            response.page.next_page_token = _encode_cursor(after)
         return response
 
     @unary

@@ -63,6 +63,7 @@ def list_alerts(args: argparse.Namespace) -> int:
             if not response.page.next_page_token:
                 break
             request.page.page_token = response.page.next_page_token
+    alerts.sort(key=lambda a: (-a.last_seen.ToNanoseconds(), a.priority, a.fingerprint))
     if args.output == "json":
         for alert in alerts:
             print(to_json(alert))
