@@ -1,12 +1,12 @@
-"""`telltale alerts …` and `telltale catalog …`: read alerts and the catalog."""
+"""`telltale alerts …`: list and watch alerts."""
 
 from __future__ import annotations
 
 import argparse
 
-from telltale.cli.client import api_channel
+from telltale.cli.client import add_api_options, api_channel
 from telltale.cli.format import ALERT_HEADERS, alert_row, clean, priority, table, to_json
-from telltale.v1 import alert_pb2, alert_pb2_grpc, catalog_pb2, catalog_pb2_grpc, common_pb2
+from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 
 _STATES = {
     s: getattr(alert_pb2, f"ALERT_STATE_{s.upper().replace('-', '_')}")
@@ -105,23 +105,18 @@ def watch_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_catalog(args: argparse.Namespace) -> int:
-    """Print the alert catalog."""
-    with api_channel(args.controller, plaintext=args.plaintext) as channel:
-        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-        types = stub.ListAlertTypes(catalog_pb2.ListAlertTypesRequest(), timeout=args.timeout).alert_types
-    if args.output == "json":
-        for t in types:
-            print(to_json(t))
-        return 0
-    rows = [
-        [
-            t.id,
-            common_pb2.Category.Name(t.category).removeprefix("CATEGORY_").lower(),
-            priority(t.default_priority),
-            t.title,
-        ]
-        for t in types
-    ]
-    print(table(("ID", "CATEGORY", "DEFAULT", "TITLE"), rows))
-    return 0
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `telltale alerts …`."""
+    p = sub.add_parser("alerts", help="list and watch alerts")
+    actions = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+    q = actions.add_parser("list", help="list alerts, most recently seen first")
+    add_filter_arguments(q)
+    add_api_options(q)
+    q.set_defaults(func=list_alerts)
+    q = actions.add_parser("watch", help="print alert changes as they happen")
+    add_filter_arguments(q)
+    q.add_argument("--existing", action="store_true", help="first print every current alert")
+    q.add_argument("--after", type=int, default=0, metavar="REVISION", help="resume after this position")
+    q.add_argument("--count", type=int, default=0, help="stop after this many changes")
+    add_api_options(q)
+    q.set_defaults(func=watch_alerts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,9 +52,27 @@ def api_channel(address: str, *, plaintext: bool) -> Iterator[grpc.Channel]:
     except grpc.RpcError as exc:
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise CliError(f"cannot reach the controller at {address}: {exc.details()}") from None
+            raise CliError(f"the controller at {address} is unavailable: {exc.details()}") from None
         if code == grpc.StatusCode.CANCELLED:
             raise CliError("cancelled", code=130) from None
         raise CliError(f"{code.name}: {exc.details()}") from None
     finally:
         channel.close()
+
+
+def add_api_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that calls the API takes."""
+    parser.add_argument(
+        "--controller",
+        default=default_controller(),
+        help="controller API address HOST:PORT (default: $TELLTALE_CONTROLLER or %(default)s)",
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=plaintext_from_env(),
+        help="no TLS: only for a controller on loopback ($TELLTALE_PLAINTEXT=1)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)"
+    )

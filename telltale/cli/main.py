@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import telltale
-from telltale.cli import alerts, policy
+from telltale.cli import alerts, catalog, policy
 from telltale.cli.client import CliError, default_controller, plaintext_from_env
 from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
@@ -21,23 +21,6 @@ Typical local use (plaintext on loopback):
   telltale run --app shop --socket ./agent.sock -- python3 app.py
   telltale alerts list --plaintext
 """
-
-
-def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--controller",
-        default=default_controller(),
-        help="controller API address HOST:PORT (default: $TELLTALE_CONTROLLER or %(default)s)",
-    )
-    parser.add_argument(
-        "--plaintext",
-        action="store_true",
-        default=plaintext_from_env(),
-        help="no TLS: only for a controller on loopback ($TELLTALE_PLAINTEXT=1)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)"
-    )
 
 
 def _controller(args: argparse.Namespace) -> int:
@@ -126,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
     _add_daemon_commands(sub)
-    _add_api_commands(sub)
+    alerts.add_commands(sub)
+    policy.add_commands(sub)
+    catalog.add_commands(sub)
     return parser
 
 
@@ -189,46 +174,6 @@ def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="agent socket (default %(default)s)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     p.set_defaults(func=_run)
-
-
-def _add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Commands that talk to a controller's API: alerts, policy, catalog."""
-    p = sub.add_parser("alerts", help="list and watch alerts")
-    alert_sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
-    q = alert_sub.add_parser("list", help="list alerts, most recently seen first")
-    alerts.add_filter_arguments(q)
-    _add_api_options(q)
-    q.set_defaults(func=alerts.list_alerts)
-    q = alert_sub.add_parser("watch", help="print alert changes as they happen")
-    alerts.add_filter_arguments(q)
-    q.add_argument("--existing", action="store_true", help="first print every current alert")
-    q.add_argument("--after", type=int, default=0, metavar="REVISION", help="resume after this position")
-    q.add_argument("--count", type=int, default=0, help="stop after this many changes")
-    _add_api_options(q)
-    q.set_defaults(func=alerts.watch_alerts)
-
-    p = sub.add_parser("policy", help="list, show and apply Alert Policies")
-    pol_sub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-    q = pol_sub.add_parser("list", help="list policies")
-    q.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    _add_api_options(q)
-    q.set_defaults(func=policy.list_policies)
-    q = pol_sub.add_parser("show", help="show a policy as YAML")
-    q.add_argument("name", help="policy name, e.g. Standard")
-    q.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
-    _add_api_options(q)
-    q.set_defaults(func=policy.show_policy)
-    q = pol_sub.add_parser("apply", help="create or update a policy from a YAML document")
-    q.add_argument("-f", "--file", required=True, help="policy document (YAML)")
-    _add_api_options(q)
-    q.set_defaults(func=policy.apply_policy)
-
-    p = sub.add_parser("catalog", help="the alert types policies configure")
-    cat_sub = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
-    q = cat_sub.add_parser("list", help="list alert types")
-    q.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    _add_api_options(q)
-    q.set_defaults(func=alerts.list_catalog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 """A test workload: does exactly the behaviours its arguments ask for, then exits 0.
 
     behave.py [--listen-all PORT] [--connect HOST:PORT] [--times N] [--shell] [--exit N]
+    behave.py --stdin      then one command per line: "shell TAG", "listen PORT", "exit"
+                           (each answered with "ok" on stdout once done)
 
 All traffic stays on loopback.
 """
@@ -20,7 +22,10 @@ def main() -> int:
     parser.add_argument("--times", type=int, default=1, help="how many connections")
     parser.add_argument("--shell", action="store_true", help="run /bin/sh -c true")
     parser.add_argument("--exit", type=int, default=0, help="exit status")
+    parser.add_argument("--stdin", action="store_true", help="take commands from stdin")
     args = parser.parse_args()
+    if args.stdin:
+        return serve_commands()
     server = None
     if args.listen_all is not None:
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -38,6 +43,22 @@ def main() -> int:
         subprocess.run(["/bin/sh", "-c", "true"], check=True)
     print("behave: done", flush=True)
     return args.exit
+
+
+def serve_commands() -> int:
+    """A long-running workload driven line by line, so a test can act between its behaviours."""
+    for line in sys.stdin:
+        command, _, argument = line.strip().partition(" ")
+        if command == "shell":
+            subprocess.run(["/bin/sh", "-c", f"true {argument}"], check=True)
+        elif command == "listen":
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+                server.bind(("0.0.0.0", int(argument)))
+                server.listen()
+        elif command == "exit":
+            return 0
+        print("ok", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
