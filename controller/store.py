@@ -5,15 +5,23 @@ Every key lives under one prefix (default ``/telltale/v1/``):
     policy/policies/<name>          current Policy (protobuf)
     policy/default                  name of the default policy
     policy/assignments/<app>/<comp> policy name ("" component = the whole application)
-    policy/generation               touched by every policy-state change, so the highest
-                                    mod revision under policy/ is the policy-state revision
-    policy-history/<name>/<rev>     every revision of every policy
+    policy/generation               touched by every policy-state change, so its mod revision is
+                                    the highest under policy/: the policy-state revision
+    policy-history/<name>/<rev>     every revision of every policy (rev zero-padded to 12 digits)
     alerts/<fingerprint>            Alert (protobuf)
     nodes/<node_id>                 Node (protobuf)
     workloads/<id>                  Workload (protobuf)
 
 Names are percent-encoded inside keys. Values are serialized protobuf messages, except the
 default policy and assignments, which are UTF-8 names.
+
+Every policy-state write is one etcd transaction that also puts ``policy/generation``, so a
+watch on ``policy/`` sees each change once and a compare on the generation key's mod revision
+detects any change at all since a read (deleting a policy relies on it).
+
+A deleted policy's history stays under ``policy-history/<name>/`` until a policy of the same
+name is created again: that creation removes the former policy's history in the same
+transaction, so a name's history always belongs to one policy.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 import aetcd
+from aetcd.utils import prefix_range_end
 
 from telltale.v1 import alert_pb2, common_pb2, inventory_pb2, policy_pb2
 
@@ -36,6 +45,10 @@ MAX_BATCH_ALERTS = 100
 
 class Conflict(Exception):
     """A compare-and-swap lost: someone else changed the key first."""
+
+
+class Absent(Exception):
+    """A write depends on a policy that does not exist (checked in the write's transaction)."""
 
 
 T = TypeVar("T")
@@ -57,6 +70,14 @@ class AlertChange:
     alert: alert_pb2.Alert | None
     revision: int
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """What a write of a name replaced ("" = nothing) and its store revision (0 = nothing written)."""
+
+    previous: str
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +108,9 @@ class Store(Protocol):
         ...
 
     async def create_policy(self, policy: policy_pb2.Policy) -> int:
-        """Store a new policy; raises Conflict if the name exists. Returns the store revision."""
+        """Store a new policy; raises Conflict if the name exists. Returns the store revision.
+
+        History left by a deleted policy of the same name is removed in the same transaction."""
         ...
 
     async def update_policy(self, policy: policy_pb2.Policy, expected_mod_revision: int) -> int:
@@ -96,6 +119,43 @@ class Store(Protocol):
 
     async def get_policy(self, name: str) -> Versioned[policy_pb2.Policy] | None:
         """Read one policy."""
+        ...
+
+    async def delete_policy(self, name: str, expected_state_revision: int) -> int:
+        """Delete a policy if the policy state is still at `expected_state_revision`.
+
+        The caller decides from a policy_state() read that the policy may go (not the default,
+        not assigned); the transaction compares the generation key, so any policy-state change
+        since that read makes it fail. The policy's history is kept. Returns the store revision.
+        Raises Absent when no such policy exists, Conflict when the state moved on.
+        """
+        ...
+
+    async def set_default_policy(self, name: str) -> Replaced:
+        """Make `name` the default policy; returns the former default.
+
+        Raises Absent (and writes nothing) unless that policy exists when the write commits."""
+        ...
+
+    async def assign_policy(self, application: str, component: str, policy: str) -> Replaced:
+        """Assign `policy` to an application ("" component) or one component; returns the former policy.
+
+        Raises Absent (and writes nothing) unless that policy exists when the write commits."""
+        ...
+
+    async def unassign_policy(self, application: str, component: str) -> Replaced:
+        """Remove an assignment; returns the policy it named. Writes nothing when there is none."""
+        ...
+
+    async def get_policy_revision(self, name: str, revision: int) -> policy_pb2.Policy | None:
+        """Read one revision of a policy from its history (also after the policy was deleted)."""
+        ...
+
+    async def list_policy_revisions(
+        self, name: str, *, before: int = 0, limit: int = 0
+    ) -> list[policy_pb2.Policy]:
+        """The history of a policy, newest first: revisions below `before` (0 = from the newest),
+        at most `limit` of them (0 = all). Empty when the name has no history."""
         ...
 
     async def get_alert(self, fingerprint: str) -> Versioned[alert_pb2.Alert] | None:
@@ -172,8 +232,26 @@ class EtcdStore:
     def _history_key(self, name: str, revision: int) -> bytes:
         return self._key("policy-history", _name(name), f"{revision:012d}")
 
+    def _history_prefix(self, name: str) -> bytes:
+        return self._key("policy-history", _name(name)) + b"/"
+
+    def _assignment_key(self, application: str, component: str) -> bytes:
+        return self._key("policy", "assignments", _name(application), _name(component))
+
+    def _generation_key(self) -> bytes:
+        return self._key("policy", "generation")
+
     def _generation_put(self) -> object:
-        return self._client.transactions.put(self._key("policy", "generation"), b"")
+        return self._client.transactions.put(self._generation_key(), b"")
+
+    def _history_clearing(self, name: str, keep: int) -> list[object]:
+        """Deletes of every history key of `name` but revision `keep`'s, which the caller writes.
+
+        (etcd refuses a transaction that deletes a range holding a key it also puts.)"""
+        prefix = self._history_prefix(name)
+        kept = self._history_key(name, keep)
+        delete = self._client.transactions.delete
+        return [delete(prefix, kept), delete(kept + b"\0", prefix_range_end(prefix))]
 
     # -- policies --------------------------------------------------------------------------
     async def policy_state(self) -> PolicyState:
@@ -251,6 +329,7 @@ class EtcdStore:
                 txn.put(key, data),
                 txn.put(self._history_key(policy.name, policy.revision), data),
                 self._generation_put(),
+                *self._history_clearing(policy.name, policy.revision),
             ],
             failure=[],
         )
@@ -283,6 +362,84 @@ class EtcdStore:
         policy = policy_pb2.Policy()
         policy.ParseFromString(kv.value)
         return Versioned(policy, int(kv.mod_revision))
+
+    async def delete_policy(self, name: str, expected_state_revision: int) -> int:
+        key = self._policy_key(name)
+        txn = self._client.transactions
+        ok, responses = await self._client.transaction(
+            compare=[txn.mod(self._generation_key()) == expected_state_revision, txn.version(key) > 0],
+            success=[self._generation_put(), txn.delete(key)],
+            failure=[txn.get(key)],
+        )
+        if not ok:
+            if not responses[0]:
+                raise Absent(f"no policy named {name!r}")
+            raise Conflict(f"the policy state changed after revision {expected_state_revision}")
+        return int(responses[0].response_put.header.revision)
+
+    async def set_default_policy(self, name: str) -> Replaced:
+        return await self._put_name(self._key("policy", "default"), name)
+
+    async def assign_policy(self, application: str, component: str, policy: str) -> Replaced:
+        return await self._put_name(self._assignment_key(application, component), policy)
+
+    async def _put_name(self, key: bytes, policy: str) -> Replaced:
+        """Put a policy name at `key` if that policy exists; the former name and the revision."""
+        txn = self._client.transactions
+        ok, responses = await self._client.transaction(
+            compare=[txn.version(self._policy_key(policy)) > 0],
+            success=[txn.put(key, policy.encode(), prev_kv=True), self._generation_put()],
+            failure=[],
+        )
+        if not ok:
+            raise Absent(f"no policy named {policy!r}")
+        put = responses[0].response_put
+        previous = put.prev_kv.value.decode() if put.HasField("prev_kv") else ""
+        return Replaced(previous, int(put.header.revision))
+
+    async def unassign_policy(self, application: str, component: str) -> Replaced:
+        key = self._assignment_key(application, component)
+        txn = self._client.transactions
+        ok, responses = await self._client.transaction(
+            compare=[txn.version(key) > 0],
+            success=[self._generation_put(), txn.delete(key, prev_kv=True)],
+            failure=[],
+        )
+        if not ok:
+            return Replaced("", 0)
+        previous = responses[1].response_delete_range.prev_kvs[0].value.decode()
+        return Replaced(previous, int(responses[0].response_put.header.revision))
+
+    async def get_policy_revision(self, name: str, revision: int) -> policy_pb2.Policy | None:
+        if revision < 1:
+            return None
+        kv = await self._client.get(self._history_key(name, revision))
+        if kv is None:
+            return None
+        policy = policy_pb2.Policy()
+        policy.ParseFromString(kv.value)
+        return policy
+
+    async def list_policy_revisions(
+        self, name: str, *, before: int = 0, limit: int = 0
+    ) -> list[policy_pb2.Policy]:
+        prefix = self._history_prefix(name)
+        keys = await self._client.get_prefix(prefix, sort_order="descend", keys_only=True)
+        below = self._history_key(name, before) if before > 0 else None
+        page = [kv.key for kv in keys if below is None or kv.key < below]
+        if limit > 0:
+            page = page[:limit]
+        if not page:
+            return []
+        # One read of the page's key range, newest last; a policy's revisions are read only here.
+        result = await self._client.get_range(page[-1], page[0] + b"\0")
+        revisions = []
+        for kv in result:
+            policy = policy_pb2.Policy()
+            policy.ParseFromString(kv.value)
+            revisions.append(policy)
+        revisions.sort(key=lambda p: p.revision, reverse=True)
+        return revisions
 
     # -- alerts ----------------------------------------------------------------------------
     def _alert_key(self, fingerprint: str) -> bytes:

@@ -114,7 +114,7 @@ def test_the_cli_explains_what_is_wrong() -> None:
     dead = f"127.0.0.1:{free_tcp_port()}"
     out = _telltale("alerts", "list", "--plaintext", "--controller", dead, "--timeout", "2")
     assert out.returncode == 1
-    assert f"cannot reach the controller at {dead}" in out.stderr
+    assert f"the controller at {dead} is unavailable" in out.stderr
     out = _telltale("alerts", "list", "--controller", dead, env={"TELLTALE_PLAINTEXT": ""})
     assert out.returncode == 1
     assert "TLS is not configured" in out.stderr
