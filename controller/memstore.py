@@ -5,8 +5,10 @@ same on both:
 
 - one store revision, starting at 1 like a fresh etcd, increased by one for every call that
   writes; every key that call writes gets that revision as its mod revision (an etcd transaction);
-- compare-and-swap on mod revisions, where 0 means "must not exist"; a failed comparison raises
-  Conflict and writes nothing, and does not move the revision;
+- compare-and-swap on mod revisions, where 0 means "must not exist", and on a key's existence;
+  a failed comparison raises Conflict (or Absent) and writes nothing, and does not move the
+  revision;
+- deletions, which watches see as changes without a value;
 - the same key layout as EtcdStore (without the prefix), so the policy-state revision is the
   highest mod revision under ``policy/``;
 - watches that replay the retained history after a revision, then follow new writes. History is
@@ -34,9 +36,11 @@ from google.protobuf.message import Message
 
 from telltale.controller.store import (
     MAX_BATCH_ALERTS,
+    Absent,
     AlertChange,
     Conflict,
     PolicyState,
+    Replaced,
     Versioned,
     _same_content,
     _with_revision,
@@ -51,6 +55,7 @@ _POLICIES = "policy/policies/"
 _ASSIGNMENTS = "policy/assignments/"
 _DEFAULT = "policy/default"
 _GENERATION = "policy/generation"
+_HISTORY = "policy-history/"
 _ALERTS = "alerts/"
 _NODES = "nodes/"
 _WORKLOADS = "workloads/"
@@ -70,10 +75,10 @@ class _Entry:
 
 @dataclass(frozen=True, slots=True)
 class _Revision:
-    """The keys one write changed, as they were written."""
+    """The keys one write changed, as they were written (None for a deleted key)."""
 
     revision: int
-    changes: tuple[tuple[str, _Entry], ...]
+    changes: tuple[tuple[str, _Entry | None], ...]
 
 
 def _name(key_part: str) -> str:
@@ -130,19 +135,33 @@ class MemoryStore:
         entry = self._kv.get(key)
         return entry.mod_revision if entry is not None else 0
 
-    def _txn(self, compare: Sequence[tuple[str, int]], puts: Sequence[tuple[str, bytes]]) -> int | None:
-        """Write `puts` at one new revision if every key is at its expected mod revision (0 = absent).
+    def _txn(
+        self,
+        compare: Sequence[tuple[str, int]],
+        puts: Sequence[tuple[str, bytes]],
+        deletes: Sequence[str] = (),
+        *,
+        present: Sequence[str] = (),
+    ) -> int | None:
+        """Write `puts` and `deletes` at one new revision if every key of `compare` is at its expected
+        mod revision (0 = absent) and every key of `present` exists.
 
         Returns the new revision, or None (nothing written) when a comparison fails.
         Raises ValueError when a key is written twice, as etcd refuses such a transaction.
         """
-        if len({key for key, _ in puts}) != len(puts):
+        written = [key for key, _ in puts] + list(deletes)
+        if len(set(written)) != len(written):
             raise ValueError("a transaction may write each key only once")
         if any(self._mod_revision(key) != expected for key, expected in compare):
             return None
+        if any(key not in self._kv for key in present):
+            return None
         self._revision += 1
         revision = self._revision
-        changes = []
+        changes: list[tuple[str, _Entry | None]] = []
+        for key in deletes:
+            if self._kv.pop(key, None) is not None:
+                changes.append((key, None))
         for key, value in puts:
             old = self._kv.get(key)
             entry = _Entry(
@@ -219,12 +238,16 @@ class MemoryStore:
         async for written in self._follow(after_revision, lambda key: key.startswith(_POLICY)):
             yield written.revision
 
+    def _policy_history(self, name: str) -> list[str]:
+        """The history keys of a policy, oldest first."""
+        return [key for key, _ in self._range(f"{_HISTORY}{_name(name)}/")]
+
     def _policy_puts(self, policy: policy_pb2.Policy) -> list[tuple[str, bytes]]:
         data = policy.SerializeToString()
         name = _name(policy.name)
         return [
             (_POLICIES + name, data),
-            (f"policy-history/{name}/{policy.revision:012d}", data),
+            (f"{_HISTORY}{name}/{policy.revision:012d}", data),
             (_GENERATION, b""),
         ]
 
@@ -252,7 +275,10 @@ class MemoryStore:
 
     async def create_policy(self, policy: policy_pb2.Policy) -> int:
         await asyncio.sleep(0)
-        revision = self._txn([(_POLICIES + _name(policy.name), 0)], self._policy_puts(policy))
+        puts = self._policy_puts(policy)
+        written = {key for key, _ in puts}
+        stale = [key for key in self._policy_history(policy.name) if key not in written]
+        revision = self._txn([(_POLICIES + _name(policy.name), 0)], puts, stale)
         if revision is None:
             raise Conflict(f"policy {policy.name!r} already exists")
         return revision
@@ -271,6 +297,58 @@ class MemoryStore:
         if entry is None:
             return None
         return Versioned(_parsed(policy_pb2.Policy, entry.value), entry.mod_revision)
+
+    async def delete_policy(self, name: str, expected_state_revision: int) -> int:
+        await asyncio.sleep(0)
+        key = _POLICIES + _name(name)
+        if key not in self._kv:
+            raise Absent(f"no policy named {name!r}")
+        revision = self._txn([(_GENERATION, expected_state_revision)], [(_GENERATION, b"")], [key])
+        if revision is None:
+            raise Conflict(f"the policy state changed after revision {expected_state_revision}")
+        return revision
+
+    async def set_default_policy(self, name: str) -> Replaced:
+        await asyncio.sleep(0)
+        return self._put_name(_DEFAULT, name)
+
+    async def assign_policy(self, application: str, component: str, policy: str) -> Replaced:
+        await asyncio.sleep(0)
+        return self._put_name(f"{_ASSIGNMENTS}{_name(application)}/{_name(component)}", policy)
+
+    def _put_name(self, key: str, policy: str) -> Replaced:
+        """Put a policy name at `key` if that policy exists; the former name and the revision."""
+        old = self._kv.get(key)
+        puts = [(key, policy.encode()), (_GENERATION, b"")]
+        revision = self._txn([], puts, present=[_POLICIES + _name(policy)])
+        if revision is None:
+            raise Absent(f"no policy named {policy!r}")
+        return Replaced(old.value.decode() if old is not None else "", revision)
+
+    async def unassign_policy(self, application: str, component: str) -> Replaced:
+        await asyncio.sleep(0)
+        key = f"{_ASSIGNMENTS}{_name(application)}/{_name(component)}"
+        old = self._kv.get(key)
+        if old is None:
+            return Replaced("", 0)
+        revision = self._txn([(key, old.mod_revision)], [(_GENERATION, b"")], [key])
+        assert revision is not None, "nothing runs between the read and the write"
+        return Replaced(old.value.decode(), revision)
+
+    async def get_policy_revision(self, name: str, revision: int) -> policy_pb2.Policy | None:
+        await asyncio.sleep(0)
+        entry = self._kv.get(f"{_HISTORY}{_name(name)}/{revision:012d}") if revision > 0 else None
+        return _parsed(policy_pb2.Policy, entry.value) if entry is not None else None
+
+    async def list_policy_revisions(
+        self, name: str, *, before: int = 0, limit: int = 0
+    ) -> list[policy_pb2.Policy]:
+        await asyncio.sleep(0)
+        revisions = [_parsed(policy_pb2.Policy, self._kv[key].value) for key in self._policy_history(name)]
+        revisions.sort(key=lambda p: p.revision, reverse=True)
+        if before > 0:
+            revisions = [p for p in revisions if p.revision < before]
+        return revisions[:limit] if limit > 0 else revisions
 
     # -- alerts ----------------------------------------------------------------------------
     @staticmethod
@@ -304,9 +382,9 @@ class MemoryStore:
             yield [
                 AlertChange(
                     unquote(key[len(_ALERTS) :]),
-                    self._alert(entry),
+                    self._alert(entry) if entry is not None else None,
                     written.revision,
-                    created=entry.version == 1,
+                    created=entry is not None and entry.version == 1,
                 )
                 for key, entry in written.changes
             ]

@@ -1,12 +1,23 @@
 """PolicyService: policies as documents, validated by the engine, kept in etcd.
 
-Built-in policies are read-only. Operations that belong to the policy-management milestone
-(clone, delete, default, assignments, history) answer UNIMPLEMENTED until it lands.
+Built-in policies are read-only: they are edited by cloning them. A policy cannot be deleted
+while it is the default or assigned; the check and the delete are one compare-and-swap on the
+policy-state revision, so an assignment made meanwhile makes the delete look again.
+
+A deleted policy is gone from listings and from GetPolicy without a revision, but its history
+still answers ListPolicyRevisions and GetPolicy with a revision, until a policy of the same name
+is created again (which starts a new history at revision 1).
+
+Page tokens are opaque strings (URL-safe base64 of the position), each valid only for the
+listing that issued it; any other token is INVALID_ARGUMENT naming page.page_token.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,14 +27,21 @@ from telltale.controller.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unimplemented,
 )
-from telltale.controller.rpc import require, unary
-from telltale.controller.store import Conflict, Store
+from telltale.controller.rpc import page_size, paginate, require, unary
+from telltale.controller.store import Absent, Conflict, PolicyState, Store
 from telltale.engine import policy as policy_model
-from telltale.v1 import policy_pb2, policy_pb2_grpc
+from telltale.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
-_NOT_YET = "clone, delete, default, assignments and history are not served by this release yet"
+# A delete re-reads and re-checks the state when a concurrent change beat it; after this many
+# rounds the caller is told to retry (ABORTED).
+DELETE_ATTEMPTS = 5
+# How many users of a policy a refused delete names before it summarises the rest.
+NAMED_USERS = 10
+# Application and component names, as `telltale run` accepts them.
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+T = TypeVar("T")
 
 
 def _violations_error(error: policy_model.PolicyValidationError) -> InvalidArgument:
@@ -42,6 +60,65 @@ def _checked_size(message: policy_pb2.Policy) -> policy_pb2.Policy:
     if size > MAX_POLICY_BYTES:
         raise InvalidArgument("policy", f"is {size} bytes once encoded; the limit is {MAX_POLICY_BYTES}")
     return message
+
+
+def _encode_token(kind: str, position: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode()
+
+
+def _decode_token(kind: str, token: str) -> str:
+    """The position in a page token this server issued for listing `kind`; InvalidArgument otherwise."""
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    if not text.startswith(f"{kind}:"):
+        raise InvalidArgument("page.page_token", f"{token!r} is not a token this listing issued")
+    return text.removeprefix(f"{kind}:")
+
+
+def _paged(
+    kind: str, page: common_pb2.PageRequest, items: Iterable[T], key: Callable[[T], str]
+) -> tuple[list[T], common_pb2.PageResponse]:
+    """One page of `items` by the unique string `key`, behind opaque tokens of `kind`."""
+    position = common_pb2.PageRequest(page_size=page.page_size)
+    if page.page_token:
+        position.page_token = _decode_token(kind, page.page_token)
+    chosen, after = paginate(items, key, position)
+    return chosen, common_pb2.PageResponse(next_page_token=_encode_token(kind, after) if after else "")
+
+
+def _app_name(value: str, field: str, *, required: bool) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument(field, "is required")
+        return value
+    if not _APP_NAME.fullmatch(value):
+        raise InvalidArgument(
+            field, f"{value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _in_use(state: PolicyState, name: str) -> str:
+    """Why a policy cannot be deleted now and what to do about it; "" when nothing holds it."""
+    reasons, remedies = [], []
+    if state.default_policy == name:
+        reasons.append("it is the default policy")
+        remedies.append("make another policy the default")
+    assigned = sorted(
+        f"{app}/{comp}" if comp else app
+        for (app, comp), policy in state.assignments.items()
+        if policy == name
+    )
+    if assigned:
+        shown = ", ".join(assigned[:NAMED_USERS])
+        more = f" and {len(assigned) - NAMED_USERS} more" if len(assigned) > NAMED_USERS else ""
+        reasons.append(f"it is assigned to {shown}{more}")
+        remedies.append("unassign it")
+    if not reasons:
+        return ""
+    return f"{'; '.join(reasons)}. First {' and '.join(remedies)}"
 
 
 def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
@@ -65,9 +142,12 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ListPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ListPoliciesResponse:
         state = await self._store.policy_state()
+        # Case-insensitive order; the name itself breaks ties, so each key is unique.
+        policies, page = _paged(
+            "policies", request.page, state.policies.values(), lambda p: f"{p.name.lower()}\0{p.name}"
+        )
         return policy_pb2.ListPoliciesResponse(
-            policies=[state.policies[name] for name in sorted(state.policies, key=str.lower)],
-            default_policy=state.default_policy,
+            policies=policies, default_policy=state.default_policy, page=page
         )
 
     @unary
@@ -75,15 +155,19 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.GetPolicyResponse:
         name = require(request.name, "name")
+        if request.revision < 0:
+            raise InvalidArgument("revision", f"{request.revision} is negative; 0 asks for the current one")
         stored = await self._store.get_policy(name)
-        if stored is None:
+        if stored is not None and request.revision in (0, stored.value.revision):
+            policy = stored.value
+        elif request.revision == 0:
             raise NotFound(f"no policy named {name!r}")
-        if request.revision and request.revision != stored.value.revision:
-            raise Unimplemented("past revisions of a policy are not served by this release yet")
-        policy = stored.value
-        return policy_pb2.GetPolicyResponse(
-            policy=policy, document=policy_model.to_document(policy_model.from_proto(policy))
-        )
+        else:
+            past = await self._store.get_policy_revision(name, request.revision)
+            if past is None:
+                raise NotFound(f"policy {name!r} has no revision {request.revision}")
+            policy = past
+        return policy_pb2.GetPolicyResponse(policy=policy, document=_document(policy))
 
     @unary
     async def CreatePolicy(
@@ -145,43 +229,142 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
     async def ClonePolicy(
         self, request: policy_pb2.ClonePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ClonePolicyResponse:
-        raise Unimplemented(_NOT_YET)
+        source = require(request.source, "source")
+        name = request.name
+        if not name:
+            raise InvalidArgument("name", "is required")
+        if problem := policy_model.name_problem(name):
+            raise InvalidArgument("name", problem)
+        stored = await self._store.get_policy(source)
+        if stored is None:
+            raise NotFound(f"no policy named {source!r}")
+        clone = policy_pb2.Policy()
+        clone.CopyFrom(stored.value)
+        clone.name = name
+        clone.builtin = False
+        clone.cloned_from = source
+        try:
+            policy_model.from_proto(clone)
+        except policy_model.PolicyValidationError as exc:
+            raise FailedPrecondition(f"policy {source!r} as stored is not valid any more: {exc}") from exc
+        message = _checked_size(_stamped(clone, revision=1, actor=str(context.peer())))
+        try:
+            await self._store.create_policy(message)
+        except Conflict as exc:
+            raise AlreadyExists(str(exc)) from exc
+        return policy_pb2.ClonePolicyResponse(policy=message)
 
     @unary
     async def DeletePolicy(
         self, request: policy_pb2.DeletePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.DeletePolicyResponse:
-        raise Unimplemented(_NOT_YET)
+        name = require(request.name, "name")
+        for _ in range(DELETE_ATTEMPTS):
+            state = await self._store.policy_state()
+            policy = state.policies.get(name)
+            if policy is None:
+                raise NotFound(f"no policy named {name!r}")
+            if policy.builtin:
+                raise FailedPrecondition(f"policy {name!r} is built in and cannot be deleted")
+            if reasons := _in_use(state, name):
+                raise FailedPrecondition(f"policy {name!r} is in use: {reasons}")
+            try:
+                await self._store.delete_policy(name, state.revision)
+            except Absent as exc:
+                raise NotFound(str(exc)) from exc
+            except Conflict:
+                continue  # the state changed since the read: check it again
+            return policy_pb2.DeletePolicyResponse(deleted=True)
+        raise Conflict(f"policy {name!r}: the policy state kept changing during the delete")
 
     @unary
     async def SetDefaultPolicy(
         self, request: policy_pb2.SetDefaultPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.SetDefaultPolicyResponse:
-        raise Unimplemented(_NOT_YET)
+        name = require(request.name, "name")
+        try:
+            replaced = await self._store.set_default_policy(name)
+        except Absent as exc:
+            raise NotFound(str(exc)) from exc
+        return policy_pb2.SetDefaultPolicyResponse(previous=replaced.previous)
 
     @unary
     async def AssignPolicy(
         self, request: policy_pb2.AssignPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.AssignPolicyResponse:
-        raise Unimplemented(_NOT_YET)
+        assignment = request.assignment
+        application = _app_name(assignment.application, "assignment.application", required=True)
+        component = _app_name(assignment.component, "assignment.component", required=False)
+        policy = require(assignment.policy, "assignment.policy")
+        try:
+            replaced = await self._store.assign_policy(application, component, policy)
+        except Absent as exc:
+            raise NotFound(f"assignment.policy: {exc}") from exc
+        return policy_pb2.AssignPolicyResponse(previous_policy=replaced.previous)
 
     @unary
     async def UnassignPolicy(
         self, request: policy_pb2.UnassignPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.UnassignPolicyResponse:
-        raise Unimplemented(_NOT_YET)
+        application = _app_name(request.application, "application", required=True)
+        component = _app_name(request.component, "component", required=False)
+        replaced = await self._store.unassign_policy(application, component)
+        return policy_pb2.UnassignPolicyResponse(removed=replaced.revision > 0)
 
     @unary
     async def ListAssignments(
         self, request: policy_pb2.ListAssignmentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ListAssignmentsResponse:
-        raise Unimplemented(_NOT_YET)
+        state = await self._store.policy_state()
+        wanted = request.policy
+        if wanted and wanted not in state.policies:
+            raise NotFound(f"policy: no policy named {wanted!r}")
+        assignments = [
+            policy_pb2.PolicyAssignment(application=app, component=comp, policy=policy)
+            for (app, comp), policy in state.assignments.items()
+            if not wanted or policy == wanted
+        ]
+        # Application, then component ("" first); names hold no NUL, so each key is unique.
+        page_items, page = _paged(
+            "assignments", request.page, assignments, lambda a: f"{a.application}\0{a.component}"
+        )
+        return policy_pb2.ListAssignmentsResponse(assignments=page_items, page=page)
 
     @unary
     async def ListPolicyRevisions(
         self, request: policy_pb2.ListPolicyRevisionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ListPolicyRevisionsResponse:
-        raise Unimplemented(_NOT_YET)
+        name = require(request.name, "name")
+        before = 0
+        if request.page.page_token:
+            position = _decode_token("revisions", request.page.page_token)
+            if not position.isdigit() or int(position) < 1:
+                raise InvalidArgument("page.page_token", f"{request.page.page_token!r} names no revision")
+            before = int(position)
+        size = page_size(request.page.page_size)
+        history = await self._store.list_policy_revisions(name, before=before, limit=size + 1)
+        if not history and not before:
+            raise NotFound(f"no policy named {name!r} and no history of one")
+        response = policy_pb2.ListPolicyRevisionsResponse(
+            revisions=[
+                policy_pb2.PolicyRevision(
+                    revision=p.revision, updated_at=p.updated_at, updated_by=p.updated_by
+                )
+                for p in history[:size]
+            ]
+        )
+        if len(history) > size:
+            response.page.next_page_token = _encode_token("revisions", str(history[size - 1].revision))
+        return response
+
+
+def _document(policy: policy_pb2.Policy) -> str:
+    """The policy as a YAML document; "" when the engine no longer accepts what was stored (a
+    revision written before an alert type or parameter it names was withdrawn)."""
+    try:
+        return policy_model.to_document(policy_model.from_proto(policy))
+    except policy_model.PolicyValidationError:
+        return ""
 
 
 def _stamped(message: policy_pb2.Policy, *, revision: int, actor: str) -> policy_pb2.Policy:

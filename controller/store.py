@@ -15,9 +15,10 @@ Every key lives under one prefix (default ``/telltale/v1/``):
 Names are percent-encoded inside keys. Values are serialized protobuf messages, except the
 default policy and assignments, which are UTF-8 names.
 
-Every policy-state write is one etcd transaction that also puts ``policy/generation``, so a
-watch on ``policy/`` sees each change once and a compare on the generation key's mod revision
-detects any change at all since a read (deleting a policy relies on it).
+Every policy-state write is one etcd transaction that also puts ``policy/generation``, so
+every change moves the policy-state revision that watches report, and a compare on the
+generation key's mod revision detects any change at all since a read (deleting a policy relies
+on it: the policy must still be neither the default nor assigned when the delete commits).
 
 A deleted policy's history stays under ``policy-history/<name>/`` until a policy of the same
 name is created again: that creation removes the former policy's history in the same
@@ -82,7 +83,9 @@ class Replaced:
 
 @dataclass(frozen=True, slots=True)
 class PolicyState:
-    """Everything that decides which policy applies to a workload, at one revision."""
+    """Everything that decides which policy applies to a workload, at one revision.
+
+    `revision` is the policy-state revision: the mod revision of the generation key."""
 
     policies: dict[str, policy_pb2.Policy]
     default_policy: str
@@ -431,7 +434,7 @@ class EtcdStore:
             page = page[:limit]
         if not page:
             return []
-        # One read of the page's key range, newest last; a policy's revisions are read only here.
+        # The values of just this page: one read of the key range it spans.
         result = await self._client.get_range(page[-1], page[0] + b"\0")
         revisions = []
         for kv in result:

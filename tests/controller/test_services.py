@@ -3,6 +3,7 @@
 Each test starts a grpc.aio server on a free loopback port with the services over a MemoryStore
 seeded with the built-in policies (as the controller does at startup), and calls it through the
 generated client stubs, so status codes and messages are checked as a console receives them.
+Managing policies (clone, delete, default, assignments, history) is in test_policy_service.py.
 """
 
 from __future__ import annotations
@@ -314,16 +315,6 @@ def test_an_update_racing_another_is_a_failed_precondition_not_a_lost_update() -
         assert current.policy.description == "written by a rival"
 
     served(body, Racing())
-
-
-def test_clone_policy_is_unimplemented() -> None:
-    """ClonePolicy belongs to a later milestone and answers UNIMPLEMENTED."""
-
-    async def body(api: Api) -> None:
-        request = policy_pb2.ClonePolicyRequest(source="Standard", name="Mine")
-        await refused(api.policies.ClonePolicy(request), grpc.StatusCode.UNIMPLEMENTED)
-
-    served(body)
 
 
 def test_a_missing_alert_is_not_found() -> None:

@@ -1,124 +1,22 @@
 """The Store contract, held by the in-memory twin and by EtcdStore on a real etcd alike.
 
 Every test runs twice: against MemoryStore, and against EtcdStore on an embedded etcd started
-for this module, each test under its own key prefix.
+for this module, each test under its own key prefix (the fixtures are in conftest.py). The
+policy-management operations have their own module, test_store_policies.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import aetcd
 import pytest
+from storekit import Harness, Run, builtins, closed, custom_policy, take
 
-from telltale.controller.etcd import EmbeddedEtcd, spawn_embedded_etcd, wait_ready
 from telltale.controller.memstore import MemoryStore
-from telltale.controller.store import MAX_BATCH_ALERTS, AlertChange, Conflict, EtcdStore, Store
+from telltale.controller.store import MAX_BATCH_ALERTS, AlertChange, Conflict
 from telltale.engine import builtin
-from telltale.engine import policy as policy_model
-from telltale.v1 import alert_pb2, common_pb2, inventory_pb2, policy_pb2
-
-T = TypeVar("T")
-WAIT_S = 5.0
-
-
-@dataclass
-class Harness:
-    """What a test body gets: the store under test, and a way to compact its history."""
-
-    store: Store
-    compact: Callable[[int], Awaitable[object]]
-
-
-Body = Callable[[Harness], Awaitable[None]]
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
-    """One embedded etcd for the module, always stopped."""
-    server = spawn_embedded_etcd(tmp_path_factory.mktemp("etcd"))
-    try:
-        wait_ready(server)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["memory", "etcd"])
-def run(request: pytest.FixtureRequest) -> Callable[[Body], None]:
-    """Run an async test body against a fresh store of the parametrised kind."""
-    if request.param == "memory":
-
-        async def with_memory(body: Body) -> None:
-            store = MemoryStore()
-            await body(Harness(store, store.compact))
-
-        return lambda body: asyncio.run(with_memory(body))
-
-    server: EmbeddedEtcd = request.getfixturevalue("etcd")
-    host, port = server.endpoint.split(":")
-
-    async def with_etcd(body: Body) -> None:
-        client = aetcd.Client(host=host, port=int(port), timeout=10)
-        await client.connect()
-        try:
-            store = EtcdStore(client, prefix=f"/test/{uuid.uuid4().hex}/")
-            await body(Harness(store, client.compact))
-        finally:
-            await client.close()
-
-    return lambda body: asyncio.run(with_etcd(body))
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-async def take(iterator: AsyncIterator[T], count: int, wait_s: float = WAIT_S) -> list[T]:
-    """The next `count` items of `iterator`, failing the test if they do not come within `wait_s`."""
-    items: list[T] = []
-    deadline = time.monotonic() + wait_s
-    while len(items) < count:
-        try:
-            items.append(await asyncio.wait_for(anext(iterator), deadline - time.monotonic()))
-        except TimeoutError:
-            pytest.fail(f"got {len(items)} of {count} items within {wait_s}s: {items}")
-    return items
-
-
-async def closed(iterator: AsyncIterator[Any]) -> None:
-    """Close an async generator now rather than when it is collected."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def custom_policy(name: str, description: str = "a test policy", revision: int = 1) -> policy_pb2.Policy:
-    message = policy_model.to_proto(
-        policy_model.parse_document(
-            f"""
-apiVersion: telltale.dev/v1
-kind: AlertPolicy
-metadata:
-  name: {name}
-  description: {description}
-spec:
-  rules:
-    process.shell_launched:
-      priority: P1
-"""
-        )
-    )
-    message.revision = revision
-    return message
-
-
-def builtins() -> list[policy_pb2.Policy]:
-    return [policy_model.to_proto(p) for p in builtin.load_builtin_policies().values()]
+from telltale.v1 import alert_pb2, common_pb2, inventory_pb2
 
 
 def alert(fingerprint: str, occurrences: int = 1, revision: int = 0) -> alert_pb2.Alert:
@@ -138,7 +36,7 @@ def node(node_id: str = "node-a", last_seq: int = 0) -> inventory_pb2.Node:
 # -- policies --------------------------------------------------------------------------------
 
 
-def test_create_policy_refuses_an_existing_name_and_writes_nothing(run: Callable[[Body], None]) -> None:
+def test_create_policy_refuses_an_existing_name_and_writes_nothing(run: Run) -> None:
     """Creating a policy stores it at the returned revision; a second create of the name is a Conflict."""
 
     async def body(h: Harness) -> None:
@@ -157,7 +55,7 @@ def test_create_policy_refuses_an_existing_name_and_writes_nothing(run: Callable
     run(body)
 
 
-def test_update_policy_is_a_compare_and_swap_on_the_mod_revision(run: Callable[[Body], None]) -> None:
+def test_update_policy_is_a_compare_and_swap_on_the_mod_revision(run: Run) -> None:
     """An update at the read mod revision succeeds; one at a stale mod revision raises Conflict."""
 
     async def body(h: Harness) -> None:
@@ -174,7 +72,7 @@ def test_update_policy_is_a_compare_and_swap_on_the_mod_revision(run: Callable[[
     run(body)
 
 
-def test_names_are_encoded_inside_keys(run: Callable[[Body], None]) -> None:
+def test_names_are_encoded_inside_keys(run: Run) -> None:
     """Policy names and node ids with '/', '%' and spaces are stored and read back as given."""
 
     async def body(h: Harness) -> None:
@@ -193,7 +91,7 @@ def test_names_are_encoded_inside_keys(run: Callable[[Body], None]) -> None:
     run(body)
 
 
-def test_seed_policies_writes_once_then_nothing(run: Callable[[Body], None]) -> None:
+def test_seed_policies_writes_once_then_nothing(run: Run) -> None:
     """Seeding writes every built-in and the default; seeding again writes nothing at all."""
 
     async def body(h: Harness) -> None:
@@ -214,7 +112,7 @@ def test_seed_policies_writes_once_then_nothing(run: Callable[[Body], None]) -> 
     run(body)
 
 
-def test_replicas_seeding_at_once_write_each_builtin_once(run: Callable[[Body], None]) -> None:
+def test_replicas_seeding_at_once_write_each_builtin_once(run: Run) -> None:
     """Concurrent seeding (replicas starting together) writes every built-in exactly once."""
 
     async def body(h: Harness) -> None:
@@ -228,7 +126,7 @@ def test_replicas_seeding_at_once_write_each_builtin_once(run: Callable[[Body], 
     run(body)
 
 
-def test_seeding_a_changed_builtin_bumps_only_its_revision(run: Callable[[Body], None]) -> None:
+def test_seeding_a_changed_builtin_bumps_only_its_revision(run: Run) -> None:
     """A built-in whose shipped content changed is rewritten at revision + 1; the others stay."""
 
     async def body(h: Harness) -> None:
@@ -252,7 +150,7 @@ def test_seeding_a_changed_builtin_bumps_only_its_revision(run: Callable[[Body],
     run(body)
 
 
-def test_policy_state_revision_moves_on_every_change_and_is_watched(run: Callable[[Body], None]) -> None:
+def test_policy_state_revision_moves_on_every_change_and_is_watched(run: Run) -> None:
     """Every policy write moves the policy-state revision; a watch yields each such revision in order."""
 
     async def body(h: Harness) -> None:
@@ -287,7 +185,7 @@ def test_policy_state_revision_moves_on_every_change_and_is_watched(run: Callabl
 # -- alerts and nodes ------------------------------------------------------------------------
 
 
-def test_put_alert_is_a_compare_and_swap_where_zero_means_absent(run: Callable[[Body], None]) -> None:
+def test_put_alert_is_a_compare_and_swap_where_zero_means_absent(run: Run) -> None:
     """put_alert creates only with 0, replaces only at the current mod revision, else raises Conflict."""
 
     async def body(h: Harness) -> None:
@@ -311,7 +209,7 @@ def test_put_alert_is_a_compare_and_swap_where_zero_means_absent(run: Callable[[
     run(body)
 
 
-def test_put_node_is_a_compare_and_swap_where_zero_means_absent(run: Callable[[Body], None]) -> None:
+def test_put_node_is_a_compare_and_swap_where_zero_means_absent(run: Run) -> None:
     """put_node creates only with 0 and replaces only at the current mod revision."""
 
     async def body(h: Harness) -> None:
@@ -331,7 +229,7 @@ def test_put_node_is_a_compare_and_swap_where_zero_means_absent(run: Callable[[B
     run(body)
 
 
-def test_workloads_are_recorded_and_listed(run: Callable[[Body], None]) -> None:
+def test_workloads_are_recorded_and_listed(run: Run) -> None:
     """put_workload records (and replaces) a workload by id; list_workloads returns each once."""
 
     async def body(h: Harness) -> None:
@@ -347,7 +245,7 @@ def test_workloads_are_recorded_and_listed(run: Callable[[Body], None]) -> None:
     run(body)
 
 
-def test_commit_batch_writes_everything_at_one_revision(run: Callable[[Body], None]) -> None:
+def test_commit_batch_writes_everything_at_one_revision(run: Run) -> None:
     """A successful commit writes the node and every alert at the one revision it returns."""
 
     async def body(h: Harness) -> None:
@@ -369,7 +267,7 @@ def test_commit_batch_writes_everything_at_one_revision(run: Callable[[Body], No
     run(body)
 
 
-def test_commit_batch_with_one_stale_revision_writes_nothing(run: Callable[[Body], None]) -> None:
+def test_commit_batch_with_one_stale_revision_writes_nothing(run: Run) -> None:
     """One stale expected revision among many makes the whole commit a Conflict: no key changes."""
 
     async def body(h: Harness) -> None:
@@ -398,7 +296,7 @@ def test_commit_batch_with_one_stale_revision_writes_nothing(run: Callable[[Body
     run(body)
 
 
-def test_commit_batch_refuses_more_alerts_than_one_transaction_holds(run: Callable[[Body], None]) -> None:
+def test_commit_batch_refuses_more_alerts_than_one_transaction_holds(run: Run) -> None:
     """More than MAX_BATCH_ALERTS alerts raise ValueError and write nothing."""
 
     async def body(h: Harness) -> None:
@@ -413,7 +311,7 @@ def test_commit_batch_refuses_more_alerts_than_one_transaction_holds(run: Callab
     run(body)
 
 
-def test_list_alerts_returns_the_revision_it_read_at(run: Callable[[Body], None]) -> None:
+def test_list_alerts_returns_the_revision_it_read_at(run: Run) -> None:
     """The listing revision covers every listed alert; a watch after it yields only later changes."""
 
     async def body(h: Harness) -> None:
@@ -433,7 +331,7 @@ def test_list_alerts_returns_the_revision_it_read_at(run: Callable[[Body], None]
     run(body)
 
 
-def test_watch_alerts_groups_one_commit_and_resumes_after_a_revision(run: Callable[[Body], None]) -> None:
+def test_watch_alerts_groups_one_commit_and_resumes_after_a_revision(run: Run) -> None:
     """All alerts of one commit come as one list at one revision; a watch resumes right after a given one."""
 
     async def body(h: Harness) -> None:
@@ -472,7 +370,7 @@ def test_watch_alerts_groups_one_commit_and_resumes_after_a_revision(run: Callab
     run(body)
 
 
-def test_watch_alerts_follows_changes_made_after_it_started(run: Callable[[Body], None]) -> None:
+def test_watch_alerts_follows_changes_made_after_it_started(run: Run) -> None:
     """A watch already waiting sees a commit made later, still as one list."""
 
     async def body(h: Harness) -> None:
@@ -489,7 +387,7 @@ def test_watch_alerts_follows_changes_made_after_it_started(run: Callable[[Body]
     run(body)
 
 
-def test_a_watch_from_before_the_compacted_history_fails(run: Callable[[Body], None]) -> None:
+def test_a_watch_from_before_the_compacted_history_fails(run: Run) -> None:
     """After a compaction, watching from before it raises RevisionCompactedError; after it still works."""
 
     async def body(h: Harness) -> None:
