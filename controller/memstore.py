@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import aetcd
 from google.protobuf.message import Message
@@ -42,8 +42,9 @@ from telltale.controller.store import (
     PolicyState,
     Replaced,
     Versioned,
-    _same_content,
-    _with_revision,
+    key_name,
+    same_content,
+    with_revision,
 )
 from telltale.v1 import alert_pb2, common_pb2, inventory_pb2, policy_pb2
 
@@ -79,10 +80,6 @@ class _Revision:
 
     revision: int
     changes: tuple[tuple[str, _Entry | None], ...]
-
-
-def _name(key_part: str) -> str:
-    return quote(key_part, safe="")
 
 
 def _parsed(cls: type[M], data: bytes) -> M:
@@ -240,11 +237,11 @@ class MemoryStore:
 
     def _policy_history(self, name: str) -> list[str]:
         """The history keys of a policy, oldest first."""
-        return [key for key, _ in self._range(f"{_HISTORY}{_name(name)}/")]
+        return [key for key, _ in self._range(f"{_HISTORY}{key_name(name)}/")]
 
     def _policy_puts(self, policy: policy_pb2.Policy) -> list[tuple[str, bytes]]:
         data = policy.SerializeToString()
-        name = _name(policy.name)
+        name = key_name(policy.name)
         return [
             (_POLICIES + name, data),
             (f"{_HISTORY}{name}/{policy.revision:012d}", data),
@@ -255,16 +252,16 @@ class MemoryStore:
         written = []
         for builtin in policies:
             await asyncio.sleep(0)
-            key = _POLICIES + _name(builtin.name)
+            key = _POLICIES + key_name(builtin.name)
             current = self._kv.get(key)
             if current is not None:
                 stored = _parsed(policy_pb2.Policy, current.value)
-                if _same_content(stored, builtin):
+                if same_content(stored, builtin):
                     continue
-                policy = _with_revision(builtin, stored.revision + 1)
+                policy = with_revision(builtin, stored.revision + 1)
                 expected = current.mod_revision
             else:
-                policy = _with_revision(builtin, 1)
+                policy = with_revision(builtin, 1)
                 expected = 0
             await asyncio.sleep(0)  # read and write are two requests, as on etcd
             if self._txn([(key, expected)], self._policy_puts(policy)) is not None:
@@ -278,14 +275,14 @@ class MemoryStore:
         puts = self._policy_puts(policy)
         written = {key for key, _ in puts}
         stale = [key for key in self._policy_history(policy.name) if key not in written]
-        revision = self._txn([(_POLICIES + _name(policy.name), 0)], puts, stale)
+        revision = self._txn([(_POLICIES + key_name(policy.name), 0)], puts, stale)
         if revision is None:
             raise Conflict(f"policy {policy.name!r} already exists")
         return revision
 
     async def update_policy(self, policy: policy_pb2.Policy, expected_mod_revision: int) -> int:
         await asyncio.sleep(0)
-        key = _POLICIES + _name(policy.name)
+        key = _POLICIES + key_name(policy.name)
         revision = self._txn([(key, expected_mod_revision)], self._policy_puts(policy))
         if revision is None:
             raise Conflict(f"policy {policy.name!r} changed since it was read")
@@ -293,14 +290,14 @@ class MemoryStore:
 
     async def get_policy(self, name: str) -> Versioned[policy_pb2.Policy] | None:
         await asyncio.sleep(0)
-        entry = self._kv.get(_POLICIES + _name(name))
+        entry = self._kv.get(_POLICIES + key_name(name))
         if entry is None:
             return None
         return Versioned(_parsed(policy_pb2.Policy, entry.value), entry.mod_revision)
 
     async def delete_policy(self, name: str, expected_state_revision: int) -> int:
         await asyncio.sleep(0)
-        key = _POLICIES + _name(name)
+        key = _POLICIES + key_name(name)
         if key not in self._kv:
             raise Absent(f"no policy named {name!r}")
         revision = self._txn([(_GENERATION, expected_state_revision)], [(_GENERATION, b"")], [key])
@@ -310,24 +307,24 @@ class MemoryStore:
 
     async def set_default_policy(self, name: str) -> Replaced:
         await asyncio.sleep(0)
-        return self._put_name(_DEFAULT, name)
+        return self._putkey_name(_DEFAULT, name)
 
     async def assign_policy(self, application: str, component: str, policy: str) -> Replaced:
         await asyncio.sleep(0)
-        return self._put_name(f"{_ASSIGNMENTS}{_name(application)}/{_name(component)}", policy)
+        return self._putkey_name(f"{_ASSIGNMENTS}{key_name(application)}/{key_name(component)}", policy)
 
-    def _put_name(self, key: str, policy: str) -> Replaced:
+    def _putkey_name(self, key: str, policy: str) -> Replaced:
         """Put a policy name at `key` if that policy exists; the former name and the revision."""
         old = self._kv.get(key)
         puts = [(key, policy.encode()), (_GENERATION, b"")]
-        revision = self._txn([], puts, present=[_POLICIES + _name(policy)])
+        revision = self._txn([], puts, present=[_POLICIES + key_name(policy)])
         if revision is None:
             raise Absent(f"no policy named {policy!r}")
         return Replaced(old.value.decode() if old is not None else "", revision)
 
     async def unassign_policy(self, application: str, component: str) -> Replaced:
         await asyncio.sleep(0)
-        key = f"{_ASSIGNMENTS}{_name(application)}/{_name(component)}"
+        key = f"{_ASSIGNMENTS}{key_name(application)}/{key_name(component)}"
         old = self._kv.get(key)
         if old is None:
             return Replaced("", 0)
@@ -337,7 +334,7 @@ class MemoryStore:
 
     async def get_policy_revision(self, name: str, revision: int) -> policy_pb2.Policy | None:
         await asyncio.sleep(0)
-        entry = self._kv.get(f"{_HISTORY}{_name(name)}/{revision:012d}") if revision > 0 else None
+        entry = self._kv.get(f"{_HISTORY}{key_name(name)}/{revision:012d}") if revision > 0 else None
         return _parsed(policy_pb2.Policy, entry.value) if entry is not None else None
 
     async def list_policy_revisions(
@@ -359,14 +356,14 @@ class MemoryStore:
 
     async def get_alert(self, fingerprint: str) -> Versioned[alert_pb2.Alert] | None:
         await asyncio.sleep(0)
-        entry = self._kv.get(_ALERTS + _name(fingerprint))
+        entry = self._kv.get(_ALERTS + key_name(fingerprint))
         if entry is None:
             return None
         return Versioned(self._alert(entry), entry.mod_revision)
 
     async def put_alert(self, alert: alert_pb2.Alert, expected_mod_revision: int) -> int:
         await asyncio.sleep(0)
-        key = _ALERTS + _name(alert.fingerprint)
+        key = _ALERTS + key_name(alert.fingerprint)
         revision = self._txn([(key, expected_mod_revision)], [(key, _without_revision(alert))])
         if revision is None:
             raise Conflict(f"alert {alert.fingerprint} changed concurrently")
@@ -392,14 +389,14 @@ class MemoryStore:
     # -- nodes and workloads ---------------------------------------------------------------
     async def get_node(self, node_id: str) -> Versioned[inventory_pb2.Node] | None:
         await asyncio.sleep(0)
-        entry = self._kv.get(_NODES + _name(node_id))
+        entry = self._kv.get(_NODES + key_name(node_id))
         if entry is None:
             return None
         return Versioned(_parsed(inventory_pb2.Node, entry.value), entry.mod_revision)
 
     async def put_node(self, node: inventory_pb2.Node, expected_mod_revision: int) -> int:
         await asyncio.sleep(0)
-        key = _NODES + _name(node.node_id)
+        key = _NODES + key_name(node.node_id)
         revision = self._txn([(key, expected_mod_revision)], [(key, node.SerializeToString())])
         if revision is None:
             raise Conflict(f"node {node.node_id} changed concurrently")
@@ -414,11 +411,11 @@ class MemoryStore:
         if len(alerts) > MAX_BATCH_ALERTS:
             raise ValueError(f"{len(alerts)} alerts in one commit, the limit is {MAX_BATCH_ALERTS}")
         await asyncio.sleep(0)
-        node_key = _NODES + _name(node.node_id)
+        node_key = _NODES + key_name(node.node_id)
         compare = [(node_key, expected_node_revision)]
         puts = [(node_key, node.SerializeToString())]
         for alert, expected in alerts:
-            key = _ALERTS + _name(alert.fingerprint)
+            key = _ALERTS + key_name(alert.fingerprint)
             compare.append((key, expected))
             puts.append((key, _without_revision(alert)))
         revision = self._txn(compare, puts)
@@ -432,7 +429,7 @@ class MemoryStore:
 
     async def put_workload(self, workload: common_pb2.Workload) -> None:
         await asyncio.sleep(0)
-        key = _WORKLOADS + _name(workload.id)
+        key = _WORKLOADS + key_name(workload.id)
         self._txn([], [(key, workload.SerializeToString())])
 
     async def list_workloads(self) -> list[common_pb2.Workload]:

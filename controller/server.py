@@ -30,10 +30,11 @@ from telltale.controller.agent_service import AgentService
 from telltale.controller.alert_service import AlertService
 from telltale.controller.catalog_service import CatalogService
 from telltale.controller.etcd import EmbeddedEtcd, spawn_embedded_etcd, wait_ready
+from telltale.controller.etcdstore import EtcdStore
 from telltale.controller.inventory_service import InventoryService
 from telltale.controller.policies import PolicyView
 from telltale.controller.policy_service import PolicyService
-from telltale.controller.store import DEFAULT_PREFIX, EtcdStore
+from telltale.controller.store import DEFAULT_PREFIX
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
 from telltale.netutil import is_loopback_host, split_host_port

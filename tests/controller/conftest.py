@@ -11,8 +11,8 @@ import pytest
 from storekit import Body, Harness, Run
 
 from telltale.controller.etcd import EmbeddedEtcd, spawn_embedded_etcd, wait_ready
+from telltale.controller.etcdstore import EtcdStore
 from telltale.controller.memstore import MemoryStore
-from telltale.controller.store import EtcdStore
 
 
 @pytest.fixture(scope="module")
