@@ -25,6 +25,23 @@ def parse_address(text: str) -> tuple[int, int] | None:
     return address.version, int(address)
 
 
+@lru_cache(maxsize=16384)
+def is_public(text: str) -> bool:
+    """True when ``text`` is a globally routable unicast address.
+
+    False for private, shared (100.64.0.0/10), loopback, link-local, multicast, documentation
+    and other reserved ranges, and for anything that is not an address. IPv4-mapped IPv6
+    addresses are judged as their IPv4 address.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
 class AddressRanges:
     """An immutable set of networks that answers "is this address inside one of them?"."""
 

@@ -8,11 +8,13 @@ as tuples so that a validated rule is immutable.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from telltale.engine.errors import Violation, got, show
+from telltale.engine.linux import CAPABILITY_BITS
 from telltale.v1 import policy_pb2
 
 ParamType = Literal["string", "int", "bool", "strings", "ints"]
@@ -150,4 +152,96 @@ def cidr(value: str) -> str | None:
         ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         return f"{show(value)} is not a CIDR or address: {exc}"
+    return None
+
+
+def glob(value: str) -> str | None:
+    """A non-empty shell-style pattern (``*`` also matches ``/``)."""
+    if not value.strip():
+        return "a pattern must not be empty"
+    return None
+
+
+def program_glob(value: str) -> str | None:
+    """A pattern on a program name, without a directory, such as ``python3*``."""
+    if not value.strip() or "/" in value:
+        return f"{show(value)} must be a program name pattern without '/'"
+    return None
+
+
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def country_code(value: str) -> str | None:
+    """An ISO 3166-1 alpha-2 country code in capitals, such as ``US``."""
+    if not _COUNTRY.fullmatch(value):
+        return f"{show(value)} is not an ISO 3166-1 alpha-2 country code (two capital letters, e.g. 'US')"
+    return None
+
+
+def capability(value: str) -> str | None:
+    """A Linux capability name, such as ``CAP_SYS_ADMIN``."""
+    if value not in CAPABILITY_BITS:
+        return f"{show(value)} is not a Linux capability name (e.g. 'CAP_SYS_ADMIN')"
+    return None
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def function_name(value: str) -> str | None:
+    """A C function name, such as ``strcpy``."""
+    if not _IDENTIFIER.fullmatch(value):
+        return f"{show(value)} is not a function name"
+    return None
+
+
+def non_negative(value: int) -> str | None:
+    """An integer of at least 0."""
+    if value < 0:
+        return f"{value} must not be negative"
+    return None
+
+
+_SYSCTL = re.compile(r"[a-z0-9_][a-z0-9_.\-/]*")
+
+
+def sysctl_name(value: str) -> str | None:
+    """A kernel setting name in dotted form, such as ``net.ipv4.ip_forward``."""
+    if not _SYSCTL.fullmatch(value):
+        return f"{show(value)} is not a kernel setting name (e.g. 'net.ipv4.ip_forward')"
+    return None
+
+
+SYSCTL_EXPECTATION = re.compile(r"([a-z0-9_][a-z0-9_.\-/]*)(>=|<=|=)(-?[0-9]+)")
+
+
+def sysctl_expectation(value: str) -> str | None:
+    """A kernel setting and the value it should have: ``name=N``, ``name>=N`` or ``name<=N``."""
+    if not SYSCTL_EXPECTATION.fullmatch(value):
+        return f"{show(value)} must read NAME=N, NAME>=N or NAME<=N (e.g. 'kernel.kptr_restrict>=1')"
+    return None
+
+
+TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def tls_version(value: str) -> str | None:
+    """A protocol version name: SSLv2, SSLv3, TLSv1.0, TLSv1.1, TLSv1.2 or TLSv1.3."""
+    if value not in TLS_VERSIONS:
+        return f"{show(value)} is not a protocol version (expected one of: {', '.join(TLS_VERSIONS)})"
+    return None
+
+
+def hostname(value: str) -> str | None:
+    """A host name, such as ``metadata.google.internal``."""
+    if not value or len(value) > 253 or any(c.isspace() for c in value) or "/" in value:
+        return f"{show(value)} is not a host name"
+    return None
+
+
+def word(value: str) -> str | None:
+    """A non-empty word without spaces (an algorithm or purpose name)."""
+    if not value or any(c.isspace() for c in value):
+        return f"{show(value)} must be a non-empty word without spaces"
     return None

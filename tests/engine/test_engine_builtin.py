@@ -51,10 +51,38 @@ def test_max_alert_enables_every_catalog_type() -> None:
     assert missing == []
 
 
-def test_standard_enables_all_but_privileged_port_with_catalog_priorities() -> None:
-    """Standard enables every type but network.privileged_port, at catalog priorities, no blocklist."""
+STANDARD_OFF = {
+    "process.unexpected_binary",
+    "network.privileged_port",
+    "network.unexpected_udp",
+    "file.key_material",
+    "call.unsafe_function",
+    "call.weak_crypto",
+    "node.secret_environment",
+    "node.kernel_hardening",
+}
+
+
+def test_standard_enables_the_production_set_with_catalog_priorities() -> None:
+    """Standard lists every type, enables all but the noisy or allowlist ones, at catalog priorities."""
     rules = load_builtin_policies()["Standard"].rules
+    assert set(rules) == set(CATALOG)
     enabled = {t for t, r in rules.items() if r.enabled}
-    assert enabled == set(CATALOG) - {"network.privileged_port"}
+    assert enabled == set(CATALOG) - STANDARD_OFF
     assert all(rules[t].priority == CATALOG[t].default_priority for t in rules)
+
+
+def test_standard_blocklist_and_restricted_countries_are_empty() -> None:
+    """Standard ships no blocklisted network and no restricted country: operators choose them."""
+    rules = load_builtin_policies()["Standard"].rules
     assert rules["network.blocklisted_destination"].params["networks"] == ()
+    assert rules["network.restricted_country"].params["countries"] == ()
+
+
+def test_standard_parameters_are_the_catalog_defaults() -> None:
+    """Standard changes no parameter from its catalog default."""
+    rules = load_builtin_policies()["Standard"].rules
+    changed = [
+        (t, p.name) for t, r in rules.items() for p in CATALOG[t].params if r.params[p.name] != p.default
+    ]
+    assert changed == []

@@ -1,63 +1,27 @@
-"""Each alert type: what fires it, what does not, its parameters and its exceptions."""
+"""The first six alert types in depth: what fires each, what does not, parameters, exceptions."""
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from eventkit import (
+    NOW,
+    NS,
+    OTHER,
+    SHOP_API,
+    SOCK_DGRAM,
+    SOCK_NONBLOCK,
+    SOCK_STREAM,
+    compiled,
+    exec_event,
+    socket_event,
+    subjects,
+)
 
-from telltale.engine.evaluate import CompiledPolicy, Finding
-from telltale.engine.policy import parse_document
 from telltale.v1 import common_pb2, policy_pb2
-
-NS = 1_000_000_000
-NOW = 1_800_000_000 * NS
-SHOP_API = common_pb2.Workload(id="w-1", application="shop", component="api")
-OTHER = common_pb2.Workload(id="w-2", application="billing", component="worker")
 
 LISTEN = common_pb2.EVENT_KIND_LISTEN
 BIND = common_pb2.EVENT_KIND_BIND
 CONNECT = common_pb2.EVENT_KIND_CONNECT
-SOCK_STREAM, SOCK_DGRAM, SOCK_NONBLOCK = 1, 2, 0o4000
-
-
-def compiled(rules: str) -> CompiledPolicy:
-    """Compile a policy whose spec.rules is the given YAML."""
-    text = "apiVersion: telltale.dev/v1\nkind: AlertPolicy\nmetadata: {name: Test}\nspec:\n  rules:\n"
-    return CompiledPolicy.compile(parse_document(text + textwrap.indent(textwrap.dedent(rules), "    ")))
-
-
-def exec_event(path: str, *, exe: str = "/usr/bin/python3", cwd: str = "/srv/app") -> common_pb2.Event:
-    return common_pb2.Event(
-        kind=common_pb2.EVENT_KIND_EXEC,
-        count=1,
-        process=common_pb2.ProcessInfo(pid=10, exe=exe, cwd=cwd, euid=1000),
-        exec=common_pb2.ExecDetail(path=path, argv=[path]),
-    )
-
-
-def socket_event(
-    kind: common_pb2.EventKind.ValueType,
-    address: str,
-    port: int,
-    *,
-    family: str = "",
-    sock_type: int = SOCK_STREAM,
-    errno: int = 0,
-    exe: str = "/usr/bin/python3",
-) -> common_pb2.Event:
-    family = family or ("inet6" if ":" in address else "inet")
-    return common_pb2.Event(
-        kind=kind,
-        count=1,
-        process=common_pb2.ProcessInfo(pid=10, exe=exe),
-        result=common_pb2.CallResult(known=True, return_value=-1 if errno else 0, error_number=errno),
-        socket=common_pb2.SocketDetail(
-            address=common_pb2.SocketAddress(family=family, address=address, port=port),
-            domain=10 if family == "inet6" else 2,
-            type=sock_type,
-        ),
-    )
 
 
 def start_event(*, euid: int = 0, forked: bool = False, exe: str = "/usr/bin/python3") -> common_pb2.Event:
@@ -66,10 +30,6 @@ def start_event(*, euid: int = 0, forked: bool = False, exe: str = "/usr/bin/pyt
         count=1,
         process=common_pb2.ProcessInfo(pid=10, exe=exe, euid=euid, uid=euid, forked=forked),
     )
-
-
-def subjects(findings: list[Finding]) -> list[str]:
-    return [f.subject for f in findings]
 
 
 # process.shell_launched

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-from types import MappingProxyType
-
 from hypothesis import given
-from hypothesis import strategies as st
+from policygen import policies
 
-from telltale.engine.catalog import CATALOG, AlertTypeSpec
-from telltale.engine.model import Policy, Rule, RuleException
-from telltale.engine.params import ParamSpec, ParamValue
+from telltale.engine.model import Policy
 from telltale.engine.policy import from_proto, parse_document, to_document, to_proto
 from telltale.v1 import policy_pb2
 
@@ -69,80 +64,16 @@ def test_written_document_lists_rules_in_catalog_order_with_every_parameter() ->
     assert "max_port: 1023" in text
 
 
-# Generated policies: any valid policy survives both round trips.
-
-_words = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
-_program = _words.filter(lambda w: "/" not in w)
-_path = _words.map(lambda w: "/" + w)
+# Generated policies of every alert type: any valid policy survives both round trips.
 
 
-@st.composite
-def _network(draw: st.DrawFn) -> str:
-    address = draw(st.ip_addresses())
-    prefix = draw(st.integers(0, address.max_prefixlen))
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
-
-
-def _value(param: ParamSpec) -> st.SearchStrategy[ParamValue]:
-    if param.name in ("ignore_ports",):
-        return st.lists(st.integers(0, 65535), max_size=4).map(tuple)
-    if param.name == "max_port":
-        return st.integers(0, 65535)
-    item = {"shells": _program, "directories": _path, "networks": _network()}[param.name]
-    return st.lists(item, max_size=4).map(tuple)
-
-
-@st.composite
-def _exception(draw: st.DrawFn, spec: AlertTypeSpec) -> RuleException:
-    scopes = {"application": _words, "component": _words, "binary": _path}
-    if "path" in spec.exception_scopes:
-        scopes["path"] = _path
-    if "destination" in spec.exception_scopes:
-        scopes["destination"] = _network()
-    chosen = draw(st.lists(st.sampled_from(sorted(scopes)), min_size=1, max_size=3, unique=True))
-    return RuleException(
-        reason=draw(_words.filter(str.strip)),
-        expires_ns=draw(st.none() | st.integers(0, 253_402_300_799_999_999_999)),
-        **{name: draw(scopes[name]) for name in chosen},
-    )
-
-
-@st.composite
-def _rule(draw: st.DrawFn, spec: AlertTypeSpec) -> Rule:
-    params = {p.name: draw(_value(p)) for p in spec.params}
-    actions = [policy_pb2.RULE_ACTION_ALERT] + ([policy_pb2.RULE_ACTION_BLOCK] if spec.blockable else [])
-    return Rule(
-        alert_type=spec.id,
-        enabled=draw(st.booleans()),
-        priority=draw(st.sampled_from([1, 2, 3, 4])),
-        action=draw(st.sampled_from(actions)),
-        params=MappingProxyType(params),
-        exceptions=tuple(draw(st.lists(_exception(spec), max_size=2))),
-    )
-
-
-@st.composite
-def _policy(draw: st.DrawFn) -> Policy:
-    types = draw(st.lists(st.sampled_from(list(CATALOG)), unique=True))
-    return Policy(
-        name=draw(st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9 ._-]{0,61}[A-Za-z0-9._-])?", fullmatch=True)),
-        description=draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)),
-        builtin=draw(st.booleans()),
-        revision=draw(st.integers(0, 2**40)),
-        rules=MappingProxyType({t: draw(_rule(CATALOG[t])) for t in CATALOG if t in types}),
-        cloned_from=draw(st.sampled_from(["", "Standard", "Max Alert"])),
-        updated_by=draw(st.text(max_size=10).filter(lambda t: "\x00" not in t) | st.just("")),
-        updated_at_ns=draw(st.integers(0, 253_402_300_799_999_999_999)),
-    )
-
-
-@given(_policy())
+@given(policies())
 def test_any_policy_round_trips_through_its_document(policy: Policy) -> None:
     """parse_document(to_document(p)) == p for every valid policy."""
     assert parse_document(to_document(policy), builtin=policy.builtin) == policy
 
 
-@given(_policy())
+@given(policies())
 def test_any_policy_round_trips_through_its_message(policy: Policy) -> None:
     """from_proto(to_proto(p)) == p for every valid policy, including across the wire encoding."""
     wire = policy_pb2.Policy.FromString(to_proto(policy).SerializeToString())
