@@ -20,7 +20,7 @@ import aetcd
 import grpc
 
 from telltale.controller.errors import ControllerError, Unavailable, status_of
-from telltale.controller.ingest import apply_batch, workloads_of
+from telltale.controller.ingest import apply_batch, apply_node_state, workloads_of
 from telltale.controller.policies import PolicyView
 from telltale.controller.rpc import store_unavailable
 from telltale.controller.store import Conflict, Store, Versioned
@@ -211,7 +211,9 @@ class _Session:
 
             await self._update_node(acknowledged)
         elif which == "node_state":
-            pass  # host-state evaluation arrives with the node-agent issue; accepted and ignored
+            await apply_node_state(
+                self.store, request.node_state, self.hello.node_id, self.policies.policy_set, time.time_ns()
+            )
         elif which == "hello":
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: sent twice on one stream")
 

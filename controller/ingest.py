@@ -148,3 +148,27 @@ async def apply_batch(
             node = stored
             await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
     raise Unavailable(f"node {node_id}: batch {batch.seq} lost {MAX_ATTEMPTS} races for its alerts; retry")
+
+
+async def apply_node_state(
+    store: Store, state: agent_pb2.NodeState, node_id: str, policies: PolicySet, now_ns: int
+) -> int:
+    """Judge a node's host state by the default policy and record its findings; returns how many.
+
+    Host state is a snapshot, not a numbered batch: each report counts as one more observation
+    of what it shows. Each alert is written with compare-and-swap, retried on lost races.
+    """
+    findings = policies.compiled(policies.default).evaluate_node_state(state, node_id, now_ns)
+    sample = common_pb2.Workload(node_id=node_id)
+    for finding in findings:
+        group: Group = [(finding, common_pb2.Event(), sample)]
+        for attempt in range(MAX_ATTEMPTS):
+            alert, expected = await _merged(store, finding.fingerprint, group, node_id, now_ns)
+            try:
+                await store.put_alert(alert, expected)
+                break
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        else:
+            raise Unavailable(f"node {node_id}: host-state alert {finding.alert_type} keeps changing; retry")
+    return len(findings)

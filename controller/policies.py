@@ -13,6 +13,7 @@ import random
 
 from telltale.controller.store import PolicyState, Store
 from telltale.engine import policy as policy_model
+from telltale.engine.countries import NO_COUNTRIES, CountryLookup
 from telltale.engine.evaluate import PolicySet
 from telltale.v1 import agent_pb2, policy_pb2
 
@@ -25,8 +26,9 @@ FOLLOW_BACKOFF_MAX_S = 10.0
 class PolicyView:
     """Current policy state and its compiled form; `changed` is notified on every new revision."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, countries: CountryLookup = NO_COUNTRIES) -> None:
         self._store = store
+        self._countries = countries
         self.state = PolicyState({}, "", {}, 0)
         self._policy_set: PolicySet | None = None
         self.changed = asyncio.Condition()
@@ -52,7 +54,9 @@ class PolicyView:
         state = await self._store.policy_state()
         try:
             policies = {name: policy_model.from_proto(pb) for name, pb in state.policies.items()}
-            self._policy_set = PolicySet(policies, state.default_policy, state.assignments)
+            self._policy_set = PolicySet(
+                policies, state.default_policy, state.assignments, countries=self._countries
+            )
         except (ValueError, policy_model.PolicyValidationError) as exc:
             if self._policy_set is None:
                 raise ValueError(f"unusable policy state at revision {state.revision}: {exc}") from exc

@@ -37,6 +37,8 @@ from telltale.controller.policy_service import PolicyService
 from telltale.controller.store import DEFAULT_PREFIX
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
+from telltale.engine.countries import CountryLookup
+from telltale.engine.geo import country_lookup
 from telltale.netutil import is_loopback_host, split_host_port
 from telltale.v1 import (
     agent_pb2,
@@ -71,6 +73,8 @@ class ControllerConfig:
     etcd_prefix: str = DEFAULT_PREFIX
     plaintext: bool = False
     controller_id: str = ""
+    geoip_database: Path | None = None
+    country_overrides: Path | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the first unusable setting."""
@@ -92,6 +96,20 @@ class ControllerConfig:
                 raise ConfigError(f"--etcd-endpoints: {exc}") from exc
         if not self.etcd_prefix.endswith("/"):
             raise ConfigError(f"--etcd-prefix must end with '/', got {self.etcd_prefix!r}")
+        for flag, path in (
+            ("--geoip-database", self.geoip_database),
+            ("--country-overrides", self.country_overrides),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{flag}: {path} is not a readable file")
+
+    def countries(self) -> CountryLookup:
+        """The country lookup of the restricted-countries rules; raises ConfigError on a bad file."""
+        try:
+            return country_lookup(maxmind_path=self.geoip_database, override_path=self.country_overrides)
+        except (OSError, ValueError) as exc:
+            which = "--country-overrides" if self.country_overrides else "--geoip-database"
+            raise ConfigError(f"{which}: {exc}") from exc
 
 
 SERVICE_NAMES = (
@@ -109,6 +127,7 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
     Raises ConfigError for bad settings and EtcdError when the embedded etcd cannot start.
     """
     config.validate()
+    countries = config.countries()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -146,7 +165,7 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
         if seeded:
             log.info("seeded built-in policies: %s", ", ".join(seeded))
         # 4. policy view
-        policies = PolicyView(store)
+        policies = PolicyView(store, countries=countries)
         await policies.load()
         follower = asyncio.create_task(policies.follow(), name="policy-follow")
         stack.push_async_callback(_cancel, follower)

@@ -60,11 +60,13 @@ class LocalCluster:
         etcd_endpoint: str = "",
         etcd_prefix: str = "/telltale/v1/",
         log_level: str = "info",
+        controller_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.etcd_endpoint = etcd_endpoint
         self.etcd_prefix = etcd_prefix
         self.log_level = log_level
+        self.controller_args = list(controller_args)
         self.api = f"127.0.0.1:{free_tcp_port()}"
         self.socket_path = workdir / "agent.sock"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -121,7 +123,7 @@ class LocalCluster:
         ]
         if self.etcd_endpoint:
             args += ["--etcd-endpoints", self.etcd_endpoint]
-        self._spawn("controller", args)
+        self._spawn("controller", [*args, *self.controller_args])
         self._ready("controller", lambda: _healthy(self.api), timeout)
 
     def start_agent(self, timeout: float = 30.0) -> None:

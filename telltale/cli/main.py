@@ -33,6 +33,8 @@ def _controller(args: argparse.Namespace) -> int:
         etcd_endpoints=[e for item in args.etcd_endpoints for e in item.split(",") if e],
         etcd_prefix=args.etcd_prefix,
         plaintext=args.plaintext,
+        geoip_database=Path(args.geoip_database) if args.geoip_database else None,
+        country_overrides=Path(args.country_overrides) if args.country_overrides else None,
     )
     try:
         asyncio.run(serve(config))
@@ -140,6 +142,17 @@ def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("--etcd-prefix", default="/telltale/v1/", help="key prefix in etcd (default %(default)s)")
     p.add_argument("--plaintext", action="store_true", help="serve without TLS (loopback only)")
+    p.add_argument(
+        "--geoip-database",
+        metavar="PATH",
+        help="MaxMind-format country database for the restricted-countries rules "
+        "(default: the offline table shipped with telltale)",
+    )
+    p.add_argument(
+        "--country-overrides",
+        metavar="FILE",
+        help="YAML or CSV mapping networks to country codes, consulted first",
+    )
     p.set_defaults(func=_controller)
 
     p = sub.add_parser("agent", help="run the node agent (shim intake, controller link)")

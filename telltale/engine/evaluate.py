@@ -22,6 +22,7 @@ from telltale.engine.catalog import CATALOG, AlertTypeSpec
 from telltale.engine.checkbase import globs
 from telltale.engine.checks import CHECKS, NODE_CHECKS, Check, Context, Hit, NodeCheck
 from telltale.engine.countries import NO_COUNTRIES, CountryLookup
+from telltale.engine.facts import EXTRACTORS, Extractor
 from telltale.engine.model import Action, Policy, Priority, Rule, RuleException
 from telltale.engine.netranges import AddressRanges
 from telltale.v1 import agent_pb2, common_pb2
@@ -29,6 +30,7 @@ from telltale.v1 import agent_pb2, common_pb2
 __all__ = ["CompiledPolicy", "Finding", "PolicySet", "evaluate_node_state", "fingerprint"]
 
 _NS = 1_000_000_000
+_new = tuple.__new__
 
 
 class Finding(NamedTuple):
@@ -144,28 +146,33 @@ class _NodeRule:
         self.ignore_node = globs(str(n) for n in ignore_nodes)
 
 
-def _who(workload: common_pb2.Workload) -> str:
-    if workload.application:
-        return f"{workload.application}/{workload.component}" if workload.component else workload.application
+def _who(application: str, component: str, workload: common_pb2.Workload) -> str:
+    if application:
+        return f"{application}/{component}" if component else application
     return f"workload {workload.id}" if workload.id else "an unnamed workload"
+
+
+_KindRules = tuple[Extractor | None, tuple[tuple[Check, _Rule], ...]]
+"""The facts extractor of an event kind and the (check, rule) pairs of the rules that look at it."""
 
 
 class CompiledPolicy:
     """A policy prepared for fast evaluation. Immutable; safe to share."""
 
-    __slots__ = ("_by_kind", "_node_rules", "countries", "policy")
+    __slots__ = ("_by_kind", "_node_rules", "_rules_for", "countries", "policy")
 
     def __init__(
         self,
         policy: Policy,
-        by_kind: dict[int, tuple[_Rule, ...]],
+        by_kind: dict[int, _KindRules],
         node_rules: tuple[_NodeRule, ...],
         countries: CountryLookup,
     ) -> None:
         """Use :meth:`compile`."""
         self.policy = policy
         self.countries = countries
-        self._by_kind = by_kind  # a plain dict: the lookup is on the hot path
+        self._by_kind = by_kind
+        self._rules_for = by_kind.get  # bound once: the lookup is on the hot path
         self._node_rules = node_rules
 
     @classmethod
@@ -194,14 +201,17 @@ class CompiledPolicy:
             compiled = _Rule(spec, rule, check)
             for kind in sorted(spec.event_kinds):
                 by_kind.setdefault(kind, []).append(compiled)
-        return cls(policy, {k: tuple(v) for k, v in by_kind.items()}, tuple(node_rules), countries)
+        prepared = {
+            kind: (EXTRACTORS.get(kind), tuple((rule.check, rule) for rule in rules))
+            for kind, rules in by_kind.items()
+        }
+        return cls(policy, prepared, tuple(node_rules), countries)
 
     @property
     def active_types(self) -> frozenset[str]:
         """The alert types that can fire under this policy."""
-        return frozenset(rule.alert_type for rules in self._by_kind.values() for rule in rules) | frozenset(
-            rule.alert_type for rule in self._node_rules
-        )
+        events = {rule.alert_type for _, rules in self._by_kind.values() for _, rule in rules}
+        return frozenset(events) | {rule.alert_type for rule in self._node_rules}
 
     def evaluate(self, event: common_pb2.Event, workload: common_pb2.Workload, now_ns: int) -> list[Finding]:
         """Return the findings ``event`` of ``workload`` raises under this policy (often none).
@@ -209,12 +219,20 @@ class CompiledPolicy:
         An exception applies while ``now_ns`` is before its expiry. A finding's time is the
         event's time, or ``now_ns`` when the event has none; its count is the event's count.
         """
-        rules = self._by_kind.get(event.kind)
-        if rules is None:
+        kind = event.kind
+        prepared = self._rules_for(kind)
+        if prepared is None:
             return []
-        found: list[Finding] = []
-        for rule in rules:
-            hit = rule.check(event)
+        extract, rules = prepared
+        if extract is None:
+            facts: object = event
+        else:
+            facts = extract(event, kind)  # each field read once per event
+            if facts is None:
+                return []  # no check needs this event (a fork child's start)
+        found: list[Finding] | None = None
+        for check, rule in rules:
+            hit = check(facts)
             if hit is None:
                 continue
             if rule.exceptions and any(
@@ -222,8 +240,10 @@ class CompiledPolicy:
                 for e in rule.exceptions
             ):
                 continue
+            if found is None:
+                found = []
             found.append(self._finding(rule, hit, event, workload, now_ns))
-        return found
+        return [] if found is None else found
 
     def _finding(
         self, rule: _Rule, hit: Hit, event: common_pb2.Event, workload: common_pb2.Workload, now_ns: int
@@ -235,24 +255,28 @@ class CompiledPolicy:
             time_ns = time.seconds * _NS + time.nanos
         else:
             time_ns = now_ns
+        who = _who(application, component, workload)
         policy = self.policy
-        # Positional construction: markedly cheaper than keywords on this hot path.
-        return Finding(
-            fingerprint(rule.alert_type, application, component, hit.subject),
-            rule.alert_type,
-            rule.category,
-            rule.priority,
-            rule.action,
-            rule.title,
-            f"{_who(workload)} {hit.text}",
-            hit.subject,
-            application,
-            component,
-            policy.name,
-            policy.revision,
-            event.count or 1,
-            time_ns,
-            time_ns,
+        # Positional construction without NamedTuple's argument handling: this is a hot path.
+        return _new(
+            Finding,
+            (
+                fingerprint(rule.alert_type, application, component, hit.subject),
+                rule.alert_type,
+                rule.category,
+                rule.priority,
+                rule.action,
+                rule.title,
+                f"{who} {hit.text}",
+                hit.subject,
+                application,
+                component,
+                policy.name,
+                policy.revision,
+                event.count or 1,
+                time_ns,
+                time_ns,
+            ),
         )
 
     def evaluate_node_state(self, state: agent_pb2.NodeState, node_id: str, now_ns: int) -> list[Finding]:

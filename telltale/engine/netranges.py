@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 
@@ -73,6 +73,11 @@ class AddressRanges:
 
     def __contains__(self, text: object) -> bool:
         return isinstance(text, str) and self.contains(text)
+
+    def membership(self, cache: int = 65536) -> Callable[[str], bool]:
+        """:meth:`contains` remembering its latest ``cache`` answers, for hot paths where the
+        same addresses come back."""
+        return lru_cache(maxsize=cache)(self.contains)
 
     def contains(self, text: str) -> bool:
         """True when the address ``text`` is inside one of the networks; False for a non-address."""

@@ -55,6 +55,8 @@ STANDARD_OFF = {
     "process.unexpected_binary",
     "network.privileged_port",
     "network.unexpected_udp",
+    "network.cloud_metadata",
+    "network.plaintext_protocol",
     "file.key_material",
     "call.unsafe_function",
     "call.weak_crypto",

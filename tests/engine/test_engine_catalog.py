@@ -87,7 +87,9 @@ def test_blockable_types_are_network_destination_types() -> None:
     """Only network types about a destination may block, and they all may."""
     blockable = {s.id for s in SPECS if s.blockable}
     assert blockable == {
-        s.id for s in SPECS if s.category == common_pb2.CATEGORY_NETWORK and "destination" in s.exception_scopes
+        s.id
+        for s in SPECS
+        if s.category == common_pb2.CATEGORY_NETWORK and "destination" in s.exception_scopes
     }
 
 
@@ -121,7 +123,8 @@ def test_catalog_entry_is_complete(spec: AlertTypeSpec) -> None:
     assert bool(spec.event_kinds) != spec.node_state  # judged on events, or on host state
     assert common_pb2.EVENT_KIND_UNSPECIFIED not in spec.event_kinds
     assert spec.id.partition(".")[0] == PREFIXES[spec.category]
-    assert spec.title[0].isupper() and not spec.title.endswith(".")
+    assert spec.title[0].isupper()
+    assert not spec.title.endswith(".")
     for text in (spec.description, spec.rationale, spec.remediation):
         assert text.endswith("."), text
     assert spec.exception_scopes <= {"path", "destination"}

@@ -1,11 +1,18 @@
-"""The small pieces evaluation and validation rest on: timestamps and address ranges."""
+"""The small pieces evaluation and validation rest on: timestamps, address ranges, globs, facts."""
 
 from __future__ import annotations
 
-import pytest
+import fnmatch
 
-from telltale.engine.netranges import AddressRanges
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from telltale.engine.checkbase import globs, path_or_name_globs
+from telltale.engine.facts import ExecFacts, FileFacts, extract
+from telltale.engine.netranges import AddressRanges, is_public
 from telltale.engine.timefmt import format_rfc3339, parse_rfc3339
+from telltale.v1 import common_pb2
 
 NS = 1_000_000_000
 
@@ -67,3 +74,83 @@ def test_address_ranges_merge_overlaps_and_respect_boundaries() -> None:
     assert [a in ranges for a in outside] == [False] * len(outside)
     assert ranges
     assert not AddressRanges([])
+
+
+# Glob matchers: the fast paths agree with the shell-style patterns they stand for.
+
+_glob_chars = st.sampled_from(list("ab/.*?[]!-"))
+_patterns = st.lists(st.text(_glob_chars, min_size=1, max_size=6), min_size=1, max_size=4)
+_texts = st.text(st.sampled_from(list("ab/.-")), max_size=8)
+
+
+@given(_patterns, _texts, st.booleans())
+def test_glob_matcher_agrees_with_fnmatch(patterns: list[str], text: str, remember: bool) -> None:
+    """A matcher answers exactly as fnmatch does for any of its patterns ('*' also matches '/')."""
+    matcher = globs(patterns, remember=remember)
+    assert matcher is not None
+    assert matcher(text) == any(fnmatch.fnmatchcase(text, p) for p in patterns)
+
+
+def test_glob_matcher_of_no_patterns_is_none() -> None:
+    """No patterns, no matcher: callers skip the test altogether."""
+    assert globs([]) is None
+
+
+def test_program_globs_match_paths_or_names() -> None:
+    """Patterns with a '/' match whole paths; the others match the last component."""
+    matches = path_or_name_globs(["/srv/*", "python3*"])
+    assert matches is not None
+    assert matches("/srv/app/run")
+    assert matches("/usr/bin/python3.11")
+    assert not matches("/usr/bin/perl")
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (common_pb2.Event(kind=common_pb2.EVENT_KIND_PROCESS_START), None),
+        (
+            common_pb2.Event(
+                kind=common_pb2.EVENT_KIND_PROCESS_START,
+                process=common_pb2.ProcessInfo(exe="/x", forked=True),
+            ),
+            None,
+        ),
+        (
+            common_pb2.Event(
+                kind=common_pb2.EVENT_KIND_FILE_OPEN, file=common_pb2.FileDetail(path="/etc//ssh/../shadow")
+            ),
+            "/etc/shadow",
+        ),
+        (
+            common_pb2.Event(
+                kind=common_pb2.EVENT_KIND_EXEC, exec=common_pb2.ExecDetail(path="/usr/bin/python3")
+            ),
+            "python3",
+        ),
+    ],
+)
+def test_facts_are_read_once_per_kind(event: common_pb2.Event, expected: str | None) -> None:
+    """Fork children have no facts; file paths are normalised; execs carry the program's name."""
+    facts = extract(event)
+    if expected is None:
+        assert facts is None
+    else:
+        assert isinstance(facts, FileFacts | ExecFacts)
+        assert expected in facts
+
+
+def test_events_of_kinds_without_facts_reach_checks_as_they_are() -> None:
+    """Rare kinds are handed to their checks as the event itself."""
+    event = common_pb2.Event(kind=common_pb2.EVENT_KIND_CRYPTO)
+    assert extract(event) is event
+
+
+def test_public_addresses() -> None:
+    """Only globally routable unicast addresses are public."""
+    assert is_public("8.8.8.8")
+    assert is_public("::ffff:8.8.8.8")
+    assert not is_public("10.0.0.1")
+    assert not is_public("100.64.0.1")
+    assert not is_public("224.0.0.1")
+    assert not is_public("not an address")

@@ -19,6 +19,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen-all", type=int, default=None, help="listen on 0.0.0.0:PORT")
     parser.add_argument("--connect", default="", help="HOST:PORT to connect to")
+    parser.add_argument("--connect-also", default="", help="a second HOST:PORT to connect to, once")
     parser.add_argument("--times", type=int, default=1, help="how many connections")
     parser.add_argument("--shell", action="store_true", help="run /bin/sh -c true")
     parser.add_argument("--exit", type=int, default=0, help="exit status")
@@ -37,6 +38,10 @@ def main() -> int:
         for _ in range(args.times):
             with socket.create_connection((host, int(port)), timeout=5):
                 pass
+    if args.connect_also:
+        host, port = args.connect_also.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
     if server is not None:
         server.close()
     if args.shell:
