@@ -160,3 +160,43 @@ async def _keys(endpoint: str) -> list[str]:
     host, port = endpoint.split(":")
     async with aetcd.Client(host=host, port=int(port)) as client:
         return [kv.key.decode() for kv in await client.get_prefix(b"/")]
+
+
+def test_alerts_are_triaged_from_the_cli_and_the_decision_is_recorded(tmp_path: Path) -> None:
+    """ack, dismiss (with a reason), suppress for a while and reopen change the state and its history."""
+    with LocalCluster(tmp_path) as cluster, grpc.insecure_channel(cluster.api) as channel:
+        assert cluster.run_workload("triage", behave("--shell")).returncode == 0
+        wait_for(lambda: "process.shell_launched" in _alert_types(channel, "triage"), 30, "the alert")
+        stub = alert_pb2_grpc.AlertServiceStub(channel)
+        listed = stub.ListAlerts(
+            alert_pb2.ListAlertsRequest(
+                filter=alert_pb2.AlertFilter(applications=["triage"], alert_types=["process.shell_launched"])
+            )
+        )
+        fingerprint = listed.alerts[0].fingerprint
+
+        out = cluster.cli("alerts", "ack", fingerprint)
+        assert out.returncode == 0, out.stderr
+        assert "acknowledged" in out.stdout
+        refused = cluster.cli("alerts", "dismiss", fingerprint)
+        assert refused.returncode == 2  # --reason is required
+        out = cluster.cli("alerts", "suppress", fingerprint, "--for", "2h", "--reason", "maintenance window")
+        assert out.returncode == 0, out.stderr
+        assert "suppressed until" in out.stdout
+        bad = cluster.cli("alerts", "suppress", fingerprint, "--for", "soon", "--reason", "x")
+        assert bad.returncode == 2
+        assert "--for 'soon'" in bad.stderr
+        out = cluster.cli("alerts", "dismiss", fingerprint, "--reason", "expected in CI")
+        assert out.returncode == 0, out.stderr
+
+        alert = stub.GetAlert(alert_pb2.GetAlertRequest(fingerprint=fingerprint)).alert
+        assert alert.state == alert_pb2.ALERT_STATE_NOT_AN_ISSUE
+        assert [h.state for h in alert.history] == [
+            alert_pb2.ALERT_STATE_ACKNOWLEDGED,
+            alert_pb2.ALERT_STATE_SUPPRESSED,
+            alert_pb2.ALERT_STATE_NOT_AN_ISSUE,
+        ]
+        assert alert.history[-1].reason == "expected in CI"
+        assert alert.history[-1].actor
+        listed_state = cluster.cli("alerts", "list", "--state", "not-an-issue", "--app", "triage")
+        assert fingerprint in listed_state.stdout

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import time
 
-from telltale.cli.client import add_api_options, api_channel
-from telltale.cli.format import ALERT_HEADERS, alert_row, clean, priority, table, to_json
+from telltale.cli.client import CliError, add_api_options, api_channel
+from telltale.cli.format import ALERT_HEADERS, alert_row, clean, priority, table, to_json, when
+from telltale.cli.format import state as format_state
 from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 
 _STATES = {
@@ -105,6 +107,34 @@ def watch_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> int:
+    """Seconds in '90s', '15m', '8h', '2d', '1w'; raises CliError naming the value."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise CliError(f"--for {text!r}: use a number and a unit (s, m, h, d, w), e.g. 8h", code=2)
+    return int(number) * units[unit]
+
+
+def change_state(args: argparse.Namespace) -> int:
+    """Acknowledge, dismiss (not an issue), suppress for a while, or reopen an alert."""
+    state = {
+        "ack": alert_pb2.ALERT_STATE_ACKNOWLEDGED,
+        "dismiss": alert_pb2.ALERT_STATE_NOT_AN_ISSUE,
+        "suppress": alert_pb2.ALERT_STATE_SUPPRESSED,
+        "reopen": alert_pb2.ALERT_STATE_OPEN,
+    }[args.alerts_command]
+    request = alert_pb2.UpdateAlertStateRequest(fingerprint=args.fingerprint, state=state, reason=args.reason)
+    if state == alert_pb2.ALERT_STATE_SUPPRESSED:
+        request.suppressed_until.FromSeconds(int(time.time()) + _duration(args.duration))
+    with api_channel(args.controller, plaintext=args.plaintext) as channel:
+        alert = alert_pb2_grpc.AlertServiceStub(channel).UpdateAlertState(request, timeout=args.timeout).alert
+    until = f" until {when(alert.suppressed_until)}" if state == alert_pb2.ALERT_STATE_SUPPRESSED else ""
+    label = f"{alert.fingerprint} ({alert.alert_type}, {clean(alert.summary)})"
+    print(f"{label}: {format_state(alert.state)}{until}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `telltale alerts …`."""
     p = sub.add_parser("alerts", help="list and watch alerts")
@@ -120,3 +150,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     q.add_argument("--count", type=int, default=0, help="stop after this many changes")
     add_api_options(q)
     q.set_defaults(func=watch_alerts)
+    for name, help_text, reason_required in (
+        ("ack", "acknowledge an alert: someone is on it", False),
+        ("dismiss", "mark an alert as not an issue", True),
+        ("suppress", "suppress an alert until a time; an occurrence after that reopens it", True),
+        ("reopen", "set an alert back to open", False),
+    ):
+        q = actions.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("fingerprint", help="the alert's fingerprint (alerts list shows it)")
+        q.add_argument("--reason", required=reason_required, default="", help="why (recorded with your name)")
+        if name == "suppress":
+            q.add_argument(
+                "--for", dest="duration", required=True, metavar="DURATION", help="e.g. 8h, 2d, 1w"
+            )
+        add_api_options(q)
+        q.set_defaults(func=change_state)
