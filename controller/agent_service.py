@@ -22,6 +22,7 @@ import grpc
 from telltale.controller.errors import ControllerError, Unavailable, status_of
 from telltale.controller.ingest import apply_batch, apply_node_state, workloads_of
 from telltale.controller.policies import PolicyView
+from telltale.controller.recent import RecentEvents, batch_events
 from telltale.controller.rpc import store_unavailable
 from telltale.controller.store import Conflict, Store, Versioned
 from telltale.v1 import agent_pb2, agent_pb2_grpc, inventory_pb2
@@ -37,10 +38,19 @@ MAX_KNOWN_WORKLOADS = 10_000
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     """Serves node agents; every stream is independent and lives as long as the agent's call."""
 
-    def __init__(self, store: Store, policies: PolicyView, controller_id: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policies: PolicyView,
+        controller_id: str,
+        recent: RecentEvents | None = None,
+    ) -> None:
+        """`recent` receives every batch this replica records (for policy dry runs); by default a
+        window of its own."""
         self.store = store
         self.policies = policies
         self.controller_id = controller_id
+        self.recent = recent if recent is not None else RecentEvents()
         self.streams: dict[str, int] = {}  # node id -> open streams on this replica
 
     # The stream is written with context.write() from its own task, so the handler returns None
@@ -218,9 +228,11 @@ class _Session:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: sent twice on one stream")
 
     async def _handle_batch(self, batch: agent_pb2.EventBatch) -> None:
-        outcome = await apply_batch(self.store, batch, self.node, self.policies.policy_set, time.time_ns())
+        now_ns = time.time_ns()
+        outcome = await apply_batch(self.store, batch, self.node, self.policies.policy_set, now_ns)
         self.node = outcome.node
         if not outcome.duplicate:
+            self.service.recent.add(batch_events(batch, self.hello.node_id), now_ns)
             await self._record_workloads(batch)
         await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=batch.seq)))
 

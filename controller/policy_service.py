@@ -8,14 +8,20 @@ A deleted policy is gone from listings and from GetPolicy without a revision, bu
 still answers ListPolicyRevisions and GetPolicy with a revision, until a policy of the same name
 is created again (which starts a new history at revision 1).
 
+TestPolicy is a dry run on the events this replica received recently (see recent.py): it judges
+them by a candidate policy and by the policies in force, and reports the difference. It reads the
+policy view and the window only and writes nothing.
+
 Page tokens are opaque strings (URL-safe base64 of the position), each valid only for the
 listing that issued it; any other token is INVALID_ARGUMENT naming page.page_token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -27,7 +33,10 @@ from telltale.controller.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unimplemented,
 )
+from telltale.controller.policies import PolicyView
+from telltale.controller.recent import RecentEvents, dry_run
 from telltale.controller.rpc import page_size, paginate, require, unary
 from telltale.controller.store import Absent, Conflict, PolicyState, Store
 from telltale.engine import policy as policy_model
@@ -132,10 +141,18 @@ def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
 
 
 class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
-    """Serves policies from the store."""
+    """Serves policies from the store.
 
-    def __init__(self, store: Store) -> None:
+    TestPolicy needs the replica's policy view and its window of recent events; a service built
+    without them answers it UNIMPLEMENTED.
+    """
+
+    def __init__(
+        self, store: Store, policies: PolicyView | None = None, recent: RecentEvents | None = None
+    ) -> None:
         self._store = store
+        self._policies = policies
+        self._recent = recent
 
     @unary
     async def ListPolicies(
@@ -224,6 +241,36 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
                 ]
             )
         return policy_pb2.ValidatePolicyResponse()
+
+    @unary
+    async def TestPolicy(
+        self, request: policy_pb2.TestPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.TestPolicyResponse:
+        if self._policies is None or self._recent is None:
+            raise Unimplemented("this server keeps no window of recent events to test policies on")
+        try:
+            candidate = policy_model.parse_document(require(request.document, "document"))
+        except policy_model.PolicyValidationError as exc:
+            raise _violations_error(exc) from exc
+        if request.since_seconds < 0:
+            raise InvalidArgument(
+                "since_seconds", f"{request.since_seconds} is negative; 0 means everything held"
+            )
+        applications = frozenset(request.applications)
+        now_ns = time.time_ns()
+        self._recent.expire(now_ns)
+        start_ns = now_ns - request.since_seconds * 1_000_000_000 if request.since_seconds else 0
+        window = self._recent.since(start_ns)
+        oldest = self._recent.oldest_ns
+        # The engine is pure and the window a snapshot: judge it off the event loop.
+        result = await asyncio.to_thread(
+            dry_run, self._policies.policy_set, candidate, window, applications, now_ns
+        )
+        if start_ns:
+            result.window_start.FromNanoseconds(start_ns)
+        if oldest is not None:
+            result.retained_since.FromNanoseconds(oldest)
+        return result
 
     @unary
     async def ClonePolicy(

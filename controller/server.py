@@ -34,6 +34,7 @@ from telltale.controller.etcdstore import EtcdStore
 from telltale.controller.inventory_service import InventoryService
 from telltale.controller.policies import PolicyView
 from telltale.controller.policy_service import PolicyService
+from telltale.controller.recent import RecentEvents
 from telltale.controller.store import DEFAULT_PREFIX
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
@@ -177,10 +178,13 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
+        # The events this replica received, shared by the agent streams (which fill it) and the
+        # policy dry run (which reads it).
+        recent = RecentEvents()
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(store, policies, controller_id), server
+            AgentService(store, policies, controller_id, recent), server
         )
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(store), server)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(store, policies, recent), server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogService(), server)
         alert_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(store), server)
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(InventoryService(store, policies), server)

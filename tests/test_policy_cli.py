@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import behave
 
-from telltale.devcluster import LocalCluster
+from telltale.devcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +144,35 @@ def test_catalog_show_explains_an_alert_type(cluster: LocalCluster) -> None:
     missing = cluster.cli("catalog", "show", "no.such.type")
     assert missing.returncode == 1
     assert "NOT_FOUND" in missing.stderr
+
+
+def test_policy_test_shows_what_a_candidate_would_remove_and_changes_nothing(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A candidate Standard without shell alerts would remove the shell alert a workload just raised."""
+    run = cluster.run_workload("dry-run-app", behave("--shell"))
+    assert run.returncode == 0, run.stderr
+    wait_for(
+        lambda: "process.shell_launched" in ok(cluster, "alerts", "list", "--app", "dry-run-app"),
+        30,
+        "the shell alert of dry-run-app",
+    )
+    before = ok(cluster, "alerts", "list", "--app", "dry-run-app")
+    standard = ok(cluster, "policy", "export", "Standard")
+    enabled = "process.shell_launched:\n      enabled: true"
+    assert enabled in standard
+    doc = tmp_path / "candidate.yaml"
+    doc.write_text(standard.replace(enabled, "process.shell_launched:\n      enabled: false", 1))
+
+    out = ok(cluster, "policy", "test", "-f", str(doc), "--since", "1h", "--app", "dry-run-app")
+    added, _, removed = out.partition("would remove:")
+    assert "would add:\n  nothing" in added
+    row = next(line for line in removed.splitlines() if "process.shell_launched" in line)
+    assert row.split()[:4] == ["P2", "process.shell_launched", "dry-run-app", "/bin/sh"]
+    assert "nothing was changed" in out
+    assert ok(cluster, "alerts", "list", "--app", "dry-run-app") == before
+    assert ok(cluster, "policy", "show", "Standard").startswith("# revision 1, built-in")
+
+    bad = cluster.cli("policy", "test", "-f", str(doc), "--since", "1x")
+    assert bad.returncode == 2
+    assert "'1x' is not a duration" in bad.stderr

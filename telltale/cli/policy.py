@@ -1,4 +1,4 @@
-"""`telltale policy …`: list, show, clone, delete, assign and trace Alert Policies.
+"""`telltale policy …`: list, show, clone, delete, assign, trace and test Alert Policies.
 
 Documents (apply, diff, export) are in `gitops.py`.
 """
@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
+from pathlib import Path
 
 import grpc
 
 from telltale.cli import gitops
 from telltale.cli.client import CliError, add_api_options, api_channel
-from telltale.cli.format import table, to_json, when
+from telltale.cli.format import priority, table, to_json, when
 from telltale.v1 import inventory_pb2, inventory_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 
@@ -211,6 +213,67 @@ def diff_command(args: argparse.Namespace) -> int:
     return diff_revisions(args)
 
 
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a duration like 90s, 15m, 1h or 2d; argparse.ArgumentTypeError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use a positive whole number and s, m, h or d (90s, 15m, 1h, 2d)"
+        )
+    return int(match[1]) * _UNIT_S[match[2]]
+
+
+def _finding_rows(findings: list[policy_pb2.PolicyTestFinding]) -> list[list[str]]:
+    return [
+        [
+            priority(f.priority),
+            f.alert_type,
+            f.application + (f"/{f.component}" if f.component else ""),
+            f.subject,
+            str(f.occurrences),
+        ]
+        for f in findings
+    ]
+
+
+def dry_run_candidate(args: argparse.Namespace) -> int:
+    """Judge recent events by a candidate policy and show the alerts it would add and remove.
+
+    The controller answers from the events it received itself recently; nothing is changed.
+    """
+    try:
+        document = Path(args.file).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {args.file}: {exc}") from None
+    request = policy_pb2.TestPolicyRequest(document=document, since_seconds=args.since, applications=args.app)
+    with api_channel(args.controller, plaintext=args.plaintext) as channel:
+        response = _stub(channel).TestPolicy(request, timeout=args.timeout)
+    if args.output == "json":
+        print(to_json(response))
+        return 0
+    headers = ("PRI", "TYPE", "APPLICATION", "SUBJECT", "COUNT")
+    for title, findings in (("would add", response.added), ("would remove", response.removed)):
+        print(f"{title}:")
+        print(table(headers, _finding_rows(list(findings))) if findings else "  nothing")
+        print()
+    window = f"since {when(response.window_start)}" if args.since else "everything held"
+    held = (
+        f"this controller holds events received since {when(response.retained_since)}"
+        if response.HasField("retained_since")
+        else "this controller holds no events yet"
+    )
+    print(
+        f"{response.events_considered} events considered ({window}; {held}); "
+        f"{len(response.added)} would be added, {len(response.removed)} removed, "
+        f"{response.changed} change priority; nothing was changed"
+    )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `telltale policy …`."""
     p = sub.add_parser("policy", help="manage Alert Policies (list, show, clone, assign, apply, …)")
@@ -262,6 +325,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     q = action("apply", "create or update policies from YAML documents (a file or a directory)", gitops.apply)
     q.add_argument("-f", "--file", required=True, help="a policy document, or a directory of them")
     q.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    q = action(
+        "test",
+        "show which alerts a candidate policy would add and remove on recently received events",
+        dry_run_candidate,
+        output=("table", "json"),
+    )
+    q.add_argument("-f", "--file", required=True, help="the candidate policy document")
+    q.add_argument(
+        "--since",
+        type=duration_seconds,
+        default=0,
+        metavar="DURATION",
+        help="only events received this long ago or later, e.g. 90s, 15m, 1h, 2d "
+        "(default: every event the controller still holds)",
+    )
+    q.add_argument("--app", action="append", default=[], help="only this application (repeatable)")
     q = action("export", "print policies as YAML documents (or write one file each with -d)", gitops.export)
     q.add_argument("names", nargs="*", help="policies to export (default: every custom policy)")
     q.add_argument("--all", action="store_true", help="include the built-in policies")
