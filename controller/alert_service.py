@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,7 @@ import grpc
 from telltale.controller.errors import InvalidArgument, NotFound, Unavailable
 from telltale.controller.rpc import paginate, require, store_unavailable, unary
 from telltale.controller.store import AlertChange, Conflict, Store
-from telltale.engine.alerts import alert_matches
+from telltale.engine.alerts import alert_matches, expire_suppression
 from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 
 _CURSOR_PREFIX = "fp:"
@@ -49,7 +50,9 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
         if request.page.page_token:
             page_request.page_token = _decode_cursor(request.page.page_token)
         stored, revision = await self._store.list_alerts()
-        matching = (v.value for v in stored if alert_matches(v.value, request.filter))
+        now_ns = time.time_ns()
+        current = (as_of(v.value, now_ns) for v in stored)
+        matching = (a for a in current if alert_matches(a, request.filter))
         page, after = paginate(matching, lambda a: a.fingerprint, page_request)
         response = alert_pb2.ListAlertsResponse(alerts=page, revision=revision)
         if after:
@@ -64,7 +67,7 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
         stored = await self._store.get_alert(fingerprint)
         if stored is None:
             raise NotFound(f"no alert with fingerprint {fingerprint!r}")
-        return alert_pb2.GetAlertResponse(alert=stored.value)
+        return alert_pb2.GetAlertResponse(alert=as_of(stored.value, time.time_ns()))
 
     async def WatchAlerts(
         self, request: alert_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -154,6 +157,15 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
                 continue
             return alert_pb2.UpdateAlertStateResponse(alert=alert)
         raise Unavailable(f"alert {fingerprint}: too many concurrent updates, retry")
+
+
+def as_of(alert: alert_pb2.Alert, now_ns: int) -> alert_pb2.Alert:
+    """The alert as it stands at `now_ns`: a suppression whose time has passed reads as open.
+
+    The stored record keeps the suppression until the alert is next written (an occurrence or a
+    triage decision), which records the reopening in its history.
+    """
+    return expire_suppression(alert, now_ns=now_ns) or alert
 
 
 def _change_message(change: AlertChange) -> alert_pb2.AlertChange | None:

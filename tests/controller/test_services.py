@@ -555,3 +555,28 @@ def test_watch_positions_outside_the_history_are_refused() -> None:
         assert "send_existing" in details
 
     served(body)
+
+
+def test_a_suppression_that_has_ended_reads_as_open() -> None:
+    """An alert suppressed until a past time lists and reads as open; one suppressed until later does not."""
+
+    async def body(api: Api) -> None:
+        ended = alert("fp-ended")
+        ended.state = alert_pb2.ALERT_STATE_SUPPRESSED
+        ended.suppressed_until.FromSeconds(int(time.time()) - 60)
+        later = alert("fp-later")
+        later.state = alert_pb2.ALERT_STATE_SUPPRESSED
+        later.suppressed_until.FromSeconds(int(time.time()) + 3600)
+        await api.store.put_alert(ended, 0)
+        await api.store.put_alert(later, 0)
+        suppressed = await api.alerts.ListAlerts(
+            alert_pb2.ListAlertsRequest(
+                filter=alert_pb2.AlertFilter(states=[alert_pb2.ALERT_STATE_SUPPRESSED])
+            )
+        )
+        assert [a.fingerprint for a in suppressed.alerts] == ["fp-later"]
+        got = await api.alerts.GetAlert(alert_pb2.GetAlertRequest(fingerprint="fp-ended"))
+        assert got.alert.state == alert_pb2.ALERT_STATE_OPEN
+        assert got.alert.history[-1].reason == "suppression expired"
+
+    served(body)
