@@ -13,11 +13,13 @@ import grpc
 
 from telltale.controller.errors import InvalidArgument, NotFound, Unavailable
 from telltale.controller.rpc import paginate, require, store_unavailable, unary
-from telltale.controller.store import AlertChange, Conflict, Store
+from telltale.controller.store import AlertChange, Conflict, Store, Versioned
 from telltale.engine.alerts import alert_matches, expire_suppression
 from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 
 _CURSOR_PREFIX = "fp:"
+MAX_REASON_BYTES = 1024
+MAX_HISTORY = 50
 
 
 def _encode_cursor(fingerprint: str) -> str:
@@ -95,8 +97,13 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
         if request.send_existing or start == 0:
             stored, revision = await self._store.list_alerts()
             if request.send_existing:
+                now_ns = time.time_ns()
                 existing = sorted(
-                    (v for v in stored if v.mod_revision > start and alert_matches(v.value, request.filter)),
+                    (
+                        Versioned(as_of(v.value, now_ns), v.mod_revision)
+                        for v in stored
+                        if v.mod_revision > start and alert_matches(as_of(v.value, now_ns), request.filter)
+                    ),
                     key=lambda v: v.mod_revision,
                 )
                 for rev, items in itertools.groupby(existing, key=lambda v: v.mod_revision):
@@ -115,6 +122,10 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
             await context.send_initial_metadata(())
         async for group in self._store.watch_alerts(start):
             changes = [c for c in map(_change_message, group) if c is not None]
+            now_ns = time.time_ns()
+            for c in changes:
+                if c.kind != alert_pb2.ALERT_CHANGE_KIND_DELETED:
+                    c.alert.CopyFrom(as_of(c.alert, now_ns))
             changes = [
                 c
                 for c in changes
@@ -138,6 +149,8 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
             raise InvalidArgument("reason", "is required for this state")
         if request.state == alert_pb2.ALERT_STATE_SUPPRESSED and not request.HasField("suppressed_until"):
             raise InvalidArgument("suppressed_until", "is required to suppress an alert")
+        if len(request.reason.encode()) > MAX_REASON_BYTES:
+            raise InvalidArgument("reason", f"is longer than {MAX_REASON_BYTES} bytes")
         actor = _actor(context)
         for _ in range(8):
             stored = await self._store.get_alert(fingerprint)
@@ -151,6 +164,8 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
                 alert.ClearField("suppressed_until")
             change = alert.history.add(state=request.state, actor=actor, reason=request.reason)
             change.time.GetCurrentTime()
+            if len(alert.history) > MAX_HISTORY:  # keep an alert's record well inside etcd's limits
+                del alert.history[: len(alert.history) - MAX_HISTORY]
             try:
                 alert.revision = await self._store.put_alert(alert, stored.mod_revision)
             except Conflict:

@@ -104,6 +104,8 @@ class EtcdStore:
             if current is not None:
                 stored = policy_pb2.Policy()
                 stored.ParseFromString(current.value)
+                if not stored.builtin:
+                    continue  # an operator's policy already has this name: never overwrite it
                 if same_content(stored, builtin):
                     continue
                 policy = with_revision(builtin, stored.revision + 1)

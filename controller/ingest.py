@@ -160,10 +160,12 @@ async def apply_node_state(
     """
     findings = policies.compiled(policies.default).evaluate_node_state(state, node_id, now_ns)
     sample = common_pb2.Workload(node_id=node_id)
-    for finding in findings:
+    # One observation per alert per report, however many checks of the policy found it.
+    distinct = {finding.fingerprint: finding for finding in findings}
+    for fingerprint, finding in distinct.items():
         group: Group = [(finding, common_pb2.Event(), sample)]
         for attempt in range(MAX_ATTEMPTS):
-            alert, expected = await _merged(store, finding.fingerprint, group, node_id, now_ns)
+            alert, expected = await _merged(store, fingerprint, group, node_id, now_ns)
             try:
                 await store.put_alert(alert, expected)
                 break
@@ -171,4 +173,4 @@ async def apply_node_state(
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         else:
             raise Unavailable(f"node {node_id}: host-state alert {finding.alert_type} keeps changing; retry")
-    return len(findings)
+    return len(distinct)

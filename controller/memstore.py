@@ -256,6 +256,8 @@ class MemoryStore:
             current = self._kv.get(key)
             if current is not None:
                 stored = _parsed(policy_pb2.Policy, current.value)
+                if not stored.builtin:
+                    continue  # an operator's policy already has this name: never overwrite it
                 if same_content(stored, builtin):
                     continue
                 policy = with_revision(builtin, stored.revision + 1)

@@ -221,6 +221,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
             _stamped(policy_model.to_proto(model), revision=expected + 1, actor=str(context.peer()))
         )
         message.cloned_from = stored.value.cloned_from
+        message.builtin = False  # only the shipped policies are built in, whatever the request says
         try:
             await self._store.update_policy(message, stored.mod_revision)
         except Conflict as exc:
@@ -232,13 +233,19 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ValidatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ValidatePolicyResponse:
         try:
-            policy_model.parse_document(require(request.document, "document"))
+            model = policy_model.parse_document(require(request.document, "document"))
         except policy_model.PolicyValidationError as exc:
             return policy_pb2.ValidatePolicyResponse(
                 violations=[
                     policy_pb2.FieldViolation(field=v.field, description=v.description)
                     for v in exc.violations
                 ]
+            )
+        try:  # what create and update would refuse, a valid document must not pass
+            _checked_size(policy_model.to_proto(model))
+        except InvalidArgument as exc:
+            return policy_pb2.ValidatePolicyResponse(
+                violations=[policy_pb2.FieldViolation(field=exc.field, description=exc.description)]
             )
         return policy_pb2.ValidatePolicyResponse()
 

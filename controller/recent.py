@@ -19,6 +19,7 @@ from telltale.v1 import agent_pb2, common_pb2, policy_pb2
 
 DEFAULT_MAX_EVENTS = 100_000
 DEFAULT_MAX_AGE_S = 24 * 60 * 60
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 _NS = 1_000_000_000
 
@@ -46,34 +47,50 @@ def batch_events(
 class RecentEvents:
     """A bounded window of received events, in the order received.
 
-    At most `max_events` events younger than `max_age_s` seconds are kept; older ones and the
-    oldest beyond the count are dropped. Memory is proportional to `max_events` (events are kept
-    as received, a few hundred bytes each). Not thread-safe: add and read from the event loop.
+    At most `max_events` events younger than `max_age_s` seconds, of at most `max_bytes` encoded
+    bytes in all, are kept; the oldest go first. Events are copied out of their batch (a kept
+    sub-message would keep the whole batch alive). Not thread-safe: add and read from the event
+    loop.
     """
 
-    def __init__(self, *, max_events: int = DEFAULT_MAX_EVENTS, max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
+    def __init__(
+        self,
+        *,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, not {max_age_s}")
         self.max_events = max_events
         self.max_age_ns = int(max_age_s * _NS)
-        self._items: deque[Item] = deque(maxlen=max_events)
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._items: deque[Item] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def add(self, events: Iterable[tuple[common_pb2.Event, common_pb2.Workload]], now_ns: int) -> None:
         """Record `events` as received at `now_ns`, then drop what is too old."""
-        self._items.extend((now_ns, event, workload) for event, workload in events)
+        for event, workload in events:
+            own_event, own_workload = common_pb2.Event(), common_pb2.Workload()
+            own_event.CopyFrom(event)
+            own_workload.CopyFrom(workload)
+            self._items.append((now_ns, own_event, own_workload))
+            self._bytes += own_event.ByteSize() + own_workload.ByteSize()
         self.expire(now_ns)
 
     def expire(self, now_ns: int) -> None:
-        """Drop the events received more than the maximum age before `now_ns`."""
+        """Drop the events received more than the maximum age before `now_ns`, and the oldest
+        beyond the count and size limits."""
         limit = now_ns - self.max_age_ns
         items = self._items
-        while items and items[0][0] < limit:
-            items.popleft()
+        while items and (items[0][0] < limit or len(items) > self.max_events or self._bytes > self.max_bytes):
+            _, event, workload = items.popleft()
+            self._bytes -= event.ByteSize() + workload.ByteSize()
 
     @property
     def oldest_ns(self) -> int | None:

@@ -104,7 +104,8 @@ class Store(Protocol):
     async def seed_policies(self, policies: list[policy_pb2.Policy], default_policy: str) -> list[str]:
         """Write built-in policies that are absent or differ; set the default if none.
 
-        Returns the names written."""
+        A name already taken by a custom policy is left to it (an upgrade never overwrites an
+        operator's policy). Returns the names written."""
         ...
 
     async def create_policy(self, policy: policy_pb2.Policy) -> int:

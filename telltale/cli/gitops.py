@@ -34,7 +34,11 @@ class Document:
 
 def canonical(document: str) -> str:
     """`document` in the engine's canonical rendering, without revision and authorship metadata."""
-    policy = policy_model.parse_document(document)
+    try:
+        policy = policy_model.parse_document(document)
+    except policy_model.PolicyValidationError as exc:
+        problems = "; ".join(f"{v.field or '(document)'}: {v.description}" for v in exc.violations)
+        raise CliError(f"a policy document this version cannot read: {problems}") from None
     bare = dataclasses.replace(
         policy, builtin=False, revision=0, cloned_from="", updated_by="", updated_at_ns=0
     )
@@ -196,6 +200,14 @@ def export(args: argparse.Namespace) -> int:
             for name in names
         ]
     if args.directory:
+        targets: dict[str, str] = {}
+        for name, _ in documents:
+            other = targets.setdefault(file_name(name), name)
+            if other != name:
+                raise CliError(
+                    f"policies {other!r} and {name!r} would both be written to {file_name(name)}; "
+                    "export them one at a time to different directories"
+                )
         directory = Path(args.directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, text in documents:

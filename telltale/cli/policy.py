@@ -183,8 +183,11 @@ def diff_revisions(args: argparse.Namespace) -> int:
     """
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = _stub(channel)
-        current = stub.GetPolicy(policy_pb2.GetPolicyRequest(name=args.name), timeout=args.timeout)
-        to_rev = args.to_revision or current.policy.revision
+        to_rev = args.to_revision  # a deleted policy's history is still served: name both revisions
+        if not to_rev:
+            to_rev = stub.GetPolicy(
+                policy_pb2.GetPolicyRequest(name=args.name), timeout=args.timeout
+            ).policy.revision
         from_rev = args.from_revision or max(to_rev - 1, 1)
         old = stub.GetPolicy(
             policy_pb2.GetPolicyRequest(name=args.name, revision=from_rev), timeout=args.timeout
