@@ -16,7 +16,21 @@ _KINDS = {
     RecordKind.CONNECT: common_pb2.EVENT_KIND_CONNECT,
     RecordKind.BIND: common_pb2.EVENT_KIND_BIND,
     RecordKind.LISTEN: common_pb2.EVENT_KIND_LISTEN,
+    RecordKind.SOCKET: common_pb2.EVENT_KIND_SOCKET,
+    RecordKind.ACCEPT: common_pb2.EVENT_KIND_ACCEPT,
+    RecordKind.SEND: common_pb2.EVENT_KIND_SEND,
+    RecordKind.RESOLVE: common_pb2.EVENT_KIND_RESOLVE,
 }
+_SOCKET_KINDS = frozenset(
+    {
+        RecordKind.CONNECT,
+        RecordKind.BIND,
+        RecordKind.LISTEN,
+        RecordKind.SOCKET,
+        RecordKind.ACCEPT,
+        RecordKind.SEND,
+    }
+)
 
 
 def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo | None) -> common_pb2.Event:
@@ -43,7 +57,7 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
     if record.result is not None:
         event.result.known = True
         event.result.return_value, event.result.error_number = record.result
-    if record.kind in (RecordKind.CONNECT, RecordKind.BIND, RecordKind.LISTEN):
+    if record.kind in _SOCKET_KINDS:
         sock = event.socket
         if record.sockaddr is not None:
             sock.address.family = record.sockaddr.family
@@ -61,6 +75,11 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
             ex.variant = common_pb2.ExecVariant.ValueType(int(record.variant))
         if record.child_pid is not None:
             ex.child_pid = record.child_pid
+    elif record.kind == RecordKind.RESOLVE:
+        res = event.resolve
+        res.name = record.name or ""
+        res.addresses.extend(record.addresses or ())
+        res.function = "getaddrinfo"
     return event
 
 

@@ -60,6 +60,10 @@ class RecordKind(enum.IntEnum):
     CONNECT = 3
     BIND = 4
     LISTEN = 5
+    SOCKET = 6
+    ACCEPT = 7
+    SEND = 8
+    RESOLVE = 9
 
 
 class RecordFlag(enum.IntFlag):
@@ -86,6 +90,8 @@ class FieldTag(enum.IntEnum):
     VARIANT = 10
     WORKLOAD = 11
     CHILD_PID = 12
+    NAME = 13
+    ADDRESSES = 14
 
 
 class ExecVariant(enum.IntEnum):
@@ -158,6 +164,8 @@ class Record:
     variant: ExecVariant | None = None
     workload: str | None = None
     child_pid: int | None = None
+    name: str | None = None
+    addresses: tuple[str, ...] | None = None
 
 
 _KINDS: Final[dict[int, RecordKind]] = {k.value: k for k in RecordKind}
@@ -203,7 +211,7 @@ class _RecordBuilder:
     """A mutable twin of Record, with the same slots in the same order.
 
     A frozen dataclass sets each field through object.__setattr__, which makes constructing a
-    21-field Record cost about ten times as much as a plain class. The decoder fills a builder
+    23-field Record cost about ten times as much as a plain class. The decoder fills a builder
     and then turns it into a Record by assigning __class__, which CPython allows between classes of
     identical layout; the result is an ordinary frozen Record (tests compare it with one built
     normally).
@@ -227,6 +235,8 @@ class _RecordBuilder:
         self.variant: ExecVariant | None = None
         self.workload: str | None = None
         self.child_pid: int | None = None
+        self.name: str | None = None
+        self.addresses: tuple[str, ...] | None = None
 
     def build(self) -> Record:
         self.__class__ = Record  # type: ignore[assignment]
@@ -309,6 +319,28 @@ def _child_pid(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
     (r.child_pid,) = _U32.unpack_from(mv, off)
 
 
+def _name(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    if flen > _NAME_MAX:
+        raise RecordError("bad_field", f"field NAME has {flen} bytes, at most {_NAME_MAX}")
+    r.name = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _addresses(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    """Each address is followed by a NUL; a cut-off last address (a REPEAT copy cut to size) has
+    none. An empty field is an empty list; an empty address is an error."""
+    if flen > _ADDRESSES_MAX:
+        raise RecordError("bad_field", f"field ADDRESSES has {flen} bytes, at most {_ADDRESSES_MAX}")
+    parts = bytes(mv[off : off + flen]).split(b"\0")
+    if not parts[-1]:
+        parts.pop()
+    if b"" in parts:
+        raise RecordError("bad_field", "field ADDRESSES holds an empty address")
+    r.addresses = tuple([p.decode("utf-8", "backslashreplace") for p in parts])
+
+
+_NAME_MAX: Final = 256
+_ADDRESSES_MAX: Final = 1024
+
 _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.EXE: _exe,
     FieldTag.ARGV: _argv,
@@ -322,6 +354,8 @@ _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.VARIANT: _variant,
     FieldTag.WORKLOAD: _workload,
     FieldTag.CHILD_PID: _child_pid,
+    FieldTag.NAME: _name,
+    FieldTag.ADDRESSES: _addresses,
 }
 # Decoded addresses, shared (SockAddr is immutable): REPEAT summaries and busy services send the
 # same few addresses over and over.

@@ -1,24 +1,41 @@
-/* Network hooks: connect, bind, listen.
+/* Network hooks: connect, bind, listen, socket, accept, accept4, sendto, sendmsg, getaddrinfo.
  *
- * Each calls the real function first, then reports: RESULT, SOCKINFO and SOCKADDR (the address
- * the program passed; for listen, the local address from getsockname, which carries the port the
- * kernel chose). Identity for dedup: kind + socket type + address bytes.
+ * Each calls the real function first, then reports. connect, bind and listen send RESULT, SOCKINFO
+ * and SOCKADDR (the address the program passed; for listen, the local address from getsockname,
+ * which carries the port the kernel chose); identity for dedup: kind + socket type + address bytes.
+ * The others are described at their hooks.
  *
- * Cost on a repeat: one getsockopt(SO_TYPE) system call, a hash and an atomic increment.
+ * Cost on a repeat: one or two system calls (getsockopt, getpeername), a hash and an atomic
+ * increment.
  */
 #include "shim.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 
 SHIM_REAL(connect);
 SHIM_REAL(bind);
 SHIM_REAL(listen);
+SHIM_REAL(socket);
+SHIM_REAL(accept);
+SHIM_REAL(accept4);
+SHIM_REAL(sendto);
+SHIM_REAL(sendmsg);
+SHIM_REAL(getaddrinfo);
 
 void hooks_net_resolve(void)
 {
     (void)SHIM_RESOLVE(connect);
     (void)SHIM_RESOLVE(bind);
     (void)SHIM_RESOLVE(listen);
+    (void)SHIM_RESOLVE(socket);
+    (void)SHIM_RESOLVE(accept);
+    (void)SHIM_RESOLVE(accept4);
+    (void)SHIM_RESOLVE(sendto);
+    (void)SHIM_RESOLVE(sendmsg);
+    (void)SHIM_RESOLVE(getaddrinfo);
 }
 
 /* How many bytes of the program's address we may read: none if the kernel could not read them
@@ -42,60 +59,111 @@ static int sockopt_int(int fd, int opt)
     return v;
 }
 
-/* First occurrence (or dedup unavailable): build, send, and store the record. */
-static __attribute__((noinline)) void net_first(unsigned kind, uint64_t key, int fd, int type,
-                                                const void *addr, size_t alen, int ret, int err,
-                                                int backlog)
+/* One observed network call. Fields left at 0/NULL are not sent. */
+struct net_call {
+    unsigned kind;
+    int fd;             /* socket to read SOCKINFO from, unless info_given */
+    int info_given;     /* SOCKINFO is `info` */
+    int32_t info[3];
+    int type;           /* SO_TYPE, already read for the identity */
+    const void *addr;   /* SOCKADDR bytes */
+    size_t alen;
+    int has_result;
+    int ret, err;
+    int has_backlog;
+    int backlog;
+};
+
+/* Claims a dedup slot for `key` unless the caller is a foreign process (then *flags gets NODEDUP).
+ * Returns 0 when another thread already stored this behaviour (nothing to send). */
+static int first_claim(uint64_t key, int *pid, int *slot, unsigned *flags, int *foreign)
 {
-    int cancel, pid, slot = -1;
-    unsigned flags = 0;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    int foreign = shim_foreign_process(&pid);
-    if (foreign) {
-        flags = FLAG_NODEDUP;
-    } else {
-        int claim = dedup_claim(key, &slot);
-        if (claim == DEDUP_HIT)
-            goto out;
-        if (claim == DEDUP_FULL)
-            flags = FLAG_NODEDUP;
+    *slot = -1;
+    *flags = 0;
+    *foreign = shim_foreign_process(pid);
+    if (*foreign) {
+        *flags = FLAG_NODEDUP;
+        return 1;
     }
+    int claim = dedup_claim(key, slot);
+    if (claim == DEDUP_HIT)
+        return 0;
+    if (claim == DEDUP_FULL)
+        *flags = FLAG_NODEDUP;
+    return 1;
+}
 
-    uint8_t buf[REC_HEADER_SIZE + 4 + sizeof(struct sockaddr_storage) + 64];
-    struct rec r;
-    rec_begin(&r, buf, sizeof buf, kind, pid);
-    rec_add_flags(&r, flags);
-    int32_t result[2] = {ret, ret < 0 ? err : 0};
-    rec_put(&r, TAG_RESULT, result, sizeof result);
-    int32_t info[3] = {sockopt_int(fd, SO_DOMAIN), type, sockopt_int(fd, SO_PROTOCOL)};
-    rec_put(&r, TAG_SOCKINFO, info, sizeof info);
-    if (kind == KIND_LISTEN)
-        rec_put_i32(&r, TAG_BACKLOG, backlog);
-    if (alen)
-        rec_put(&r, TAG_SOCKADDR, addr, alen);
-
+/* Sends a first record and stores it in its claimed slot. */
+static void first_send(uint8_t *buf, size_t len, int foreign, int slot)
+{
     if (foreign) {
-        report_send_detached(buf, r.len);
+        report_send_detached(buf, len);
     } else {
         shim_before_record();
-        report_send(buf, r.len);
+        report_send(buf, len);
         if (slot >= 0)
-            dedup_store(slot, buf, r.len);
+            dedup_store(slot, buf, len);
     }
-out:
+}
+
+/* First occurrence (or dedup unavailable): build, send, and store the record. */
+static __attribute__((noinline)) void net_first(const struct net_call *c, uint64_t key)
+{
+    int cancel, pid, slot, foreign;
+    unsigned flags;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    if (first_claim(key, &pid, &slot, &flags, &foreign)) {
+        uint8_t buf[REC_HEADER_SIZE + 4 + sizeof(struct sockaddr_storage) + 64];
+        struct rec r;
+        rec_begin(&r, buf, sizeof buf, c->kind, pid);
+        rec_add_flags(&r, flags);
+        if (c->has_result) {
+            int32_t result[2] = {c->ret, c->ret < 0 ? c->err : 0};
+            rec_put(&r, TAG_RESULT, result, sizeof result);
+        }
+        if (!c->info_given) {
+            int32_t info[3] = {sockopt_int(c->fd, SO_DOMAIN), c->type,
+                               sockopt_int(c->fd, SO_PROTOCOL)};
+            rec_put(&r, TAG_SOCKINFO, info, sizeof info);
+        } else {
+            rec_put(&r, TAG_SOCKINFO, c->info, sizeof c->info);
+        }
+        if (c->has_backlog)
+            rec_put_i32(&r, TAG_BACKLOG, c->backlog);
+        if (c->alen)
+            rec_put(&r, TAG_SOCKADDR, c->addr, c->alen);
+        first_send(buf, r.len, foreign, slot);
+    }
     pthread_setcancelstate(cancel, NULL);
 }
 
-static void net_event(unsigned kind, int fd, const void *addr, size_t alen, int ret, int err,
-                      int backlog)
+/* Reports `c` unless its identity (kind, type, then `id` bytes) was seen before. */
+static void net_report(const struct net_call *c, const void *id, size_t idlen)
 {
-    int type = sockopt_int(fd, SO_TYPE);
-    uint64_t key = ((uint64_t)kind << 32) | (uint32_t)type;
-    key = hash_final(hash_mem(key, alen ? addr : "", alen));
+    uint64_t key = ((uint64_t)c->kind << 32) | (uint32_t)c->type;
+    key = hash_final(hash_mem(key, idlen ? id : "", idlen));
     dedup_tick();
     if (SHIM_LIKELY(dedup_hit(key)))
         return;
-    net_first(kind, key, fd, type, addr, alen, ret, err, backlog);
+    net_first(c, key);
+}
+
+static void net_event(unsigned kind, int fd, const void *addr, size_t alen, int ret, int err,
+                      int has_backlog, int backlog)
+{
+    struct net_call c = {
+        .kind = kind,
+        .fd = fd,
+        .type = sockopt_int(fd, SO_TYPE),
+        .addr = addr,
+        .alen = alen,
+        .has_result = 1,
+        .ret = ret,
+        .err = err,
+        .has_backlog = has_backlog,
+        .backlog = backlog,
+    };
+    net_report(&c, addr, alen);
 }
 
 SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
@@ -104,7 +172,7 @@ SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
     int ret = real_connect(fd, addr, len);
     int err = errno;
     if (shim_enter()) {
-        net_event(KIND_CONNECT, fd, addr, readable_len(addr, len, ret, err), ret, err, 0);
+        net_event(KIND_CONNECT, fd, addr, readable_len(addr, len, ret, err), ret, err, 0, 0);
         shim_leave();
     }
     errno = err;
@@ -117,7 +185,7 @@ SHIM_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
     int ret = real_bind(fd, addr, len);
     int err = errno;
     if (shim_enter()) {
-        net_event(KIND_BIND, fd, addr, readable_len(addr, len, ret, err), ret, err, 0);
+        net_event(KIND_BIND, fd, addr, readable_len(addr, len, ret, err), ret, err, 0, 0);
         shim_leave();
     }
     errno = err;
@@ -135,7 +203,227 @@ SHIM_EXPORT int listen(int fd, int backlog)
         size_t alen = 0;
         if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0)
             alen = llen > sizeof local ? sizeof local : llen;
-        net_event(KIND_LISTEN, fd, &local, alen, ret, err, backlog);
+        net_event(KIND_LISTEN, fd, &local, alen, ret, err, 1, backlog);
+        shim_leave();
+    }
+    errno = err;
+    return ret;
+}
+
+/* socket: reported only for the sockets that need privileges and bypass the usual protocols:
+ * SOCK_RAW and SOCK_PACKET of any domain, and every AF_PACKET socket. RESULT and SOCKINFO (the
+ * arguments, type without SOCK_NONBLOCK/SOCK_CLOEXEC); identity: domain, type and protocol. */
+SHIM_EXPORT int socket(int domain, int type, int protocol)
+{
+    SHIM_REAL_OR_FAIL(socket, -1);
+    int ret = real_socket(domain, type, protocol);
+    int err = errno;
+    int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if ((base == SOCK_RAW || base == SOCK_PACKET || domain == AF_PACKET) && shim_enter()) {
+        struct net_call c = {
+            .kind = KIND_SOCKET,
+            .fd = -1,
+            .info_given = 1,
+            .info = {domain, base, protocol},
+            .type = base,
+            .has_result = 1,
+            .ret = ret,
+            .err = err,
+        };
+        int32_t id[2] = {domain, protocol};
+        net_report(&c, id, sizeof id);
+        shim_leave();
+    }
+    errno = err;
+    return ret;
+}
+
+/* The peer address without its port (and IPv6 flow label), so that every connection from one
+ * client host has the same identity. */
+static size_t peer_identity(const struct sockaddr_storage *peer, size_t len,
+                            struct sockaddr_storage *id)
+{
+    memcpy(id, peer, len);
+    if (peer->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        ((struct sockaddr_in *)id)->sin_port = 0;
+    } else if (peer->ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        ((struct sockaddr_in6 *)id)->sin6_port = 0;
+        ((struct sockaddr_in6 *)id)->sin6_flowinfo = 0;
+    }
+    return len;
+}
+
+/* accept, accept4: reported when they succeed, with SOCKINFO of the new socket and SOCKADDR of
+ * the peer (getpeername, whatever the program asked for); identity: socket type and the peer
+ * address without its port. */
+static void accept_event(int fd)
+{
+    struct sockaddr_storage peer, id;
+    socklen_t plen = sizeof peer;
+    size_t alen = 0;
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) == 0)
+        alen = plen > sizeof peer ? sizeof peer : plen;
+    struct net_call c = {
+        .kind = KIND_ACCEPT,
+        .fd = fd,
+        .type = sockopt_int(fd, SO_TYPE),
+        .addr = &peer,
+        .alen = alen,
+    };
+    size_t idlen = alen ? peer_identity(&peer, alen, &id) : 0;
+    net_report(&c, &id, idlen);
+}
+
+SHIM_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    SHIM_REAL_OR_FAIL(accept, -1);
+    int ret = real_accept(fd, addr, len);
+    int err = errno;
+    if (ret >= 0 && shim_enter()) {
+        accept_event(ret);
+        shim_leave();
+    }
+    errno = err;
+    return ret;
+}
+
+SHIM_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    SHIM_REAL_OR_FAIL(accept4, -1);
+    int ret = real_accept4(fd, addr, len, flags);
+    int err = errno;
+    if (ret >= 0 && shim_enter()) {
+        accept_event(ret);
+        shim_leave();
+    }
+    errno = err;
+    return ret;
+}
+
+/* sendto, sendmsg: reported when the program gives a destination address and the socket is a
+ * datagram socket (SOCK_DGRAM); RESULT, SOCKINFO, SOCKADDR of the destination. Identity: socket
+ * type and the destination bytes. */
+static void send_event(int fd, const void *addr, size_t alen, ssize_t ret, int err)
+{
+    int type = sockopt_int(fd, SO_TYPE);
+    if (type != SOCK_DGRAM)
+        return;
+    struct net_call c = {
+        .kind = KIND_SEND,
+        .fd = fd,
+        .type = type,
+        .addr = addr,
+        .alen = alen,
+        .has_result = 1,
+        .ret = ret < 0 ? -1 : (ret > INT32_MAX ? INT32_MAX : (int)ret),
+        .err = err,
+    };
+    net_report(&c, addr, alen);
+}
+
+SHIM_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags,
+                           const struct sockaddr *addr, socklen_t len)
+{
+    SHIM_REAL_OR_FAIL(sendto, -1);
+    ssize_t ret = real_sendto(fd, buf, n, flags, addr, len);
+    int err = errno;
+    if (addr != NULL && len > 0) {
+        size_t alen = readable_len(addr, len, ret < 0 ? -1 : 0, err);
+        if (alen && shim_enter()) {
+            send_event(fd, addr, alen, ret, err);
+            shim_leave();
+        }
+    }
+    errno = err;
+    return ret;
+}
+
+SHIM_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    SHIM_REAL_OR_FAIL(sendmsg, -1);
+    ssize_t ret = real_sendmsg(fd, msg, flags);
+    int err = errno;
+    /* The kernel read *msg unless it failed with EFAULT; only then is reading it ourselves safe. */
+    if (msg != NULL && !(ret < 0 && err == EFAULT) && msg->msg_name != NULL &&
+        msg->msg_namelen > 0) {
+        size_t alen = readable_len(msg->msg_name, msg->msg_namelen, ret < 0 ? -1 : 0, err);
+        if (alen && shim_enter()) {
+            send_event(fd, msg->msg_name, alen, ret, err);
+            shim_leave();
+        }
+    }
+    errno = err;
+    return ret;
+}
+
+/* getaddrinfo: RESULT (the EAI_* code; errno only for EAI_SYSTEM), NAME (the node asked for) and,
+ * when it succeeded, ADDRESSES: the distinct textual addresses of the result, each followed by a
+ * NUL. Identity: the name. A call without a node name (a passive lookup of a service) is not
+ * reported. The shim counts as busy during the real call, so the sockets the resolver opens,
+ * connects and sends on are not reported as the program's. */
+static __attribute__((noinline)) void resolve_first(uint64_t key, const char *node, size_t nlen,
+                                                    const struct addrinfo *res, int ret, int err)
+{
+    int cancel, pid, slot, foreign;
+    unsigned flags;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    if (first_claim(key, &pid, &slot, &flags, &foreign)) {
+        uint8_t buf[REC_HEADER_SIZE + 3 * 4 + 8 + NAME_MAX_FIELD + ADDRESSES_MAX];
+        char addrs[ADDRESSES_MAX];
+        size_t used = 0;
+        int cut = 0;
+        for (const struct addrinfo *ai = ret == 0 ? res : NULL; ai != NULL; ai = ai->ai_next) {
+            char text[INET6_ADDRSTRLEN];
+            const void *src;
+            if (ai->ai_family == AF_INET && ai->ai_addr != NULL)
+                src = &((const struct sockaddr_in *)ai->ai_addr)->sin_addr;
+            else if (ai->ai_family == AF_INET6 && ai->ai_addr != NULL)
+                src = &((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+            else
+                continue;
+            if (inet_ntop(ai->ai_family, src, text, sizeof text) == NULL)
+                continue;
+            size_t tlen = strlen(text) + 1;
+            int seen = 0;
+            for (size_t off = 0; off < used && !seen; off += strlen(addrs + off) + 1)
+                seen = strcmp(addrs + off, text) == 0;
+            if (seen)
+                continue;
+            if (used + tlen > sizeof addrs) {
+                cut = 1;
+                break;
+            }
+            memcpy(addrs + used, text, tlen);
+            used += tlen;
+        }
+        struct rec r;
+        rec_begin(&r, buf, sizeof buf, KIND_RESOLVE, pid);
+        rec_add_flags(&r, flags | (cut ? FLAG_TRUNCATED : 0));
+        int32_t result[2] = {ret, ret == EAI_SYSTEM ? err : 0};
+        rec_put(&r, TAG_RESULT, result, sizeof result);
+        rec_put_bytes(&r, TAG_NAME, node, nlen, NAME_MAX_FIELD);
+        if (ret == 0)
+            rec_put_bytes(&r, TAG_ADDRESSES, addrs, used, ADDRESSES_MAX);
+        first_send(buf, r.len, foreign, slot);
+    }
+    pthread_setcancelstate(cancel, NULL);
+}
+
+SHIM_EXPORT int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                            struct addrinfo **res)
+{
+    SHIM_REAL_OR_FAIL(getaddrinfo, EAI_SYSTEM);
+    int saved = errno; /* a success leaves errno alone: the shim's own setup must not show */
+    int entered = node != NULL && shim_enter();
+    errno = saved;
+    int ret = real_getaddrinfo(node, service, hints, res);
+    int err = errno;
+    if (entered) {
+        size_t nlen = strnlen(node, NAME_MAX_FIELD + 1); /* one more: a cut is flagged */
+        uint64_t key = hash_final(hash_mem((uint64_t)KIND_RESOLVE << 32, node, nlen));
+        dedup_tick();
+        if (!dedup_hit(key))
+            resolve_first(key, node, nlen, ret == 0 && res != NULL ? *res : NULL, ret, err);
         shim_leave();
     }
     errno = err;

@@ -46,6 +46,10 @@ enum rec_kind {
     KIND_CONNECT = 3,
     KIND_BIND = 4,
     KIND_LISTEN = 5,
+    KIND_SOCKET = 6,
+    KIND_ACCEPT = 7,
+    KIND_SEND = 8,
+    KIND_RESOLVE = 9,
 };
 
 enum rec_flag {
@@ -68,6 +72,8 @@ enum rec_tag {
     TAG_VARIANT = 10,
     TAG_WORKLOAD = 11,
     TAG_CHILD_PID = 12,
+    TAG_NAME = 13,
+    TAG_ADDRESSES = 14,
 };
 
 enum exec_variant {
@@ -104,6 +110,8 @@ enum {
 enum {
     PATH_FIELD_MAX = 1024, /* EXE, CWD, PATH */
     WORKLOAD_MAX = 512,    /* TELLTALE_WORKLOAD */
+    NAME_MAX_FIELD = 256,  /* NAME of a lookup */
+    ADDRESSES_MAX = 1024,  /* ADDRESSES of a lookup */
 };
 
 /* ---- real functions -------------------------------------------------------------------------- */

@@ -114,7 +114,7 @@ def test_header_only_record_decodes() -> None:
 
 @pytest.mark.parametrize("kind", list(RecordKind))
 def test_every_kind_is_accepted(kind: RecordKind) -> None:
-    """Kinds 1 to 5 are the v1 kinds."""
+    """Kinds 1 to 9 are the v1 kinds."""
     assert decode(rec(kind=kind)).kind is kind
 
 
@@ -200,6 +200,63 @@ def test_network_fields() -> None:
     assert r.sockinfo == (2, 1, 6)
     assert r.backlog == -1
     assert r.sockaddr == SockAddr("inet", "0.0.0.0", 8080, sockaddr_in("0.0.0.0", 8080))
+
+
+def test_resolve_fields() -> None:
+    """NAME is text; ADDRESSES is a tuple of the NUL-terminated addresses."""
+    r = decode(
+        rec(
+            fld(FieldTag.RESULT, struct.pack("<ii", 0, 0)),
+            fld(FieldTag.NAME, b"db.internal"),
+            fld(FieldTag.ADDRESSES, b"10.0.0.7\0fd00::7\0"),
+            kind=RecordKind.RESOLVE,
+        )
+    )
+    assert (r.kind, r.result, r.name, r.addresses) == (
+        RecordKind.RESOLVE,
+        (0, 0),
+        "db.internal",
+        ("10.0.0.7", "fd00::7"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "addresses"),
+    [
+        (b"", ()),
+        (b"::1\0", ("::1",)),
+        (b"10.0.0.1\x0010.0", ("10.0.0.1", "10.0")),  # a REPEAT copy cut in the last address
+        (b"\xff\0", ("\\xff",)),
+    ],
+)
+def test_addresses_splitting(body: bytes, addresses: tuple[str, ...]) -> None:
+    assert decode(rec(fld(FieldTag.ADDRESSES, body), kind=RecordKind.RESOLVE)).addresses == addresses
+
+
+def test_longest_name_and_address_list_are_accepted() -> None:
+    """NAME up to 256 bytes and ADDRESSES up to 1024 bytes, as the shim caps them."""
+    addresses = b"1.2.3.4\0" * 128
+    r = decode(
+        rec(fld(FieldTag.NAME, b"n" * 256), fld(FieldTag.ADDRESSES, addresses), kind=RecordKind.RESOLVE)
+    )
+    assert r.name == "n" * 256
+    assert r.addresses == ("1.2.3.4",) * 128
+
+
+@pytest.mark.parametrize("kind", [RecordKind.SOCKET, RecordKind.ACCEPT, RecordKind.SEND])
+def test_socket_accept_and_send_carry_network_fields(kind: RecordKind) -> None:
+    r = decode(
+        rec(
+            fld(FieldTag.SOCKINFO, struct.pack("<iii", 2, 2, 17)),
+            fld(FieldTag.SOCKADDR, sockaddr_in("127.0.0.1", 53)),
+            kind=kind,
+        )
+    )
+    assert (r.kind, r.sockinfo, r.sockaddr) == (
+        kind,
+        (2, 2, 17),
+        SockAddr("inet", "127.0.0.1", 53, sockaddr_in("127.0.0.1", 53)),
+    )
 
 
 @pytest.mark.parametrize(
@@ -306,7 +363,7 @@ def test_maximum_size_record() -> None:
         (rec(version=0), "bad_version"),
         (rec(version=2), "bad_version"),
         (rec(kind=0), "unknown_kind"),
-        (rec(kind=6), "unknown_kind"),
+        (rec(kind=10), "unknown_kind"),
         (rec(kind=255), "unknown_kind"),
         (rec(length=HEADER_SIZE + 1), "length_mismatch"),
         (rec(fld(FieldTag.BACKLOG, b"\0" * 4), length=HEADER_SIZE), "length_mismatch"),
@@ -327,6 +384,11 @@ def test_maximum_size_record() -> None:
         (rec(fld(FieldTag.CHILD_PID, b"\0" * 8)), "bad_field"),
         (rec(fld(FieldTag.SOCKADDR, b"\x02")), "bad_field"),
         (rec(fld(FieldTag.SOCKADDR, b"")), "bad_field"),
+        (rec(fld(FieldTag.NAME, b"n" * 257), kind=RecordKind.RESOLVE), "bad_field"),
+        (rec(fld(FieldTag.ADDRESSES, b"1.2.3.4\0" * 128 + b"1"), kind=RecordKind.RESOLVE), "bad_field"),
+        (rec(fld(FieldTag.ADDRESSES, b"1.2.3.4\0\0::1\0"), kind=RecordKind.RESOLVE), "bad_field"),
+        (rec(fld(FieldTag.ADDRESSES, b"\0"), kind=RecordKind.RESOLVE), "bad_field"),
+        (rec(fld(FieldTag.NAME, b"a"), fld(FieldTag.NAME, b"a"), kind=RecordKind.RESOLVE), "duplicate_field"),
         (rec(fld(FieldTag.PATH, b"a"), fld(FieldTag.PATH, b"b")), "duplicate_field"),
         (rec(fld(FieldTag.RESULT, b"\0" * 8), fld(FieldTag.RESULT, b"\0" * 8)), "duplicate_field"),
     ],
@@ -389,7 +451,7 @@ def test_fuzz_random_fields_behind_a_valid_header(kind: int, flags: int, body: b
 
 
 fields_strategy = st.lists(
-    st.tuples(st.integers(0, 14), st.binary(max_size=40)),
+    st.tuples(st.integers(0, 16), st.binary(max_size=40)),
     max_size=12,
 )
 
@@ -404,7 +466,15 @@ def test_fuzz_well_framed_fields(kind: RecordKind, fields: Sequence[tuple[int, b
         assert out in {"bad_field", "duplicate_field"}
         return
     assert out.kind is kind
-    for text in (out.exe, out.cwd, out.path, out.workload, *(out.argv or ())):
+    for text in (
+        out.exe,
+        out.cwd,
+        out.path,
+        out.workload,
+        out.name,
+        *(out.argv or ()),
+        *(out.addresses or ()),
+    ):
         assert text is None or isinstance(text, str)
 
 
@@ -451,6 +521,16 @@ def valid_records(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
         child = draw(u32)
         fields.append(fld(FieldTag.CHILD_PID, struct.pack("<I", child)))
         expected["child_pid"] = child
+    if draw(st.booleans()):
+        name = draw(st.binary(max_size=256))
+        fields.append(fld(FieldTag.NAME, name))
+        expected["name"] = name.decode("utf-8", "backslashreplace")
+    if draw(st.booleans()):
+        addrs = draw(
+            st.lists(st.binary(min_size=1, max_size=20).filter(lambda a: b"\0" not in a), max_size=8)
+        )
+        fields.append(fld(FieldTag.ADDRESSES, b"".join(a + b"\0" for a in addrs)))
+        expected["addresses"] = tuple(a.decode("utf-8", "backslashreplace") for a in addrs)
     order = draw(st.permutations(range(len(fields))))
     header = {
         "kind": draw(st.sampled_from(list(RecordKind))),

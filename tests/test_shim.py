@@ -41,6 +41,12 @@ HOOKS = {
     "connect",
     "bind",
     "listen",
+    "socket",
+    "accept",
+    "accept4",
+    "sendto",
+    "sendmsg",
+    "getaddrinfo",
     "execve",
     "execv",
     "execvp",
@@ -382,6 +388,96 @@ def test_bind_and_listen_are_reported(agent: Agent, programs: dict[str, Path], t
         16,
     )
     assert port > 0
+
+
+def test_datagram_sends_are_reported_once_per_destination(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, udp_port: int
+) -> None:
+    """Two sendto and one sendmsg to one address: one SEND, then a REPEAT counting the other two.
+    The socket itself (plain UDP) is not reported."""
+    res = run(programs["sendto_udp"], "127.0.0.1", str(udp_port), "2", env=shim_env(agent.path), cwd=tmp_path)
+    start, send, repeat = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(send) == (RecordKind.SEND, NO_FLAGS, 1, 2, 0)
+    assert (send.pid, send.tid) == (res.pid, res.pid)
+    assert (send.sockaddr, send.sockinfo, send.result) == (
+        inet("127.0.0.1", udp_port),
+        (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+        (1, 0),
+    )
+    assert header(repeat) == (RecordKind.SEND, RecordFlag.REPEAT, 2, 3, 0)
+    assert (repeat.sockaddr, repeat.sockinfo, repeat.result) == (send.sockaddr, send.sockinfo, send.result)
+
+
+def test_accepted_clients_are_reported_once_per_address(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Three loopback clients (accept, then accept4 twice), each from its own port: one ACCEPT for
+    127.0.0.1 carrying the first peer, and repeats adding up to three."""
+    res = run(programs["accept_clients"], "3", env=shim_env(agent.path), cwd=tmp_path)
+    port = int(res.stdout)
+    records = agent.records()
+    kinds = [r.kind for r in records if not r.flags & RecordFlag.REPEAT]
+    assert kinds == [
+        RecordKind.PROC_START,
+        RecordKind.BIND,
+        RecordKind.LISTEN,
+        RecordKind.CONNECT,
+        RecordKind.ACCEPT,
+    ]
+    first, *repeats = [r for r in records if r.kind == RecordKind.ACCEPT]
+    assert (first.flags, first.count, first.result) == (NO_FLAGS, 1, None)
+    assert first.sockinfo == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    assert first.sockaddr is not None
+    assert (first.sockaddr.family, first.sockaddr.address) == ("inet", "127.0.0.1")
+    assert first.sockaddr.port not in (None, 0, port)
+    assert [(r.flags, r.sockaddr) for r in repeats] == [(RecordFlag.REPEAT, first.sockaddr)] * len(repeats)
+    assert first.count + sum(r.count for r in repeats) == 3
+
+
+def test_name_lookup_is_reported_without_the_resolvers_own_calls(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Three lookups of localhost: one RESOLVE with the name and the addresses the program got,
+    a REPEAT counting two, and nothing for the sockets the resolver uses internally."""
+    res = run(programs["resolve"], "localhost", "3", env=shim_env(agent.path), cwd=tmp_path)
+    addresses = tuple(res.stdout.split())
+    assert "127.0.0.1" in addresses
+    start, resolve, repeat = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(resolve) == (RecordKind.RESOLVE, NO_FLAGS, 1, 2, 0)
+    assert (resolve.name, resolve.addresses, resolve.result) == ("localhost", addresses, (0, 0))
+    assert (resolve.sockaddr, resolve.sockinfo) == (None, None)
+    assert header(repeat) == (RecordKind.RESOLVE, RecordFlag.REPEAT, 2, 3, 0)
+    assert (repeat.name, repeat.addresses) == ("localhost", addresses)
+
+
+def test_failed_name_lookup_is_reported_without_addresses(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A lookup that fails carries its EAI_* code and no ADDRESSES field."""
+    res = run(programs["resolve"], "no such host", "1", env=shim_env(agent.path), cwd=tmp_path, check=False)
+    assert res.returncode == 3, res
+    _start, resolve = agent.records()
+    assert (resolve.kind, resolve.name, resolve.addresses) == (RecordKind.RESOLVE, "no such host", None)
+    assert resolve.result is not None
+    assert resolve.result[0] < 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw socket needs CAP_NET_RAW (run as root)")
+def test_raw_socket_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """Two raw ICMP sockets: one SOCKET (type without SOCK_CLOEXEC) and a REPEAT; the ordinary UDP
+    socket the program also opens is not reported."""
+    run(programs["raw_socket"], env=shim_env(agent.path), cwd=tmp_path)
+    start, sock, repeat = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(sock) == (RecordKind.SOCKET, NO_FLAGS, 1, 2, 0)
+    assert sock.sockinfo == (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    assert sock.result is not None
+    assert sock.result[0] >= 0
+    assert sock.result[1] == 0
+    assert sock.sockaddr is None
+    assert header(repeat) == (RecordKind.SOCKET, RecordFlag.REPEAT, 1, 3, 0)
 
 
 EXEC_CASES = {

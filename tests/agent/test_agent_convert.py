@@ -47,6 +47,10 @@ def sockaddr_un(path: bytes) -> bytes:
         (RecordKind.CONNECT, common_pb2.EVENT_KIND_CONNECT),
         (RecordKind.BIND, common_pb2.EVENT_KIND_BIND),
         (RecordKind.LISTEN, common_pb2.EVENT_KIND_LISTEN),
+        (RecordKind.SOCKET, common_pb2.EVENT_KIND_SOCKET),
+        (RecordKind.ACCEPT, common_pb2.EVENT_KIND_ACCEPT),
+        (RecordKind.SEND, common_pb2.EVENT_KIND_SEND),
+        (RecordKind.RESOLVE, common_pb2.EVENT_KIND_RESOLVE),
     ],
 )
 def test_each_record_kind_maps_to_its_event_kind(kind: RecordKind, expected: int) -> None:
@@ -93,6 +97,74 @@ def test_connect_carries_inet_address_port_socket_type_and_result() -> None:
     assert (addr.family, addr.address, addr.port) == ("inet", "10.1.2.3", 443)
     assert (event.socket.domain, event.socket.type, event.socket.protocol) == (2, 1 | 0o4000, 6)
     assert (event.result.known, event.result.return_value, event.result.error_number) == (True, -1, 115)
+
+
+def test_raw_socket_carries_its_kind_and_result() -> None:
+    event = to_event(
+        rec(RecordKind.SOCKET, sockinfo=(socket.AF_INET, socket.SOCK_RAW, 1), result=(3, 0)), "w-1", None
+    )
+    assert event.kind == common_pb2.EVENT_KIND_SOCKET
+    assert event.WhichOneof("detail") == "socket"
+    assert (event.socket.domain, event.socket.type, event.socket.protocol) == (2, 3, 1)
+    assert not event.socket.HasField("address")
+    assert (event.result.known, event.result.return_value) == (True, 3)
+
+
+def test_accept_carries_the_peer_and_no_result() -> None:
+    event = to_event(
+        rec(
+            RecordKind.ACCEPT,
+            count=3,
+            flags=RecordFlag.REPEAT,
+            sockaddr=decode_sockaddr(sockaddr_in("127.0.0.1", 40000)),
+            sockinfo=(socket.AF_INET, socket.SOCK_STREAM, 6),
+        ),
+        "w-1",
+        None,
+    )
+    assert event.kind == common_pb2.EVENT_KIND_ACCEPT
+    addr = event.socket.address
+    assert (addr.family, addr.address, addr.port) == ("inet", "127.0.0.1", 40000)
+    assert (event.socket.domain, event.socket.type, event.socket.protocol) == (2, 1, 6)
+    assert (event.count, event.repeat, event.result.known) == (3, True, False)
+
+
+def test_send_carries_the_destination() -> None:
+    event = to_event(
+        rec(
+            RecordKind.SEND,
+            sockaddr=decode_sockaddr(sockaddr_in6("2001:db8::53", 53)),
+            sockinfo=(socket.AF_INET6, socket.SOCK_DGRAM, 17),
+            result=(12, 0),
+        ),
+        "w-1",
+        None,
+    )
+    assert event.kind == common_pb2.EVENT_KIND_SEND
+    addr = event.socket.address
+    assert (addr.family, addr.address, addr.port) == ("inet6", "2001:db8::53", 53)
+    assert (event.socket.type, event.result.return_value) == (socket.SOCK_DGRAM, 12)
+
+
+def test_resolve_carries_name_addresses_and_function() -> None:
+    event = to_event(
+        rec(RecordKind.RESOLVE, name="db.internal", addresses=("10.0.0.7", "fd00::7"), result=(0, 0)),
+        "w-1",
+        None,
+    )
+    assert event.kind == common_pb2.EVENT_KIND_RESOLVE
+    assert event.WhichOneof("detail") == "resolve"
+    assert (event.resolve.name, list(event.resolve.addresses), event.resolve.function) == (
+        "db.internal",
+        ["10.0.0.7", "fd00::7"],
+        "getaddrinfo",
+    )
+
+
+def test_failed_resolve_has_no_addresses() -> None:
+    event = to_event(rec(RecordKind.RESOLVE, name="nowhere.invalid", result=(-2, 0)), "w-1", None)
+    assert (event.resolve.name, list(event.resolve.addresses)) == ("nowhere.invalid", [])
+    assert (event.result.known, event.result.return_value) == (True, -2)
 
 
 def test_bind_carries_a_scoped_inet6_address() -> None:
