@@ -20,6 +20,10 @@ _KINDS = {
     RecordKind.ACCEPT: common_pb2.EVENT_KIND_ACCEPT,
     RecordKind.SEND: common_pb2.EVENT_KIND_SEND,
     RecordKind.RESOLVE: common_pb2.EVENT_KIND_RESOLVE,
+    RecordKind.CREDENTIALS: common_pb2.EVENT_KIND_CREDENTIALS,
+    RecordKind.PTRACE: common_pb2.EVENT_KIND_PTRACE,
+    RecordKind.PRCTL: common_pb2.EVENT_KIND_PRCTL,
+    RecordKind.MEMFD: common_pb2.EVENT_KIND_MEMFD,
 }
 _SOCKET_KINDS = frozenset(
     {
@@ -31,6 +35,8 @@ _SOCKET_KINDS = frozenset(
         RecordKind.SEND,
     }
 )
+
+_PRIVILEGE_KINDS = frozenset({RecordKind.CREDENTIALS, RecordKind.PTRACE, RecordKind.PRCTL, RecordKind.MEMFD})
 
 
 def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo | None) -> common_pb2.Event:
@@ -80,7 +86,35 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         res.name = record.name or ""
         res.addresses.extend(record.addresses or ())
         res.function = "getaddrinfo"
+    elif record.kind in _PRIVILEGE_KINDS:
+        _fill_privilege(event, record)
     return event
+
+
+def _fill_privilege(event: common_pb2.Event, record: Record) -> None:
+    """The detail of a CREDENTIALS, PTRACE, PRCTL or MEMFD record (set even when all zero)."""
+    if record.kind == RecordKind.CREDENTIALS:
+        cred = event.credentials
+        cred.SetInParent()
+        cred.function = record.function or ""
+        ids = record.ids or ()
+        if cred.function.endswith("uid"):
+            cred.uids.extend(ids)
+        elif cred.function.endswith("gid"):
+            cred.gids.extend(ids)
+        cred.groups.extend(record.groups or ())
+    elif record.kind == RecordKind.PTRACE:
+        event.ptrace.SetInParent()
+        event.ptrace.request = record.request or 0
+        event.ptrace.target_pid = record.target_pid or 0
+    elif record.kind == RecordKind.PRCTL:
+        event.prctl.SetInParent()
+        event.prctl.option = record.option or 0
+        event.prctl.argument = record.argument or 0
+    elif record.kind == RecordKind.MEMFD:
+        event.memfd.SetInParent()
+        event.memfd.name = record.memfd_name or ""
+        event.memfd.flags = record.memfd_flags or 0
 
 
 def fill_process(proc: common_pb2.ProcessInfo, record: Record) -> None:

@@ -41,6 +41,7 @@ _FIELD: Final = struct.Struct("<HH")
 _U8: Final = struct.Struct("<B")
 _U16_BE: Final = struct.Struct(">H")
 _U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
 _I32: Final = struct.Struct("<i")
 _I32X2: Final = struct.Struct("<ii")
 _I32X3: Final = struct.Struct("<iii")
@@ -64,6 +65,10 @@ class RecordKind(enum.IntEnum):
     ACCEPT = 7
     SEND = 8
     RESOLVE = 9
+    CREDENTIALS = 12
+    PTRACE = 13
+    PRCTL = 14
+    MEMFD = 15
 
 
 class RecordFlag(enum.IntFlag):
@@ -92,6 +97,15 @@ class FieldTag(enum.IntEnum):
     CHILD_PID = 12
     NAME = 13
     ADDRESSES = 14
+    FUNCTION = 15
+    IDS = 16
+    GROUPS = 17
+    REQUEST = 18
+    TARGET_PID = 19
+    OPTION = 20
+    ARGUMENT = 21
+    MEMFD_NAME = 22
+    MEMFD_FLAGS = 23
 
 
 class ExecVariant(enum.IntEnum):
@@ -166,6 +180,15 @@ class Record:
     child_pid: int | None = None
     name: str | None = None
     addresses: tuple[str, ...] | None = None
+    function: str | None = None
+    ids: tuple[int, ...] | None = None
+    groups: tuple[int, ...] | None = None
+    request: int | None = None
+    target_pid: int | None = None
+    option: int | None = None
+    argument: int | None = None
+    memfd_name: str | None = None
+    memfd_flags: int | None = None
 
 
 _KINDS: Final[dict[int, RecordKind]] = {k.value: k for k in RecordKind}
@@ -237,6 +260,15 @@ class _RecordBuilder:
         self.child_pid: int | None = None
         self.name: str | None = None
         self.addresses: tuple[str, ...] | None = None
+        self.function: str | None = None
+        self.ids: tuple[int, ...] | None = None
+        self.groups: tuple[int, ...] | None = None
+        self.request: int | None = None
+        self.target_pid: int | None = None
+        self.option: int | None = None
+        self.argument: int | None = None
+        self.memfd_name: str | None = None
+        self.memfd_flags: int | None = None
 
     def build(self) -> Record:
         self.__class__ = Record  # type: ignore[assignment]
@@ -338,8 +370,61 @@ def _addresses(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
     r.addresses = tuple([p.decode("utf-8", "backslashreplace") for p in parts])
 
 
+def _function(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    if flen > _FUNCTION_MAX:
+        raise RecordError("bad_field", f"field FUNCTION has {flen} bytes, at most {_FUNCTION_MAX}")
+    r.function = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _ids(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    """One to three i64 ids, -1 meaning unchanged."""
+    if flen not in (8, 16, 24):
+        raise RecordError("bad_field", f"field IDS has {flen} bytes, expected 8, 16 or 24")
+    r.ids = struct.unpack_from(f"<{flen // 8}q", mv, off)
+
+
+def _groups(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    if flen % 4 or flen > 4 * _GROUPS_MAX:
+        raise RecordError("bad_field", f"field GROUPS has {flen} bytes, expected a multiple of 4 up to 256")
+    r.groups = struct.unpack_from(f"<{flen // 4}I", mv, off)
+
+
+def _request(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.REQUEST, flen, 4)
+    (r.request,) = _I32.unpack_from(mv, off)
+
+
+def _target_pid(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.TARGET_PID, flen, 4)
+    (r.target_pid,) = _U32.unpack_from(mv, off)
+
+
+def _option(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.OPTION, flen, 4)
+    (r.option,) = _I32.unpack_from(mv, off)
+
+
+def _argument(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.ARGUMENT, flen, 8)
+    (r.argument,) = _U64.unpack_from(mv, off)
+
+
+def _memfd_name(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    if flen > _MEMFD_NAME_MAX:
+        raise RecordError("bad_field", f"field MEMFD_NAME has {flen} bytes, at most {_MEMFD_NAME_MAX}")
+    r.memfd_name = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _memfd_flags(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.MEMFD_FLAGS, flen, 4)
+    (r.memfd_flags,) = _U32.unpack_from(mv, off)
+
+
 _NAME_MAX: Final = 256
 _ADDRESSES_MAX: Final = 1024
+_FUNCTION_MAX: Final = 16
+_GROUPS_MAX: Final = 64
+_MEMFD_NAME_MAX: Final = 256
 
 _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.EXE: _exe,
@@ -356,6 +441,15 @@ _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.CHILD_PID: _child_pid,
     FieldTag.NAME: _name,
     FieldTag.ADDRESSES: _addresses,
+    FieldTag.FUNCTION: _function,
+    FieldTag.IDS: _ids,
+    FieldTag.GROUPS: _groups,
+    FieldTag.REQUEST: _request,
+    FieldTag.TARGET_PID: _target_pid,
+    FieldTag.OPTION: _option,
+    FieldTag.ARGUMENT: _argument,
+    FieldTag.MEMFD_NAME: _memfd_name,
+    FieldTag.MEMFD_FLAGS: _memfd_flags,
 }
 # Decoded addresses, shared (SockAddr is immutable): REPEAT summaries and busy services send the
 # same few addresses over and over.

@@ -50,6 +50,10 @@ enum rec_kind {
     KIND_ACCEPT = 7,
     KIND_SEND = 8,
     KIND_RESOLVE = 9,
+    KIND_CREDENTIALS = 12,
+    KIND_PTRACE = 13,
+    KIND_PRCTL = 14,
+    KIND_MEMFD = 15,
 };
 
 enum rec_flag {
@@ -74,6 +78,15 @@ enum rec_tag {
     TAG_CHILD_PID = 12,
     TAG_NAME = 13,
     TAG_ADDRESSES = 14,
+    TAG_FUNCTION = 15,
+    TAG_IDS = 16,
+    TAG_GROUPS = 17,
+    TAG_REQUEST = 18,
+    TAG_TARGET_PID = 19,
+    TAG_OPTION = 20,
+    TAG_ARGUMENT = 21,
+    TAG_MEMFD_NAME = 22,
+    TAG_MEMFD_FLAGS = 23,
 };
 
 enum exec_variant {
@@ -112,6 +125,8 @@ enum {
     WORKLOAD_MAX = 512,    /* TELLTALE_WORKLOAD */
     NAME_MAX_FIELD = 256,  /* NAME of a lookup */
     ADDRESSES_MAX = 1024,  /* ADDRESSES of a lookup */
+    GROUPS_MAX_FIELD = 64, /* GROUPS entries of setgroups */
+    MEMFD_NAME_MAX = 256,  /* MEMFD_NAME */
 };
 
 /* ---- real functions -------------------------------------------------------------------------- */
@@ -137,6 +152,7 @@ enum {
 /* Resolve every hook's real function (called once at initialisation). */
 void hooks_net_resolve(void);
 void hooks_proc_resolve(void);
+void hooks_priv_resolve(void);
 
 /* Stores dlsym(RTLD_NEXT, name) into *slot; returns 0 if the symbol does not exist. errno is
  * preserved. */

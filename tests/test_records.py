@@ -114,7 +114,7 @@ def test_header_only_record_decodes() -> None:
 
 @pytest.mark.parametrize("kind", list(RecordKind))
 def test_every_kind_is_accepted(kind: RecordKind) -> None:
-    """Kinds 1 to 9 are the v1 kinds."""
+    """Kinds 1 to 9 and 12 to 15 are the v1 kinds."""
     assert decode(rec(kind=kind)).kind is kind
 
 
@@ -231,6 +231,59 @@ def test_resolve_fields() -> None:
 )
 def test_addresses_splitting(body: bytes, addresses: tuple[str, ...]) -> None:
     assert decode(rec(fld(FieldTag.ADDRESSES, body), kind=RecordKind.RESOLVE)).addresses == addresses
+
+
+def test_credentials_fields() -> None:
+    """FUNCTION is text, IDS one to three signed 64-bit ids, GROUPS a list of u32."""
+    r = decode(
+        rec(
+            fld(FieldTag.RESULT, struct.pack("<ii", 0, 0)),
+            fld(FieldTag.FUNCTION, b"setresuid"),
+            fld(FieldTag.IDS, struct.pack("<3q", -1, 0, 2**32 - 2)),
+            kind=RecordKind.CREDENTIALS,
+        )
+    )
+    assert (r.kind, r.result, r.function, r.ids, r.groups) == (
+        RecordKind.CREDENTIALS,
+        (0, 0),
+        "setresuid",
+        (-1, 0, 2**32 - 2),
+        None,
+    )
+    assert decode(rec(fld(FieldTag.IDS, struct.pack("<q", 5)), kind=RecordKind.CREDENTIALS)).ids == (5,)
+    groups = decode(
+        rec(fld(FieldTag.FUNCTION, b"setgroups"), fld(FieldTag.GROUPS, struct.pack("<3I", 0, 10, 2**32 - 1)))
+    )
+    assert (groups.function, groups.ids, groups.groups) == ("setgroups", None, (0, 10, 2**32 - 1))
+    assert decode(rec(fld(FieldTag.GROUPS, b""))).groups == ()
+    assert decode(rec(fld(FieldTag.GROUPS, b"\0" * 256))).groups == (0,) * 64
+
+
+def test_ptrace_prctl_and_memfd_fields() -> None:
+    p = decode(
+        rec(
+            fld(FieldTag.REQUEST, struct.pack("<i", 3)),
+            fld(FieldTag.TARGET_PID, struct.pack("<I", 2**32 - 1)),
+            kind=RecordKind.PTRACE,
+        )
+    )
+    assert (p.kind, p.request, p.target_pid) == (RecordKind.PTRACE, 3, 2**32 - 1)
+    c = decode(
+        rec(
+            fld(FieldTag.OPTION, struct.pack("<i", -4)),
+            fld(FieldTag.ARGUMENT, struct.pack("<Q", 2**64 - 1)),
+            kind=RecordKind.PRCTL,
+        )
+    )
+    assert (c.kind, c.option, c.argument) == (RecordKind.PRCTL, -4, 2**64 - 1)
+    m = decode(
+        rec(
+            fld(FieldTag.MEMFD_NAME, b"m" * 256),
+            fld(FieldTag.MEMFD_FLAGS, struct.pack("<I", 1)),
+            kind=RecordKind.MEMFD,
+        )
+    )
+    assert (m.kind, m.memfd_name, m.memfd_flags) == (RecordKind.MEMFD, "m" * 256, 1)
 
 
 def test_longest_name_and_address_list_are_accepted() -> None:
@@ -364,6 +417,8 @@ def test_maximum_size_record() -> None:
         (rec(version=2), "bad_version"),
         (rec(kind=0), "unknown_kind"),
         (rec(kind=10), "unknown_kind"),
+        (rec(kind=11), "unknown_kind"),
+        (rec(kind=16), "unknown_kind"),
         (rec(kind=255), "unknown_kind"),
         (rec(length=HEADER_SIZE + 1), "length_mismatch"),
         (rec(fld(FieldTag.BACKLOG, b"\0" * 4), length=HEADER_SIZE), "length_mismatch"),
@@ -389,6 +444,19 @@ def test_maximum_size_record() -> None:
         (rec(fld(FieldTag.ADDRESSES, b"1.2.3.4\0\0::1\0"), kind=RecordKind.RESOLVE), "bad_field"),
         (rec(fld(FieldTag.ADDRESSES, b"\0"), kind=RecordKind.RESOLVE), "bad_field"),
         (rec(fld(FieldTag.NAME, b"a"), fld(FieldTag.NAME, b"a"), kind=RecordKind.RESOLVE), "duplicate_field"),
+        (rec(fld(FieldTag.FUNCTION, b"f" * 17)), "bad_field"),
+        (rec(fld(FieldTag.IDS, b"")), "bad_field"),
+        (rec(fld(FieldTag.IDS, b"\0" * 12)), "bad_field"),
+        (rec(fld(FieldTag.IDS, b"\0" * 32)), "bad_field"),
+        (rec(fld(FieldTag.GROUPS, b"\0" * 6)), "bad_field"),
+        (rec(fld(FieldTag.GROUPS, b"\0" * 260)), "bad_field"),
+        (rec(fld(FieldTag.REQUEST, b"\0" * 8)), "bad_field"),
+        (rec(fld(FieldTag.TARGET_PID, b"\0" * 2)), "bad_field"),
+        (rec(fld(FieldTag.OPTION, b"")), "bad_field"),
+        (rec(fld(FieldTag.ARGUMENT, b"\0" * 4)), "bad_field"),
+        (rec(fld(FieldTag.MEMFD_NAME, b"n" * 257)), "bad_field"),
+        (rec(fld(FieldTag.MEMFD_FLAGS, b"\0" * 8)), "bad_field"),
+        (rec(fld(FieldTag.IDS, b"\0" * 8), fld(FieldTag.IDS, b"\0" * 8)), "duplicate_field"),
         (rec(fld(FieldTag.PATH, b"a"), fld(FieldTag.PATH, b"b")), "duplicate_field"),
         (rec(fld(FieldTag.RESULT, b"\0" * 8), fld(FieldTag.RESULT, b"\0" * 8)), "duplicate_field"),
     ],
@@ -483,6 +551,22 @@ u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 
 
+def _draw_privilege_fields(draw: st.DrawFn, fields: list[bytes], expected: dict[str, object]) -> None:
+    """Maybe adds IDS, GROUPS and ARGUMENT fields (a part of `valid_records`)."""
+    if draw(st.booleans()):
+        ids = tuple(draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=3)))
+        fields.append(fld(FieldTag.IDS, struct.pack(f"<{len(ids)}q", *ids)))
+        expected["ids"] = ids
+    if draw(st.booleans()):
+        groups = tuple(draw(st.lists(u32, max_size=64)))
+        fields.append(fld(FieldTag.GROUPS, struct.pack(f"<{len(groups)}I", *groups)))
+        expected["groups"] = groups
+    if draw(st.booleans()):
+        argument = draw(st.integers(0, 2**64 - 1))
+        fields.append(fld(FieldTag.ARGUMENT, struct.pack("<Q", argument)))
+        expected["argument"] = argument
+
+
 @st.composite
 def valid_records(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
     """A valid record and the attribute values it must decode to."""
@@ -531,6 +615,7 @@ def valid_records(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
         )
         fields.append(fld(FieldTag.ADDRESSES, b"".join(a + b"\0" for a in addrs)))
         expected["addresses"] = tuple(a.decode("utf-8", "backslashreplace") for a in addrs)
+    _draw_privilege_fields(draw, fields, expected)
     order = draw(st.permutations(range(len(fields))))
     header = {
         "kind": draw(st.sampled_from(list(RecordKind))),

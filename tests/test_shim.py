@@ -58,6 +58,18 @@ HOOKS = {
     "execveat",
     "posix_spawn",
     "posix_spawnp",
+    "setuid",
+    "seteuid",
+    "setreuid",
+    "setresuid",
+    "setgid",
+    "setegid",
+    "setregid",
+    "setresgid",
+    "setgroups",
+    "ptrace",
+    "prctl",
+    "memfd_create",
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
@@ -478,6 +490,63 @@ def test_raw_socket_is_reported(agent: Agent, programs: dict[str, Path], tmp_pat
     assert sock.result[1] == 0
     assert sock.sockaddr is None
     assert header(repeat) == (RecordKind.SOCKET, RecordFlag.REPEAT, 1, 3, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing ids needs root")
+def test_credential_changes_are_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """Each id change is one CREDENTIALS record with the call's name and requested ids (-1 =
+    unchanged); setgroups carries its groups; the repeated setresuid is counted."""
+    run(programs["priv_creds"], env=shim_env(agent.path), cwd=tmp_path)
+    recs = agent.records()
+    assert [header(r) for r in recs] == [
+        (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0),
+        *[(RecordKind.CREDENTIALS, NO_FLAGS, 1, seq, 0) for seq in range(2, 7)],
+        (RecordKind.CREDENTIALS, RecordFlag.REPEAT, 1, 7, 0),
+    ]
+    assert [(r.function, r.ids, r.groups, r.result) for r in recs[1:]] == [
+        ("setresuid", (-1, 0, -1), None, (0, 0)),
+        ("seteuid", (0,), None, (0, 0)),
+        ("setresgid", (-1, 0, -1), None, (0, 0)),
+        ("setgid", (0,), None, (0, 0)),
+        ("setgroups", None, (0, 0), (0, 0)),
+        ("setresuid", (-1, 0, -1), None, (0, 0)),
+    ]
+
+
+def test_ptrace_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """A failing PEEKUSER on a missing pid (reported once, then counted) and a fork child's
+    TRACEME, each with request, target pid and result."""
+    res = run(programs["ptrace_calls"], env=shim_env(agent.path), cwd=tmp_path)
+    child = int(res.stdout)
+    procs = by_pid(agent.settle())
+    parent = procs.pop(res.pid)
+    assert [header(r) for r in parent] == [
+        (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0),
+        (RecordKind.PTRACE, NO_FLAGS, 1, 2, 0),
+        (RecordKind.PTRACE, RecordFlag.REPEAT, 1, 3, 0),
+    ]
+    for r in parent[1:]:
+        assert (r.request, r.target_pid, r.result) == (3, 2147483647, (-1, errno.ESRCH))
+    assert list(procs) == [child]
+    assert [(r.kind, r.flags, r.request, r.target_pid, r.result) for r in procs[child]] == [
+        (RecordKind.PROC_START, RecordFlag.FORKED, None, None, None),
+        (RecordKind.PTRACE, NO_FLAGS, 0, 0, (0, 0)),
+    ]
+
+
+def test_prctl_and_memfd_are_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """PR_SET_DUMPABLE is reported once and counted; PR_GET_DUMPABLE is not reported;
+    memfd_create carries its name, flags and descriptor."""
+    res = run(programs["prctl_memfd"], env=shim_env(agent.path), cwd=tmp_path)
+    fd = int(res.stdout)
+    start, prctl, memfd, repeat = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(prctl) == (RecordKind.PRCTL, NO_FLAGS, 1, 2, 0)
+    assert (prctl.option, prctl.argument, prctl.result) == (4, 1, (0, 0))  # PR_SET_DUMPABLE
+    assert header(memfd) == (RecordKind.MEMFD, NO_FLAGS, 1, 3, 0)
+    assert (memfd.memfd_name, memfd.memfd_flags, memfd.result) == ("x", 1, (fd, 0))  # MFD_CLOEXEC
+    assert header(repeat) == (RecordKind.PRCTL, RecordFlag.REPEAT, 1, 4, 0)
+    assert (repeat.option, repeat.argument) == (4, 1)
 
 
 EXEC_CASES = {

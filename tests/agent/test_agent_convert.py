@@ -51,6 +51,10 @@ def sockaddr_un(path: bytes) -> bytes:
         (RecordKind.ACCEPT, common_pb2.EVENT_KIND_ACCEPT),
         (RecordKind.SEND, common_pb2.EVENT_KIND_SEND),
         (RecordKind.RESOLVE, common_pb2.EVENT_KIND_RESOLVE),
+        (RecordKind.CREDENTIALS, common_pb2.EVENT_KIND_CREDENTIALS),
+        (RecordKind.PTRACE, common_pb2.EVENT_KIND_PTRACE),
+        (RecordKind.PRCTL, common_pb2.EVENT_KIND_PRCTL),
+        (RecordKind.MEMFD, common_pb2.EVENT_KIND_MEMFD),
     ],
 )
 def test_each_record_kind_maps_to_its_event_kind(kind: RecordKind, expected: int) -> None:
@@ -159,6 +163,64 @@ def test_resolve_carries_name_addresses_and_function() -> None:
         ["10.0.0.7", "fd00::7"],
         "getaddrinfo",
     )
+
+
+@pytest.mark.parametrize(
+    ("function", "uids", "gids"),
+    [
+        ("setresuid", [-1, 0, -1], []),
+        ("setuid", [1000], []),
+        ("setreuid", [1, 2], []),
+        ("seteuid", [0], []),
+        ("setresgid", [], [-1, 0, -1]),
+        ("setgid", [], [1000]),
+        ("setregid", [], [1, 2]),
+        ("setegid", [], [0]),
+    ],
+)
+def test_credentials_put_ids_under_their_family(function: str, uids: list[int], gids: list[int]) -> None:
+    event = to_event(
+        rec(RecordKind.CREDENTIALS, function=function, ids=(*uids, *gids), result=(0, 0)), "w", None
+    )
+    assert event.WhichOneof("detail") == "credentials"
+    cred = event.credentials
+    assert (cred.function, list(cred.uids), list(cred.gids), list(cred.groups)) == (function, uids, gids, [])
+    assert (event.result.known, event.result.return_value) == (True, 0)
+
+
+def test_setgroups_carries_its_groups() -> None:
+    event = to_event(
+        rec(RecordKind.CREDENTIALS, function="setgroups", groups=(0, 10), result=(0, 0)), "w", None
+    )
+    cred = event.credentials
+    assert (cred.function, list(cred.uids), list(cred.gids), list(cred.groups)) == (
+        "setgroups",
+        [],
+        [],
+        [0, 10],
+    )
+
+
+def test_ptrace_carries_request_and_target() -> None:
+    event = to_event(rec(RecordKind.PTRACE, request=0, target_pid=0, result=(0, 0)), "w", None)
+    assert event.WhichOneof("detail") == "ptrace"  # present even with all-zero values
+    failed = to_event(rec(RecordKind.PTRACE, request=3, target_pid=4242, result=(-1, 3)), "w", None)
+    assert (failed.ptrace.request, failed.ptrace.target_pid) == (3, 4242)
+    assert (failed.result.return_value, failed.result.error_number) == (-1, 3)
+
+
+def test_prctl_carries_option_and_argument() -> None:
+    event = to_event(rec(RecordKind.PRCTL, option=4, argument=2**64 - 1, result=(0, 0)), "w", None)
+    assert event.WhichOneof("detail") == "prctl"
+    assert (event.prctl.option, event.prctl.argument) == (4, 2**64 - 1)
+
+
+def test_memfd_carries_name_and_flags() -> None:
+    event = to_event(rec(RecordKind.MEMFD, memfd_name="payload", memfd_flags=1, result=(3, 0)), "w", None)
+    assert event.WhichOneof("detail") == "memfd"
+    assert (event.memfd.name, event.memfd.flags) == ("payload", 1)
+    empty = to_event(rec(RecordKind.MEMFD), "w", None)
+    assert empty.WhichOneof("detail") == "memfd"
 
 
 def test_failed_resolve_has_no_addresses() -> None:
