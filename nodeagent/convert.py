@@ -20,6 +20,8 @@ _KINDS = {
     RecordKind.ACCEPT: common_pb2.EVENT_KIND_ACCEPT,
     RecordKind.SEND: common_pb2.EVENT_KIND_SEND,
     RecordKind.RESOLVE: common_pb2.EVENT_KIND_RESOLVE,
+    RecordKind.FILE_OPEN: common_pb2.EVENT_KIND_FILE_OPEN,
+    RecordKind.FILE_CHANGE: common_pb2.EVENT_KIND_FILE_CHANGE,
     RecordKind.CREDENTIALS: common_pb2.EVENT_KIND_CREDENTIALS,
     RecordKind.PTRACE: common_pb2.EVENT_KIND_PTRACE,
     RecordKind.PRCTL: common_pb2.EVENT_KIND_PRCTL,
@@ -35,6 +37,10 @@ _SOCKET_KINDS = frozenset(
         RecordKind.SEND,
     }
 )
+
+# Open flags (Linux values, the same on every architecture the shim builds for).
+_O_ACCMODE = 0o3
+_O_WRITE_FLAGS = 0o100 | 0o1000 | 0o2000  # O_CREAT, O_TRUNC, O_APPEND
 
 _PRIVILEGE_KINDS = frozenset({RecordKind.CREDENTIALS, RecordKind.PTRACE, RecordKind.PRCTL, RecordKind.MEMFD})
 
@@ -88,6 +94,22 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         res.function = "getaddrinfo"
     elif record.kind in _PRIVILEGE_KINDS:
         _fill_privilege(event, record)
+    elif record.kind == RecordKind.FILE_OPEN:
+        f = event.file
+        f.SetInParent()
+        f.path = record.path or ""
+        f.flags = record.file_flags or 0
+        f.mode = record.file_mode or 0
+        f.write = bool(f.flags & _O_ACCMODE or f.flags & _O_WRITE_FLAGS)
+        f.function = record.function or ""
+    elif record.kind == RecordKind.FILE_CHANGE:
+        ch = event.file_change
+        ch.SetInParent()
+        if record.change is not None:
+            ch.change = common_pb2.FileChangeKind.ValueType(int(record.change))
+        ch.path = record.path or ""
+        ch.new_path = record.new_path or ""
+        ch.mode = record.file_mode or 0
     return event
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "VERSION",
     "ExecVariant",
     "FieldTag",
+    "FileChange",
     "Record",
     "RecordError",
     "RecordFlag",
@@ -65,6 +66,8 @@ class RecordKind(enum.IntEnum):
     ACCEPT = 7
     SEND = 8
     RESOLVE = 9
+    FILE_OPEN = 10
+    FILE_CHANGE = 11
     CREDENTIALS = 12
     PTRACE = 13
     PRCTL = 14
@@ -106,6 +109,10 @@ class FieldTag(enum.IntEnum):
     ARGUMENT = 21
     MEMFD_NAME = 22
     MEMFD_FLAGS = 23
+    FILE_FLAGS = 24
+    FILE_MODE = 25
+    CHANGE = 26
+    NEW_PATH = 27
 
 
 class ExecVariant(enum.IntEnum):
@@ -122,6 +129,14 @@ class ExecVariant(enum.IntEnum):
     EXECVEAT = 9
     POSIX_SPAWN = 10
     POSIX_SPAWNP = 11
+
+
+class FileChange(enum.IntEnum):
+    """What a FILE_CHANGE record says happened to a file."""
+
+    CHMOD = 1
+    RENAME = 2
+    UNLINK = 3
 
 
 class RecordError(ValueError):
@@ -189,10 +204,15 @@ class Record:
     argument: int | None = None
     memfd_name: str | None = None
     memfd_flags: int | None = None
+    file_flags: int | None = None
+    file_mode: int | None = None
+    change: FileChange | None = None
+    new_path: str | None = None
 
 
 _KINDS: Final[dict[int, RecordKind]] = {k.value: k for k in RecordKind}
 _VARIANTS: Final[dict[int, ExecVariant]] = {v.value: v for v in ExecVariant}
+_CHANGES: Final[dict[int, FileChange]] = {c.value: c for c in FileChange}
 # RecordFlag(n) costs about a microsecond; the known combinations are looked up instead.
 _FLAG_VALUES: Final = tuple(RecordFlag(i) for i in range(16))
 
@@ -269,6 +289,10 @@ class _RecordBuilder:
         self.argument: int | None = None
         self.memfd_name: str | None = None
         self.memfd_flags: int | None = None
+        self.file_flags: int | None = None
+        self.file_mode: int | None = None
+        self.change: FileChange | None = None
+        self.new_path: str | None = None
 
     def build(self) -> Record:
         self.__class__ = Record  # type: ignore[assignment]
@@ -420,6 +444,28 @@ def _memfd_flags(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None
     (r.memfd_flags,) = _U32.unpack_from(mv, off)
 
 
+def _file_flags(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.FILE_FLAGS, flen, 4)
+    (r.file_flags,) = _I32.unpack_from(mv, off)
+
+
+def _file_mode(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.FILE_MODE, flen, 4)
+    (r.file_mode,) = _U32.unpack_from(mv, off)
+
+
+def _change(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.CHANGE, flen, 1)
+    change = _CHANGES.get(mv[off])
+    if change is None:
+        raise RecordError("bad_field", f"unknown file change {mv[off]}")
+    r.change = change
+
+
+def _new_path(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.new_path = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
 _NAME_MAX: Final = 256
 _ADDRESSES_MAX: Final = 1024
 _FUNCTION_MAX: Final = 16
@@ -450,6 +496,10 @@ _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.ARGUMENT: _argument,
     FieldTag.MEMFD_NAME: _memfd_name,
     FieldTag.MEMFD_FLAGS: _memfd_flags,
+    FieldTag.FILE_FLAGS: _file_flags,
+    FieldTag.FILE_MODE: _file_mode,
+    FieldTag.CHANGE: _change,
+    FieldTag.NEW_PATH: _new_path,
 }
 # Decoded addresses, shared (SockAddr is immutable): REPEAT summaries and busy services send the
 # same few addresses over and over.

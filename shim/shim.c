@@ -148,6 +148,7 @@ static void configure(void)
     hooks_net_resolve();
     hooks_proc_resolve();
     hooks_priv_resolve();
+    hooks_file_resolve();
     __atomic_store_n(&shim_cached_pid, (int)getpid(), __ATOMIC_RELAXED);
     const char *sock = getenv("TELLTALE_SOCKET");
     if (sock == NULL || *sock == '\0' || !report_configure(sock))

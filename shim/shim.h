@@ -50,6 +50,8 @@ enum rec_kind {
     KIND_ACCEPT = 7,
     KIND_SEND = 8,
     KIND_RESOLVE = 9,
+    KIND_FILE_OPEN = 10,
+    KIND_FILE_CHANGE = 11,
     KIND_CREDENTIALS = 12,
     KIND_PTRACE = 13,
     KIND_PRCTL = 14,
@@ -87,6 +89,16 @@ enum rec_tag {
     TAG_ARGUMENT = 21,
     TAG_MEMFD_NAME = 22,
     TAG_MEMFD_FLAGS = 23,
+    TAG_FILE_FLAGS = 24,
+    TAG_FILE_MODE = 25,
+    TAG_CHANGE = 26,
+    TAG_NEW_PATH = 27,
+};
+
+enum file_change {
+    CHANGE_CHMOD = 1,
+    CHANGE_RENAME = 2,
+    CHANGE_UNLINK = 3,
 };
 
 enum exec_variant {
@@ -153,6 +165,7 @@ enum {
 void hooks_net_resolve(void);
 void hooks_proc_resolve(void);
 void hooks_priv_resolve(void);
+void hooks_file_resolve(void);
 
 /* Stores dlsym(RTLD_NEXT, name) into *slot; returns 0 if the symbol does not exist. errno is
  * preserved. */

@@ -26,6 +26,7 @@ import pytest
 from telltale._native import shim_path
 from telltale.nodeagent.records import (
     ExecVariant,
+    FileChange,
     Record,
     RecordError,
     RecordFlag,
@@ -70,6 +71,19 @@ HOOKS = {
     "ptrace",
     "prctl",
     "memfd_create",
+    "open",
+    "open64",
+    "openat",
+    "openat64",
+    "creat",
+    "fopen",
+    "fopen64",
+    "chmod",
+    "fchmodat",
+    "rename",
+    "renameat",
+    "unlink",
+    "unlinkat",
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
@@ -547,6 +561,41 @@ def test_prctl_and_memfd_are_reported(agent: Agent, programs: dict[str, Path], t
     assert (memfd.memfd_name, memfd.memfd_flags, memfd.result) == ("x", 1, (fd, 0))  # MFD_CLOEXEC
     assert header(repeat) == (RecordKind.PRCTL, RecordFlag.REPEAT, 1, 4, 0)
     assert (repeat.option, repeat.argument) == (4, 1)
+
+
+
+def test_sensitive_file_open_is_reported_once(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """Reading /etc/hostname twice is one FILE_OPEN and a repeat; creating a file under the
+    temporary directory is not reported."""
+    res = run(programs["file_open"], str(tmp_path), "open", env=shim_env(agent.path), cwd=tmp_path)
+    fd = int(res.stdout)
+    start, opened, repeat = agent.records()
+    assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
+    assert header(opened) == (RecordKind.FILE_OPEN, NO_FLAGS, 1, 2, 0)
+    assert (opened.path, opened.function, opened.result) == ("/etc/hostname", "open", (fd, 0))
+    assert opened.file_flags == os.O_RDONLY | os.O_CLOEXEC
+    assert opened.file_mode is None  # not a creating open
+    assert header(repeat) == (RecordKind.FILE_OPEN, RecordFlag.REPEAT, 1, 3, 0)
+    assert repeat.path == "/etc/hostname"
+
+
+def test_fopen_of_a_sensitive_file_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """glibc's fopen does not go through the public open: it has its own hook."""
+    res = run(programs["file_open"], str(tmp_path), "fopen", env=shim_env(agent.path), cwd=tmp_path)
+    start, opened = agent.records()
+    assert header(opened) == (RecordKind.FILE_OPEN, NO_FLAGS, 1, 2, 0)
+    assert (opened.path, opened.function, opened.file_flags) == ("/etc/hostname", "fopen", os.O_RDONLY)
+    assert opened.result == (int(res.stdout), 0)
+
+
+def test_risky_chmod_is_reported_anywhere(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """chmod adding world-write is reported whatever the path; a plain chmod, and a rename and
+    unlink outside the sensitive paths, are not."""
+    run(programs["file_change"], str(tmp_path), env=shim_env(agent.path), cwd=tmp_path)
+    start, changed = agent.records()
+    assert header(changed) == (RecordKind.FILE_CHANGE, NO_FLAGS, 1, 2, 0)
+    assert (changed.change, changed.path, changed.new_path) == (FileChange.CHMOD, f"{tmp_path}/f", None)
+    assert (changed.file_mode, changed.result) == (0o602, (0, 0))
 
 
 EXEC_CASES = {
