@@ -42,6 +42,7 @@ _SOCKET_KINDS = frozenset(
 _O_ACCMODE = 0o3
 _O_WRITE_FLAGS = 0o100 | 0o1000 | 0o2000  # O_CREAT, O_TRUNC, O_APPEND
 
+_FILE_KINDS = frozenset({RecordKind.FILE_OPEN, RecordKind.FILE_CHANGE})
 _PRIVILEGE_KINDS = frozenset({RecordKind.CREDENTIALS, RecordKind.PTRACE, RecordKind.PRCTL, RecordKind.MEMFD})
 
 
@@ -94,7 +95,14 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         res.function = "getaddrinfo"
     elif record.kind in _PRIVILEGE_KINDS:
         _fill_privilege(event, record)
-    elif record.kind == RecordKind.FILE_OPEN:
+    elif record.kind in _FILE_KINDS:
+        _fill_file(event, record)
+    return event
+
+
+def _fill_file(event: common_pb2.Event, record: Record) -> None:
+    """The detail of a FILE_OPEN or FILE_CHANGE record (set even when all zero)."""
+    if record.kind == RecordKind.FILE_OPEN:
         f = event.file
         f.SetInParent()
         f.path = record.path or ""
@@ -102,7 +110,7 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         f.mode = record.file_mode or 0
         f.write = bool(f.flags & _O_ACCMODE or f.flags & _O_WRITE_FLAGS)
         f.function = record.function or ""
-    elif record.kind == RecordKind.FILE_CHANGE:
+    else:
         ch = event.file_change
         ch.SetInParent()
         if record.change is not None:
@@ -110,7 +118,6 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         ch.path = record.path or ""
         ch.new_path = record.new_path or ""
         ch.mode = record.file_mode or 0
-    return event
 
 
 def _fill_privilege(event: common_pb2.Event, record: Record) -> None:

@@ -563,8 +563,9 @@ def test_prctl_and_memfd_are_reported(agent: Agent, programs: dict[str, Path], t
     assert (repeat.option, repeat.argument) == (4, 1)
 
 
-
-def test_sensitive_file_open_is_reported_once(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+def test_sensitive_file_open_is_reported_once(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
     """Reading /etc/hostname twice is one FILE_OPEN and a repeat; creating a file under the
     temporary directory is not reported."""
     res = run(programs["file_open"], str(tmp_path), "open", env=shim_env(agent.path), cwd=tmp_path)
@@ -579,10 +580,12 @@ def test_sensitive_file_open_is_reported_once(agent: Agent, programs: dict[str, 
     assert repeat.path == "/etc/hostname"
 
 
-def test_fopen_of_a_sensitive_file_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+def test_fopen_of_a_sensitive_file_is_reported(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
     """glibc's fopen does not go through the public open: it has its own hook."""
     res = run(programs["file_open"], str(tmp_path), "fopen", env=shim_env(agent.path), cwd=tmp_path)
-    start, opened = agent.records()
+    _start, opened = agent.records()
     assert header(opened) == (RecordKind.FILE_OPEN, NO_FLAGS, 1, 2, 0)
     assert (opened.path, opened.function, opened.file_flags) == ("/etc/hostname", "fopen", os.O_RDONLY)
     assert opened.result == (int(res.stdout), 0)
@@ -592,7 +595,7 @@ def test_risky_chmod_is_reported_anywhere(agent: Agent, programs: dict[str, Path
     """chmod adding world-write is reported whatever the path; a plain chmod, and a rename and
     unlink outside the sensitive paths, are not."""
     run(programs["file_change"], str(tmp_path), env=shim_env(agent.path), cwd=tmp_path)
-    start, changed = agent.records()
+    _start, changed = agent.records()
     assert header(changed) == (RecordKind.FILE_CHANGE, NO_FLAGS, 1, 2, 0)
     assert (changed.change, changed.path, changed.new_path) == (FileChange.CHMOD, f"{tmp_path}/f", None)
     assert (changed.file_mode, changed.result) == (0o602, (0, 0))

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
 import pytest
 
 from telltale.nodeagent.convert import to_event
-from telltale.nodeagent.records import ExecVariant, Record, RecordFlag, RecordKind, decode_sockaddr
+from telltale.nodeagent.records import (
+    ExecVariant,
+    FileChange,
+    Record,
+    RecordFlag,
+    RecordKind,
+    decode_sockaddr,
+)
 from telltale.v1 import common_pb2
 
 T0 = 1_750_000_000_123_456_789
@@ -55,6 +63,8 @@ def sockaddr_un(path: bytes) -> bytes:
         (RecordKind.PTRACE, common_pb2.EVENT_KIND_PTRACE),
         (RecordKind.PRCTL, common_pb2.EVENT_KIND_PRCTL),
         (RecordKind.MEMFD, common_pb2.EVENT_KIND_MEMFD),
+        (RecordKind.FILE_OPEN, common_pb2.EVENT_KIND_FILE_OPEN),
+        (RecordKind.FILE_CHANGE, common_pb2.EVENT_KIND_FILE_CHANGE),
     ],
 )
 def test_each_record_kind_maps_to_its_event_kind(kind: RecordKind, expected: int) -> None:
@@ -221,6 +231,53 @@ def test_memfd_carries_name_and_flags() -> None:
     assert (event.memfd.name, event.memfd.flags) == ("payload", 1)
     empty = to_event(rec(RecordKind.MEMFD), "w", None)
     assert empty.WhichOneof("detail") == "memfd"
+
+
+@pytest.mark.parametrize(
+    ("flags", "write"),
+    [
+        (os.O_RDONLY, False),
+        (os.O_RDONLY | os.O_CLOEXEC, False),
+        (os.O_WRONLY, True),
+        (os.O_RDWR, True),
+        (os.O_RDONLY | os.O_CREAT, True),
+        (os.O_RDONLY | os.O_TRUNC, True),
+        (os.O_RDONLY | os.O_APPEND, True),
+    ],
+)
+def test_file_open_carries_path_flags_mode_and_write(flags: int, write: bool) -> None:
+    record = rec(
+        RecordKind.FILE_OPEN,
+        path="/etc/shadow",
+        file_flags=flags,
+        file_mode=0o600,
+        function="openat",
+        result=(3, 0),
+    )
+    event = to_event(record, "w", None)
+    assert event.WhichOneof("detail") == "file"
+    f = event.file
+    assert (f.path, f.flags, f.mode, f.write, f.function) == ("/etc/shadow", flags, 0o600, write, "openat")
+    assert (event.result.known, event.result.return_value) == (True, 3)
+
+
+def test_file_change_carries_change_paths_and_mode() -> None:
+    event = to_event(
+        rec(RecordKind.FILE_CHANGE, change=FileChange.RENAME, path="/a", new_path="/etc/b"), "w", None
+    )
+    assert event.WhichOneof("detail") == "file_change"
+    ch = event.file_change
+    assert (ch.change, ch.path, ch.new_path, ch.mode) == (
+        common_pb2.FILE_CHANGE_KIND_RENAME,
+        "/a",
+        "/etc/b",
+        0,
+    )
+    chmod = to_event(
+        rec(RecordKind.FILE_CHANGE, change=FileChange.CHMOD, path="/x", file_mode=0o4755), "w", None
+    )
+    assert (chmod.file_change.change, chmod.file_change.mode) == (common_pb2.FILE_CHANGE_KIND_CHMOD, 0o4755)
+    assert to_event(rec(RecordKind.FILE_CHANGE), "w", None).WhichOneof("detail") == "file_change"
 
 
 def test_failed_resolve_has_no_addresses() -> None:
