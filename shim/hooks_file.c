@@ -231,14 +231,7 @@ static void file_report(const struct file_call *c)
             rec_put_bytes(&r, TAG_NEW_PATH, c->new_path, c->new_len, PATH_FIELD_MAX);
     }
 
-    if (foreign) {
-        report_send_detached(buf, r.len);
-    } else {
-        shim_before_record();
-        report_send(buf, r.len);
-        if (slot >= 0)
-            dedup_store(slot, buf, r.len);
-    }
+    report_first(buf, r.len, foreign, slot);
 out:
     pthread_setcancelstate(cancel, NULL);
 }

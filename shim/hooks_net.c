@@ -93,19 +93,6 @@ static int first_claim(uint64_t key, int *pid, int *slot, unsigned *flags, int *
     return 1;
 }
 
-/* Sends a first record and stores it in its claimed slot. */
-static void first_send(uint8_t *buf, size_t len, int foreign, int slot)
-{
-    if (foreign) {
-        report_send_detached(buf, len);
-    } else {
-        shim_before_record();
-        report_send(buf, len);
-        if (slot >= 0)
-            dedup_store(slot, buf, len);
-    }
-}
-
 /* First occurrence (or dedup unavailable): build, send, and store the record. */
 static __attribute__((noinline)) void net_first(const struct net_call *c, uint64_t key)
 {
@@ -132,7 +119,7 @@ static __attribute__((noinline)) void net_first(const struct net_call *c, uint64
             rec_put_i32(&r, TAG_BACKLOG, c->backlog);
         if (c->alen)
             rec_put(&r, TAG_SOCKADDR, c->addr, c->alen);
-        first_send(buf, r.len, foreign, slot);
+        report_first(buf, r.len, foreign, slot);
     }
     pthread_setcancelstate(cancel, NULL);
 }
@@ -404,7 +391,7 @@ static __attribute__((noinline)) void resolve_first(uint64_t key, const char *no
         rec_put_bytes(&r, TAG_NAME, node, nlen, NAME_MAX_FIELD);
         if (ret == 0)
             rec_put_bytes(&r, TAG_ADDRESSES, addrs, used, ADDRESSES_MAX);
-        first_send(buf, r.len, foreign, slot);
+        report_first(buf, r.len, foreign, slot);
     }
     pthread_setcancelstate(cancel, NULL);
 }

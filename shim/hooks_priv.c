@@ -160,14 +160,7 @@ static __attribute__((noinline)) void priv_report(const struct priv_call *c)
         break;
     }
 
-    if (foreign) {
-        report_send_detached(buf, r.len);
-    } else {
-        shim_before_record();
-        report_send(buf, r.len);
-        if (slot >= 0)
-            dedup_store(slot, buf, r.len);
-    }
+    report_first(buf, r.len, foreign, slot);
 out:
     pthread_setcancelstate(cancel, NULL);
 }

@@ -96,14 +96,7 @@ static void exec_report(const struct exec_event *e, int before_exec)
         rec_put_bytes(&r, TAG_PATH, e->path, e->path_len, PATH_FIELD_MAX);
     rec_put_argv(&r, e->argv); /* last: it takes whatever room is left */
 
-    if (foreign) {
-        report_send_detached(buf, r.len);
-    } else {
-        shim_before_record();
-        report_send(buf, r.len);
-        if (slot >= 0)
-            dedup_store(slot, buf, r.len);
-    }
+    report_first(buf, r.len, foreign, slot);
 out:
     if (before_exec && !foreign)
         dedup_flush();

@@ -236,3 +236,15 @@ void report_reset_child(void)
     __atomic_store_n(&seq_counter, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&dropped_counter, 0, __ATOMIC_RELAXED);
 }
+
+void report_first(uint8_t *buf, size_t len, int foreign, int slot)
+{
+    if (foreign) {
+        report_send_detached(buf, len);
+        return;
+    }
+    shim_before_record();
+    report_send(buf, len);
+    if (slot >= 0)
+        dedup_store(slot, buf, len);
+}

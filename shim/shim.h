@@ -329,6 +329,10 @@ int report_send(uint8_t *buf, size_t len);
 /* For a process that shares our memory (vfork child): sends with seq 0 and dropped 0, over the
  * existing connection if it is still ours or over a temporary one; touches no shared state. */
 void report_send_detached(uint8_t *buf, size_t len);
+/* Sends a first occurrence: detached for a process sharing our memory (`foreign`), else after
+ * any pending start record, keeping a copy in its claimed dedup `slot` (-1: none) for repeat
+ * summaries. */
+void report_first(uint8_t *buf, size_t len, int foreign, int slot);
 /* Fork child: closes the inherited connection and resets counters. */
 void report_reset_child(void);
 
