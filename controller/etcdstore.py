@@ -56,6 +56,16 @@ class EtcdStore:
     def _generation_put(self) -> object:
         return self._client.transactions.put(self._generation_key(), b"")
 
+    def _policy_puts(self, policy: policy_pb2.Policy) -> list[object]:
+        """The writes of one policy revision: the current copy, its history entry, the generation."""
+        data = policy.SerializeToString()
+        put = self._client.transactions.put
+        return [
+            put(self._policy_key(policy.name), data),
+            put(self._history_key(policy.name, policy.revision), data),
+            self._generation_put(),
+        ]
+
     def _history_clearing(self, name: str, keep: int) -> list[object]:
         """Deletes of every history key of `name` but revision `keep`'s, which the caller writes.
 
@@ -113,15 +123,8 @@ class EtcdStore:
             else:
                 policy = with_revision(builtin, 1)
                 compare = [txn.create(key) == 0]
-            data = policy.SerializeToString()
             ok, _ = await self._client.transaction(
-                compare=compare,
-                success=[
-                    txn.put(key, data),
-                    txn.put(self._history_key(policy.name, policy.revision), data),
-                    self._generation_put(),
-                ],
-                failure=[],
+                compare=compare, success=self._policy_puts(policy), failure=[]
             )
             if ok:
                 written.append(policy.name)
@@ -134,17 +137,9 @@ class EtcdStore:
         return written
 
     async def create_policy(self, policy: policy_pb2.Policy) -> int:
-        key = self._policy_key(policy.name)
-        data = policy.SerializeToString()
-        txn = self._client.transactions
         ok, responses = await self._client.transaction(
-            compare=[txn.create(key) == 0],
-            success=[
-                txn.put(key, data),
-                txn.put(self._history_key(policy.name, policy.revision), data),
-                self._generation_put(),
-                *self._history_clearing(policy.name, policy.revision),
-            ],
+            compare=[self._expect(self._policy_key(policy.name), 0)],
+            success=[*self._policy_puts(policy), *self._history_clearing(policy.name, policy.revision)],
             failure=[],
         )
         if not ok:
@@ -152,16 +147,9 @@ class EtcdStore:
         return int(responses[0].response_put.header.revision)
 
     async def update_policy(self, policy: policy_pb2.Policy, expected_mod_revision: int) -> int:
-        key = self._policy_key(policy.name)
-        data = policy.SerializeToString()
-        txn = self._client.transactions
         ok, responses = await self._client.transaction(
-            compare=[txn.mod(key) == expected_mod_revision],
-            success=[
-                txn.put(key, data),
-                txn.put(self._history_key(policy.name, policy.revision), data),
-                self._generation_put(),
-            ],
+            compare=[self._client.transactions.mod(self._policy_key(policy.name)) == expected_mod_revision],
+            success=self._policy_puts(policy),
             failure=[],
         )
         if not ok:
