@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from telltale.controller.errors import Unavailable
 from telltale.controller.store import MAX_BATCH_ALERTS, Conflict, Store, Versioned
-from telltale.engine.alerts import merge
+from telltale.engine.alerts import coalesce, merge
 from telltale.engine.evaluate import Finding, PolicySet
 from telltale.v1 import agent_pb2, alert_pb2, common_pb2, inventory_pb2
 
@@ -97,12 +97,16 @@ async def _merged(
     store: Store, fingerprint: str, group: Group, node_id: str, now_ns: int
 ) -> tuple[alert_pb2.Alert, int]:
     current = await store.get_alert(fingerprint)
-    alert = current.value if current is not None else None
-    for finding, event, workload in group:
-        alert = merge(
-            alert, finding, node_id=node_id, sample_event=event, sample_workload=workload, now_ns=now_ns
-        )
-    assert alert is not None
+    # The group is one fingerprint: coalescing sums it into one finding, merged once.
+    [(finding, (event, workload))] = coalesce((f, (e, w)) for f, e, w in group)
+    alert = merge(
+        current.value if current is not None else None,
+        finding,
+        node_id=node_id,
+        sample_event=event,
+        sample_workload=workload,
+        now_ns=now_ns,
+    )
     return alert, current.mod_revision if current is not None else 0
 
 
