@@ -3,19 +3,21 @@ failover and heartbeats. Time is trio's autojump clock, so backoffs and interval
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 import signal
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from helpers import eventually as poll_until
 
 import telltale
 from telltale.nodeagent import identity
@@ -28,6 +30,7 @@ from telltale.v1 import agent_pb2, common_pb2
 SHOP = common_pb2.Workload(id="w-shop", application="shop")
 CTL_A, CTL_B = "127.0.0.1:7001", "127.0.0.1:7002"  # never dialled: the connector is in memory
 DEADLINE_S = 60.0  # virtual seconds under the autojump clock
+eventually = functools.partial(poll_until, within=DEADLINE_S)
 
 
 @pytest.fixture
@@ -71,16 +74,6 @@ def add_batch(agent: Agent, pid: int) -> None:
 
 def pids(batches: Sequence[agent_pb2.EventBatch]) -> list[int]:
     return [e.process.pid for b in batches for e in b.events]
-
-
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Poll `predicate` until it holds, for at most DEADLINE_S (virtual) seconds."""
-    deadline = trio.current_time() + DEADLINE_S
-    while trio.current_time() < deadline:
-        if predicate():
-            return
-        await trio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @trio.testing.trio_test

@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from helpers import eventually
 
 from telltale.nodeagent import workload as descriptor
 from telltale.nodeagent.batcher import U64_MAX, Counters
@@ -168,16 +168,6 @@ async def start_intake(
     intake = Intake(harness.path, collect, harness.counters, harness.workloads, **options)
     await nursery.start(intake.run)
     return harness
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Poll `predicate` until it holds; fail after `within` seconds."""
-    deadline = trio.current_time() + within
-    while trio.current_time() < deadline:
-        if predicate():
-            return
-        await trio.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @trio.testing.trio_test
