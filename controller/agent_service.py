@@ -202,6 +202,7 @@ class _Session:
                 node.last_seen.GetCurrentTime()
                 node.spooled_batches = beat.spooled_batches
                 node.dropped_batches = beat.dropped_batches
+                node.enforcement.CopyFrom(beat.enforcement)
 
             await self._update_node(heartbeat)
         elif which == "policy_applied":

@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
 from telltale.controller.store import PolicyState, Store
 from telltale.engine import policy as policy_model
 from telltale.engine.countries import NO_COUNTRIES, CountryLookup
+from telltale.engine.enforcement import block_plan
 from telltale.engine.evaluate import PolicySet
 from telltale.v1 import agent_pb2, policy_pb2
 
@@ -31,6 +33,7 @@ class PolicyView:
         self._countries = countries
         self.state = PolicyState({}, "", {}, 0)
         self._policy_set: PolicySet | None = None
+        self._update: agent_pb2.PolicyUpdate | None = None
         self.changed = asyncio.Condition()
 
     @property
@@ -54,7 +57,7 @@ class PolicyView:
         state = await self._store.policy_state()
         try:
             policies = {name: policy_model.from_proto(pb) for name, pb in state.policies.items()}
-            self._policy_set = PolicySet(
+            policy_set = PolicySet(
                 policies, state.default_policy, state.assignments, countries=self._countries
             )
         except (ValueError, policy_model.PolicyValidationError) as exc:
@@ -62,7 +65,11 @@ class PolicyView:
                 raise ValueError(f"unusable policy state at revision {state.revision}: {exc}") from exc
             log.error("ignoring unusable policy state at revision %d: %s", state.revision, exc)
             return
+        # Block plans can read a whole country database through the first time: not on the loop.
+        enforcement = await asyncio.to_thread(_enforcement, policies, self._countries, time.time_ns())
+        self._policy_set = policy_set
         self.state = state
+        self._update = _update_message(state, enforcement)
         async with self.changed:
             self.changed.notify_all()
         log.info(
@@ -97,14 +104,36 @@ class PolicyView:
                     await self.load()
 
     def update_message(self) -> agent_pb2.PolicyUpdate:
-        """The PolicyUpdate agents receive for the current state."""
-        state = self.state
-        return agent_pb2.PolicyUpdate(
-            revision=state.revision,
-            policies=[state.policies[name] for name in sorted(state.policies)],
-            default_policy=state.default_policy,
-            assignments=[
-                policy_pb2.PolicyAssignment(application=app, component=comp, policy=name)
-                for (app, comp), name in sorted(state.assignments.items())
-            ],
-        )
+        """The PolicyUpdate agents receive for the current state (one shared message: do not modify)."""
+        if self._update is None:
+            raise RuntimeError("policy state not loaded yet")
+        return self._update
+
+
+def _enforcement(
+    policies: dict[str, policy_model.Policy], countries: CountryLookup, now_ns: int
+) -> list[agent_pb2.PolicyEnforcement]:
+    """The block plan of every policy that has one."""
+    plans = []
+    for name in sorted(policies):
+        plan = block_plan(policies[name], countries, now_ns)
+        if plan.networks or plan.unenforced:
+            plans.append(
+                agent_pb2.PolicyEnforcement(policy=name, networks=plan.networks, unenforced=plan.unenforced)
+            )
+    return plans
+
+
+def _update_message(
+    state: PolicyState, enforcement: list[agent_pb2.PolicyEnforcement]
+) -> agent_pb2.PolicyUpdate:
+    return agent_pb2.PolicyUpdate(
+        revision=state.revision,
+        policies=[state.policies[name] for name in sorted(state.policies)],
+        default_policy=state.default_policy,
+        assignments=[
+            policy_pb2.PolicyAssignment(application=app, component=comp, policy=name)
+            for (app, comp), name in sorted(state.assignments.items())
+        ],
+        enforcement=enforcement,
+    )

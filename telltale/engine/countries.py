@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["NO_COUNTRIES", "CountryLookup", "NoCountries"]
+__all__ = ["NO_COUNTRIES", "CountryLookup", "CountryNetworks", "NoCountries"]
 
 
 @runtime_checkable
@@ -27,6 +27,20 @@ class CountryLookup(Protocol):
         ...
 
 
+@runtime_checkable
+class CountryNetworks(Protocol):
+    """A lookup that can also list the networks of a country, so that agents can block them.
+
+    Implementations may do work on the first call for a country (reading a database through) and
+    must answer later calls from memory.
+    """
+
+    def networks(self, code: str) -> tuple[tuple[str, ...], bool]:
+        """The networks (CIDR notation) placed in country ``code``, and whether that list is
+        complete (False when some of the data answers single addresses only and cannot be listed)."""
+        ...
+
+
 class NoCountries:
     """A lookup that knows no country: every address maps to None."""
 
@@ -36,6 +50,11 @@ class NoCountries:
         """Always None."""
         del address
         return None
+
+    def networks(self, code: str) -> tuple[tuple[str, ...], bool]:
+        """Nothing, and complete: this lookup places no address anywhere."""
+        del code
+        return (), True
 
     def __repr__(self) -> str:
         return "NoCountries()"

@@ -18,6 +18,7 @@ from hashlib import blake2b
 from types import MappingProxyType
 from typing import NamedTuple
 
+from telltale.engine.assignment import policy_name_for
 from telltale.engine.catalog import CATALOG, AlertTypeSpec
 from telltale.engine.checkbase import globs
 from telltale.engine.checks import CHECKS, NODE_CHECKS, Check, Context, Hit, NodeCheck
@@ -364,24 +365,9 @@ class PolicySet:
         self._compiled: dict[str, CompiledPolicy] = {}
 
     def name_for(self, workload: common_pb2.Workload) -> str:
-        """The name of the policy that applies to ``workload``.
-
-        In order: the workload's ``policy_override`` if it names a known policy, the assignment
-        of its (application, component), the assignment of its application, the default. An
-        assignment naming an unknown policy is skipped.
-        """
-        policies = self.policies
-        if workload.policy_override in policies:
-            return workload.policy_override
-        assignments = self.assignments
-        if workload.component:
-            name = assignments.get((workload.application, workload.component))
-            if name is not None and name in policies:
-                return name
-        name = assignments.get((workload.application, ""))
-        if name is not None and name in policies:
-            return name
-        return self.default
+        """The name of the policy that applies to ``workload`` (see
+        :func:`telltale.engine.assignment.policy_name_for`)."""
+        return policy_name_for(workload, self.policies, self.default, self.assignments)
 
     def policy_for(self, workload: common_pb2.Workload) -> CompiledPolicy:
         """The compiled policy that applies to ``workload`` (see :meth:`name_for`)."""

@@ -32,7 +32,7 @@ import iptocc
 import maxminddb
 import yaml
 
-from telltale.engine.countries import NO_COUNTRIES, CountryLookup
+from telltale.engine.countries import NO_COUNTRIES, CountryLookup, CountryNetworks
 from telltale.engine.params import country_code
 
 __all__ = [
@@ -89,6 +89,11 @@ class OfflineCountries:
         code = self._lookup(public)
         return code.upper() if code else None
 
+    def networks(self, code: str) -> tuple[tuple[str, ...], bool]:
+        """Nothing, incomplete: the offline data answers single addresses and cannot be listed."""
+        del code
+        return (), False
+
     def __repr__(self) -> str:
         return "OfflineCountries()"
 
@@ -113,11 +118,12 @@ class MaxMindCountries:
     it is not a MaxMind database. Call :meth:`close` (or use ``with``) to release it.
     """
 
-    __slots__ = ("_reader", "path")
+    __slots__ = ("_by_country", "_reader", "path")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._reader = maxminddb.open_database(str(self.path))
+        self._by_country: dict[str, tuple[str, ...]] | None = None
 
     def country(self, address: str) -> str | None:
         """The country code of a public ``address``; None for others and unknown ones."""
@@ -129,6 +135,23 @@ class MaxMindCountries:
         except ValueError:  # an IPv6 address asked of an IPv4-only database
             return None
         return _iso_code(record)
+
+    def networks(self, code: str) -> tuple[tuple[str, ...], bool]:
+        """Every public network the database places in ``code``, merged; complete.
+
+        The first call reads the whole database through once (seconds for a full country
+        database) and keeps the networks of every country; later calls answer from memory.
+        """
+        if self._by_country is None:
+            found: dict[str, list[_Network]] = {}
+            for network, record in self._reader:
+                country = _iso_code(record)
+                if country is not None and network.is_global:
+                    found.setdefault(country, []).append(network)
+            self._by_country = {
+                country: tuple(str(n) for n in _collapse(networks)) for country, networks in found.items()
+            }
+        return self._by_country.get(code.upper(), ()), True
 
     def close(self) -> None:
         """Release the database."""
@@ -195,8 +218,25 @@ class OverrideCountries:
                 return code
         return self._fallback.country(address)
 
+    def networks(self, code: str) -> tuple[tuple[str, ...], bool]:
+        """The listed networks of ``code`` with the fallback's; complete when the fallback's are."""
+        code = code.upper()
+        listed = [network for network, listed_code in self._networks if listed_code == code]
+        more, complete = (
+            self._fallback.networks(code) if isinstance(self._fallback, CountryNetworks) else ((), False)
+        )
+        merged = _collapse([*listed, *(ipaddress.ip_network(n) for n in more)])
+        return tuple(str(n) for n in merged), complete
+
     def __repr__(self) -> str:
         return f"OverrideCountries({len(self._networks)} networks, fallback={self._fallback!r})"
+
+
+def _collapse(networks: list[_Network]) -> list[_Network]:
+    """``networks`` merged where they touch or overlap: IPv4 first, then IPv6."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
 
 
 def _read_csv(text: str) -> dict[str, str]:

@@ -606,6 +606,17 @@ def test_every_change_reaches_the_policy_view_agents_are_served_from() -> None:
                 api.policies.UnassignPolicy(policy_pb2.UnassignPolicyRequest(application="shop"))
             )
             assert list(update.assignments) == []
+            blocking = (
+                "apiVersion: telltale.dev/v1\nkind: AlertPolicy\nmetadata:\n  name: Fence\nspec:\n  rules:\n"
+                "    network.blocklisted_destination:\n      action: block\n"
+                "      params:\n        networks: [198.51.100.0/25, 198.51.100.128/25]\n"
+            )
+            update = await pushed(
+                api.policies.CreatePolicy(policy_pb2.CreatePolicyRequest(document=blocking))
+            )
+            assert [(e.policy, list(e.networks)) for e in update.enforcement] == [
+                ("Fence", ["198.51.100.0/24"])
+            ], "a policy with a block rule comes with the networks agents refuse"
             await pushed(api.policies.SetDefaultPolicy(policy_pb2.SetDefaultPolicyRequest(name="Standard")))
             update = await pushed(delete(api, "Mine"))
             assert "Mine" not in {p.name for p in update.policies}
