@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml setup.py $(wildcard proto/telltale/v1/*.proto) $(wildcard shim/*.c shim/*.h shim/shim.map shim/Makefile)
+$(STAMP): pyproject.toml setup.py $(wildcard proto/telltale/v1/*.proto) $(wildcard shim/*.c shim/*.h shim/shim.map shim/Makefile) $(wildcard native/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -1,4 +1,5 @@
-"""Build hooks: generate the telltale.v1 protobuf/gRPC code and compile the shim.
+"""Build hooks: generate the telltale.v1 protobuf/gRPC code and compile the shim; declare the
+agent's native record decoder (telltale._native._records, from native/recordsmodule.c).
 
 Both are produced in the source tree (telltale/v1/ and telltale/_native/) before the normal
 build_py step, so a regular install copies them and an editable install finds them in place.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from setuptools import Distribution, setup
+from setuptools import Distribution, Extension, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -68,6 +69,13 @@ class BuildPy(build_py):
         super().run()
 
 
+RECORDS_EXT = Extension(
+    "telltale._native._records",
+    sources=["native/recordsmodule.c"],
+    extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"],
+)
+
+
 class BinaryDistribution(Distribution):
     """The wheel carries a compiled shim, so it is platform specific."""
 
@@ -78,4 +86,4 @@ class BinaryDistribution(Distribution):
 if __name__ == "__main__":
     # egg_info needs every listed package directory to exist before build_py generates its content.
     GENERATED.mkdir(parents=True, exist_ok=True)
-    setup(cmdclass={"build_py": BuildPy}, distclass=BinaryDistribution)
+    setup(cmdclass={"build_py": BuildPy}, distclass=BinaryDistribution, ext_modules=[RECORDS_EXT])

@@ -1,7 +1,9 @@
 """Throughput of the agent's record decoder (`telltale.nodeagent.records.decode`), one thread.
 
 Also measured: decode followed by the conversion to a protobuf Event (`convert.to_event`), which is
-what the agent's intake does with every record. Run alone: `python -m bench.decode [--quick]`.
+what the agent's intake does with every record when the native extension is not built, and, when it
+is, the native fast path (telltale._native._records.encode, then `Event.FromString` of the event
+prefix and the encoded body). Run alone: `python -m bench.decode [--quick]`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ from collections.abc import Callable
 
 from bench import recordgen
 from bench.results import Section, Table, median, rate, say
-from telltale.nodeagent.convert import to_event
+from telltale.nodeagent.convert import event_prefix, to_event
 from telltale.nodeagent.records import decode
 from telltale.v1 import common_pb2
+
+try:
+    from telltale._native import _records as native_records
+except ImportError:  # not built: only the Python path is measured
+    native_records = None  # type: ignore[assignment]
 
 PID = 4242
 
@@ -28,6 +35,20 @@ def _decode_and_convert(messages: list[bytes]) -> None:
     process = common_pb2.ProcessInfo(pid=PID, exe="/usr/bin/python3.11")
     for m in messages:
         to_event(decode(m), "w-bench", process)
+
+
+def _native_encode_and_parse(messages: list[bytes]) -> None:
+    native = native_records
+    assert native is not None
+    encode = native.encode
+    from_string = common_pb2.Event.FromString
+    prefix = event_prefix("w-bench", common_pb2.ProcessInfo(pid=PID, exe="/usr/bin/python3.11"))
+    for m in messages:
+        item = encode(m)
+        if isinstance(item, tuple):
+            from_string(prefix + item[4])
+        else:
+            to_event(decode(item), "w-bench", None)
 
 
 def _pass(work: Callable[[list[bytes]], None], messages: list[bytes]) -> float:
@@ -50,6 +71,11 @@ def run(quick: bool = False) -> Section:
         "CONNECT, repeating addresses: decode + to_event": (_decode_and_convert, repeating),
         "PROC_START: decode + to_event": (_decode_and_convert, starts),
     }
+    if native_records is not None:
+        cases["CONNECT, repeating addresses: native encode + Event.FromString"] = (
+            _native_encode_and_parse,
+            repeating,
+        )
     started = time.perf_counter()
     for work, messages in cases.values():  # warm-up
         work(messages)
@@ -71,7 +97,9 @@ def run(quick: bool = False) -> Section:
             f"`records.decode` over {n:,} pre-encoded records built from shim/FORMAT.md, in one thread. "
             f"After a warm-up pass, {rounds} rounds of one pass per case, interleaved; the figure is the "
             "median round, and 'time vs first row' the median of per-round ratios of time per record. "
-            "The last two rows add `convert.to_event`, the intake's next step."
+            "The next two rows add `convert.to_event`, the intake's next step; the last row, when the "
+            "native extension is built, is its fast path instead (record → serialized Event in C, "
+            "parsed with `Event.FromString`)."
         ),
         tables=[table],
         seconds=time.perf_counter() - started,

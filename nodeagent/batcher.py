@@ -1,18 +1,17 @@
-"""Batching and the agent's bounded spool of unacknowledged batches.
+"""Batching, and the loss counters that batches carry.
 
 Events are grouped into EventBatch messages bounded by size and by age; each batch gets the next
-sequence number and stays in the spool until the controller acknowledges it. When the spool is
-full, a batch that carries events drops the oldest batch and its events are counted as lost; a batch
-that would carry only loss counts is not made, and the counts wait for the next batch that fits (the
-heartbeats carry the totals meanwhile), so reporting losses never destroys events.
+sequence number and stays in the spool (telltale.nodeagent.spool) until the controller acknowledges
+it. When the spool is full, a batch that carries events drops the oldest batch and its events are
+counted as lost; a batch that would carry only loss counts is not made, and the counts wait for the
+next batch that fits (the heartbeats carry the totals meanwhile), so reporting losses never destroys
+events.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
-
-import trio
+from dataclasses import dataclass
+from typing import Protocol
 
 from telltale.v1 import agent_pb2, common_pb2
 
@@ -55,10 +54,14 @@ class Counters:
     def count_dropped_batch(self, lost: agent_pb2.EventBatch) -> None:
         """A batch pushed out of the spool: its events are lost, and the losses it was reporting
         must still reach the controller (they are counted in the totals already)."""
+        self.count_dropped_batch_counts(len(lost.events), lost.dropped_records, lost.malformed_records)
+
+    def count_dropped_batch_counts(self, events: int, dropped_records: int, malformed_records: int) -> None:
+        """count_dropped_batch for a batch known by its counts only (its payload stays on disk)."""
         self.dropped_batches = saturating_add(self.dropped_batches, 1)
-        self.count_dropped(len(lost.events))
-        self.unsent_dropped = saturating_add(self.unsent_dropped, lost.dropped_records)
-        self.unsent_malformed = saturating_add(self.unsent_malformed, lost.malformed_records)
+        self.count_dropped(events)
+        self.unsent_dropped = saturating_add(self.unsent_dropped, dropped_records)
+        self.unsent_malformed = saturating_add(self.unsent_malformed, malformed_records)
 
     def count_refused_connection(self) -> None:
         self.refused_connections = saturating_add(self.refused_connections, 1)
@@ -69,72 +72,25 @@ class Counters:
         return bool(self.unsent_dropped or self.unsent_malformed)
 
 
-@dataclass
-class Spool:
-    """Batches waiting for acknowledgement, oldest first, at most `capacity` of them."""
+class BatchSink(Protocol):
+    """Where closed batches go: the spool (see telltale.nodeagent.spool.Spool)."""
 
-    capacity: int = 4096
-    counters: Counters = field(default_factory=Counters)
-    next_seq: int = 1
-    batches: deque[agent_pb2.EventBatch] = field(default_factory=deque)
-    _changed: trio.Event = field(default_factory=trio.Event)
+    counters: Counters
 
     @property
     def full(self) -> bool:
         """True when appending a batch would drop the oldest one."""
-        return len(self.batches) >= self.capacity
+        ...
 
     def append(self, batch: agent_pb2.EventBatch) -> bool:
-        """Number `batch` and keep it; True when kept.
-
-        When the spool is full, a batch with events drops (and counts) the oldest batch; a batch
-        without events is refused (False, no number used): losses are never reported at the cost
-        of events.
-        """
-        if self.full:
-            if not batch.events:
-                return False
-            self.counters.count_dropped_batch(self.batches.popleft())
-        batch.seq = self.next_seq
-        self.next_seq += 1
-        self.batches.append(batch)
-        self._notify()
-        return True
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def ack(self, seq: int) -> None:
-        """Forget every batch up to and including `seq`."""
-        while self.batches and self.batches[0].seq <= seq:
-            self.batches.popleft()
-        self._notify()
-
-    def renumber_from(self, first_seq: int) -> None:
-        """Renumber every kept batch from `first_seq`, continuing the sequence a controller knows."""
-        for offset, batch in enumerate(self.batches):
-            batch.seq = first_seq + offset
-        self.next_seq = first_seq + len(self.batches)
-
-    def pending_from(self, seq: int) -> list[agent_pb2.EventBatch]:
-        """Kept batches with sequence number >= seq."""
-        return [b for b in self.batches if b.seq >= seq]
-
-    async def wait_changed(self) -> None:
-        """Return at the next append or acknowledgement."""
-        await self._changed.wait()
-
-    async def wait_beyond(self, seq: int) -> None:
-        """Return once a batch with sequence number >= seq exists."""
-        while self.next_seq <= seq:
-            await self._changed.wait()
+        """Number and keep `batch`; False when a batch without events was refused for lack of room."""
+        ...
 
 
 class Batcher:
     """Collects events and the workloads they refer to into batches for the spool."""
 
-    def __init__(self, spool: Spool, *, max_events: int = MAX_BATCH_EVENTS) -> None:
+    def __init__(self, spool: BatchSink, *, max_events: int = MAX_BATCH_EVENTS) -> None:
         self._spool = spool
         self._max_events = max_events
         self._events: list[common_pb2.Event] = []

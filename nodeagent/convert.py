@@ -1,4 +1,10 @@
-"""Shim records → telltale.v1 Events."""
+"""Shim records → telltale.v1 Events.
+
+Two ways produce the same Event: `to_event` from a decoded Record, and, for the native fast path
+(telltale._native._records), `Event.FromString(event_prefix(...) + body)`, where the body is the
+serialized record-specific part and the prefix carries what the agent knows beyond the record
+(workload id, process details): protobuf merges the two as they are parsed.
+"""
 
 from __future__ import annotations
 
@@ -156,3 +162,39 @@ def fill_process(proc: common_pb2.ProcessInfo, record: Record) -> None:
         ruid, euid, _suid, rgid, egid, _sgid = record.creds
         proc.uid, proc.euid, proc.gid, proc.egid = ruid, euid, rgid, egid
     proc.forked = bool(int(record.flags) & _FORKED)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_WORKLOAD_ID_KEY = b"\x1a"  # Event.workload_id: field 3, length-delimited
+_PROCESS_KEY = b"\x22"  # Event.process: field 4, length-delimited
+
+
+def event_prefix(workload_id: str, process: common_pb2.ProcessInfo | None) -> bytes:
+    """The serialized Event fields that `to_event(record, workload_id, process)` takes from its
+    arguments rather than from the record: prepended to a native record body, the parse of both
+    equals `to_event`'s Event.
+
+    `process` is copied without its pid, ppid and tid, so the record's always win (a zero in the
+    record, which protobuf does not serialize, must not let the process's value through).
+    """
+    prefix = b""
+    if workload_id:
+        text = workload_id.encode()
+        prefix = _WORKLOAD_ID_KEY + _varint(len(text)) + text
+    if process is not None:
+        bare = common_pb2.ProcessInfo()
+        bare.CopyFrom(process)
+        bare.ClearField("pid")
+        bare.ClearField("ppid")
+        bare.ClearField("tid")
+        body = bare.SerializeToString()
+        prefix += _PROCESS_KEY + _varint(len(body)) + body
+    return prefix

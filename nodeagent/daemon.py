@@ -1,29 +1,38 @@
 """The node agent daemon: startup order, the controller link loop, and shutdown.
 
-Startup order: the node identity, then the open file limit (raised to the hard limit: every shim
-connection holds a descriptor), then signal handling (a stop request must never be lost), then the
-intake socket (so workloads can report at once), then the batch flusher, then the controller link.
-The agent is ready when the intake socket listens; events are spooled until a controller
-acknowledges them, so the link may come up later. After a stop request the link is not retried.
+Startup order: the node identity, then the spool (loaded from `state_dir/spool`: batches a
+previous run left unacknowledged are sent first, under the numbers they had), then the firewall
+(opened, or enforcement off and why), then the open file limit (raised to the hard limit: every
+shim connection holds a descriptor), then signal handling (a stop request must never be lost), then
+the intake socket (so workloads can report at once), then enforcement (the firewall reconciled with
+what the last run applied, before any controller is reached), then host-state observation (its
+first snapshot taken), then the batch flusher, then the controller link. The agent is ready — and
+tells the service manager so — when all of that has started; events are spooled on disk until a
+controller acknowledges them, so the link may come up later and a restart loses nothing already
+spooled. After a stop request the link is not retried.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from telltale.netutil import is_loopback_host, split_host_port
 from telltale.nodeagent import identity
-from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, Batcher, Counters, Spool
-from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
+from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, Batcher, Counters
+from telltale.nodeagent.config import AgentConfig, ConfigError
+from telltale.nodeagent.enforce import Firewall, open_firewall
+from telltale.nodeagent.enforcer import Enforcer
+from telltale.nodeagent.hoststate import HostStateSource, KernelHostState, run_host_state
 from telltale.nodeagent.intake import Intake, Workloads, raise_open_file_limit
 from telltale.nodeagent.link import Connector, GrpcConnector, LinkClosed, LinkSession
+from telltale.nodeagent.notify import notify
+from telltale.nodeagent.spool import Spool
 from telltale.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -32,45 +41,8 @@ WELCOME_TIMEOUT_S = 10.0
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 STOP_GRACE_S = 2.0
-
-
-class ConfigError(ValueError):
-    """The agent configuration is unusable; the message names the setting."""
-
-
-@dataclass
-class AgentConfig:
-    """Settings of the node agent."""
-
-    controllers: list[str] = field(default_factory=lambda: ["127.0.0.1:7443"])
-    socket_path: Path = DEFAULT_SOCKET
-    state_dir: Path = DEFAULT_STATE_DIR
-    plaintext: bool = False
-    spool_batches: int = 4096
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first unusable setting."""
-        if not self.controllers:
-            raise ConfigError("--controller: at least one controller address is needed")
-        hosts = []
-        for address in self.controllers:
-            try:
-                hosts.append((address, split_host_port(address)[0]))
-            except ValueError:
-                raise ConfigError(f"--controller: {address!r} is not HOST:PORT") from None
-        if not self.plaintext:
-            raise ConfigError(
-                "TLS is not configured: pass --plaintext to talk to a controller on loopback without "
-                "encryption (for a local demo or tests only)"
-            )
-        for address, host in hosts:
-            if not is_loopback_host(host):
-                raise ConfigError(
-                    f"--controller: {address} is not a loopback address; --plaintext (no encryption) "
-                    "is only allowed to a controller on this host"
-                )
-        if len(str(self.socket_path)) > 100:
-            raise ConfigError(f"--socket: {self.socket_path} is too long for a unix socket path")
+SEND_WINDOW = 64  # batches sent and not yet acknowledged, at most
+WORKLOAD_CHECK_S = 0.5  # how often new workloads are looked at for the policies they bring
 
 
 @dataclass
@@ -82,14 +54,25 @@ class AgentState:
     workloads: Workloads
     applied_revision: int = 0
     last_acked_seq: int = 0
-    synced_once: bool = False
     connected_to: str = ""
 
 
 class Agent:
     """One node agent. `run()` until cancelled or signalled."""
 
-    def __init__(self, config: AgentConfig, connector: Connector | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        connector: Connector | None = None,
+        *,
+        firewall: Firewall | None = None,
+        host_state: HostStateSource | None = None,
+    ) -> None:
+        """Build the agent from `config`; `firewall` and `host_state` replace the real ones (tests).
+
+        Raises ConfigError on unusable settings, including `enforcement = "on"` where enforcement
+        cannot work.
+        """
         config.validate()
         self.config = config
         self.connector = connector or GrpcConnector()
@@ -101,11 +84,20 @@ class Agent:
         counters = Counters()
         self.state = AgentState(
             node_id=identity.node_id(config.state_dir),
-            spool=Spool(capacity=config.spool_batches, counters=counters),
+            spool=Spool(
+                config.state_dir / "spool",
+                capacity=config.spool_batches,
+                max_bytes=config.spool_bytes,
+                counters=counters,
+            ),
             workloads=Workloads(),
         )
         self.batcher = Batcher(self.state.spool)
         self.intake = Intake(config.socket_path, self._on_event, counters, self.state.workloads)
+        self.enforcer = _enforcer(config, firewall)
+        self.host_state = host_state or (KernelHostState() if config.host_state else None)
+        self.node_state: agent_pb2.NodeState | None = None  # the latest snapshot, sent at each connect
+        self._session: LinkSession | None = None  # the connected session, if any
 
     def _on_event(self, event: common_pb2.Event, workload: common_pb2.Workload | None) -> None:
         self.batcher.add(event, workload, trio.current_time())
@@ -117,16 +109,40 @@ class Agent:
             # Signals first: a stop request that arrives as soon as we are ready must be honoured.
             await nursery.start(self._stop_on_signals, nursery.cancel_scope)
             await nursery.start(self.intake.run)
+            await nursery.start(self._enforce)
+            if self.host_state is not None:
+                observe = functools.partial(
+                    run_host_state, poll_interval=self.config.host_state_poll_interval
+                )
+                await nursery.start(observe, self.host_state, self._on_node_state)
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._link_loop)
             log.warning(
-                "telltale agent %s ready: shim socket %s, controllers %s, open file limit %d",
+                "telltale agent %s ready: shim socket %s, controllers %s, open file limit %d, %s, %s",
                 self.state.node_id,
                 self.config.socket_path,
                 ", ".join(self.config.controllers),
                 open_file_limit,
+                "host state observed" if self.host_state is not None else "host state not observed",
+                self.enforcer.state.detail if not self.enforcer.active else "enforcement on",
             )
+            notify("READY=1")
             task_status.started()
+
+    async def _enforce(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile the firewall with what the last run applied, then follow new workloads."""
+        await self.enforcer.reconcile_saved()
+        task_status.started()
+        workloads = self.state.workloads
+        while True:
+            await trio.sleep(WORKLOAD_CHECK_S)
+            await self.enforcer.on_workloads(workloads.by_id.values())
+
+    def _on_node_state(self, state: agent_pb2.NodeState) -> None:
+        """A changed host-state snapshot: kept for the next connect, sent now if connected."""
+        self.node_state = state
+        if self._session is not None:
+            self._session.send(agent_pb2.ConnectRequest(node_state=state))
 
     async def _stop_on_signals(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -136,14 +152,16 @@ class Agent:
             task_status.started()
             async for signum in signals:
                 log.warning("agent stopping on %s", signal.Signals(signum).name)
+                notify("STOPPING=1")
                 self.stopping = True
                 self.batcher.flush()
                 spool = self.state.spool
                 with trio.move_on_after(STOP_GRACE_S):
-                    while self.state.connected_to and spool.batches:
+                    while self.state.connected_to and len(spool):
                         await spool.wait_changed()
-                if spool.batches:
-                    log.warning("%d batches not acknowledged at exit", len(spool.batches))
+                if len(spool):
+                    log.warning("%d batches not acknowledged at exit; they stay spooled", len(spool))
+                spool.close()
                 scope.cancel()
                 return
 
@@ -201,10 +219,11 @@ class Agent:
             raise LinkClosed(f"expected welcome, got {first.WhichOneof('message')}")
         welcome = first.welcome
         spool = state.spool
-        if not state.synced_once:
-            # This process never talked to a controller: continue the node's sequence.
+        if not spool.synced:
+            # The spool's numbers are provisional (it never met a controller): continue the node's
+            # sequence. A spool loaded from disk keeps its numbers: what the controller recorded
+            # before a crash is recognised below by welcome.last_seq, never recorded twice.
             spool.renumber_from(welcome.last_seq + 1)
-            state.synced_once = True
         elif welcome.last_seq >= spool.next_seq:
             # The controller remembers batches this agent never sent (another agent with this node
             # id, a cloned machine): acknowledging would discard ours unsent. Continue its sequence.
@@ -225,26 +244,39 @@ class Agent:
             "connected to controller %s (%s); %d batches to resend",
             endpoint,
             welcome.controller_id,
-            len(spool.batches),
+            len(spool),
         )
         interval = max(welcome.heartbeat_interval_ms, 500) / 1000
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_batches, session, welcome.last_seq + 1)
-            nursery.start_soon(self._heartbeats, session, interval)
-            try:
-                while True:
-                    await self._handle_response(session, await session.receive())
-            finally:
-                nursery.cancel_scope.cancel()
+        if self.node_state is not None:
+            session.send(agent_pb2.ConnectRequest(node_state=self.node_state))
+        self._session = session
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_batches, session, welcome.last_seq + 1)
+                nursery.start_soon(self._heartbeats, session, interval)
+                try:
+                    while True:
+                        await self._handle_response(session, await session.receive())
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._session = None
 
     async def _send_batches(self, session: LinkSession, next_seq: int) -> None:
+        """Send spooled batches from `next_seq` on, in order, at most SEND_WINDOW unacknowledged.
+
+        Batches are read from the spool one at a time as the window opens, so a full spool is
+        never held in memory; one that cannot be read back is skipped (the spool counts it).
+        """
         spool = self.state.spool
         while True:
-            for batch in spool.pending_from(next_seq):
-                session.send(agent_pb2.ConnectRequest(batch=batch))
-                next_seq = batch.seq + 1
-            next_seq = max(next_seq, spool.batches[0].seq if spool.batches else next_seq)
-            await spool.wait_beyond(next_seq)
+            room = SEND_WINDOW - spool.count_below(next_seq)
+            for seq in spool.seqs_from(next_seq, room):
+                batch = spool.read(seq)
+                if batch is not None:
+                    session.send(agent_pb2.ConnectRequest(batch=batch))
+                next_seq = seq + 1
+            await spool.wait_changed()
 
     async def _heartbeats(self, session: LinkSession, interval: float) -> None:
         state = self.state
@@ -257,11 +289,12 @@ class Agent:
                 agent_pb2.ConnectRequest(
                     heartbeat=agent_pb2.Heartbeat(
                         time=now,
-                        spooled_batches=len(state.spool.batches),
+                        spooled_batches=len(state.spool),
                         dropped_records=counters.dropped,
                         malformed_records=counters.malformed,
                         dropped_batches=counters.dropped_batches,
                         active_workloads=state.workloads.active,
+                        enforcement=self.enforcer.state,
                     )
                 )
             )
@@ -272,14 +305,42 @@ class Agent:
             self.state.spool.ack(response.batch_ack.seq)
             self.state.last_acked_seq = max(self.state.last_acked_seq, response.batch_ack.seq)
         elif which == "policy_update":
+            # Evaluation is central: what the agent applies of a policy is its block rules. It
+            # acknowledges the revision once the firewall holds it, or says why it could not.
             update = response.policy_update
-            # Evaluation is central: the agent keeps the revision it runs under (enforcement of
-            # block actions arrives with the enforcement work) and acknowledges it.
+            error = await self.enforcer.on_update(update)
             self.state.applied_revision = update.revision
             session.send(
-                agent_pb2.ConnectRequest(policy_applied=agent_pb2.PolicyApplied(revision=update.revision))
+                agent_pb2.ConnectRequest(
+                    policy_applied=agent_pb2.PolicyApplied(revision=update.revision, error=error)
+                )
             )
             log.info("applied policy revision %d (%d policies)", update.revision, len(update.policies))
+
+
+def _enforcer(config: AgentConfig, firewall: Firewall | None) -> Enforcer:
+    """The enforcer the configuration asks for; raises ConfigError when "on" cannot be honoured."""
+    if config.enforcement == "off" and firewall is None:
+        return Enforcer(
+            None,
+            config.state_dir,
+            mode=common_pb2.ENFORCEMENT_MODE_OFF,
+            reason="enforcement off by configuration",
+        )
+    reason = "enforcement on (supplied firewall)"
+    if firewall is None:
+        firewall, reason = open_firewall()
+    if firewall is None:
+        if config.enforcement == "on":
+            raise ConfigError(f"enforcement = on, but enforcement cannot work here: {reason}")
+        log.warning("enforcement off: %s", reason)
+        return Enforcer(
+            None,
+            config.state_dir,
+            mode=common_pb2.ENFORCEMENT_MODE_UNAVAILABLE,
+            reason=f"enforcement off: {reason}",
+        )
+    return Enforcer(firewall, config.state_dir, mode=common_pb2.ENFORCEMENT_MODE_ACTIVE, reason=reason)
 
 
 def _leaves(group: BaseExceptionGroup[LinkClosed]) -> list[BaseException]:
@@ -293,4 +354,7 @@ def _leaves(group: BaseExceptionGroup[LinkClosed]) -> list[BaseException]:
 def run_agent(config: AgentConfig) -> None:
     """Run the agent in the calling thread until SIGINT/SIGTERM. Raises ConfigError on bad settings."""
     agent = Agent(config)
-    trio.run(agent.run)
+    try:
+        trio.run(agent.run)
+    finally:
+        agent.state.spool.close()

@@ -3,7 +3,11 @@
 Each workload process holds one connection. A connection's first record is the process-start
 record carrying the workload descriptor; later records of the connection belong to that workload.
 Readers wait for readability once and then drain the socket without blocking, which is several
-times faster than one await per datagram.
+times faster than one await per datagram. When the native extension telltale._native._records is
+built, a drain is one call that reads a batch of messages (recvmmsg) and turns each record into
+serialized Event bytes; the records it does not handle (process starts, anything invalid or unusual)
+come back as raw messages and take the Python path (records.decode, convert.to_event), which stays
+the reference: both paths give equal events and count the same records as malformed.
 
 Nothing a peer sends ends the intake or the agent: a record that does not decode is dropped and
 counted as malformed and the connection keeps being read; an invalid workload descriptor leaves
@@ -35,9 +39,14 @@ import trio
 
 from telltale.nodeagent import workload as workload_descriptor
 from telltale.nodeagent.batcher import Counters
-from telltale.nodeagent.convert import fill_process, to_event
-from telltale.nodeagent.records import Record, RecordError, RecordKind, decode
-from telltale.v1 import common_pb2
+from telltale.nodeagent.convert import event_prefix, fill_process, to_event
+from telltale.nodeagent.records import RecordError, RecordKind, decode
+from telltale.v1 import agent_pb2, common_pb2
+
+try:
+    from telltale._native import _records as native_records
+except ImportError:  # not built: the Python path serves alone
+    native_records = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +147,13 @@ class _Connection:
     workload: common_pb2.Workload | None = None
     # At most MAX_PROCESSES_PER_CONNECTION entries.
     processes: dict[int, common_pb2.ProcessInfo] = field(default_factory=dict)
+    # convert.event_prefix of the workload and of `processes[pid]`, by pid (key _UNTRACKED: a pid
+    # without an entry in `processes`); at most MAX_PROCESSES_PER_CONNECTION + 1 entries. Emptied
+    # when the workload changes; an entry is dropped when its process entry is replaced.
+    prefixes: dict[int, bytes] = field(default_factory=dict)
+
+
+_UNTRACKED = -1
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -160,6 +176,9 @@ class Intake:
 
     At most `max_connections` connections are served at once; beyond that a connection is
     accepted and closed at once, and counted in `counters.refused_connections`.
+
+    `native` chooses the decoding path: None uses the native extension when it is built, False
+    never does, True requires it (RuntimeError here when it is not built).
     """
 
     def __init__(
@@ -170,8 +189,12 @@ class Intake:
         workloads: Workloads,
         *,
         max_connections: int = MAX_CONNECTIONS,
+        native: bool | None = None,
     ) -> None:
+        if native and native_records is None:
+            raise RuntimeError("the native record decoder (telltale._native._records) is not built")
         self.path = path
+        self.native = native_records is not None if native is None else native
         self.max_connections = max_connections
         self._sink = sink
         self._counters = counters
@@ -218,9 +241,10 @@ class Intake:
         conn = _Connection(peer_pid=_peer_pid(sock))
         try:
             with sock:
+                drain = self._drain_native if self.native else self._drain
                 while True:
                     await trio.lowlevel.wait_readable(sock)
-                    if not self._drain(sock, conn):
+                    if not drain(sock, conn):
                         return
                     await trio.lowlevel.checkpoint()
         except Exception:
@@ -264,6 +288,74 @@ class Intake:
             self._handle(data, conn)
         return True
 
+    def _drain_native(self, sock: socket.socket, conn: _Connection) -> bool:
+        """`_drain` through the native extension: the same events, counts and return value.
+
+        Reads up to DRAIN_LIMIT messages in one call. The events of consecutive records the native
+        path encoded are parsed together, as one EventBatch, and then handed to the sink in order:
+        each such event belongs to that parsed batch, which stays in memory while any of its events
+        does. An exception from the sink ends the drain: the records already read but not yet
+        handed over are lost with the connection, which the caller closes, as the records still
+        queued are on the Python path.
+        """
+        assert native_records is not None
+        items, status = native_records.drain(sock.fileno(), DRAIN_LIMIT)
+        counters = self._counters
+        by_pid = self._workloads.by_pid
+        prefixes = conn.prefixes
+        events: list[bytes] = []  # encoded, not yet handed to the sink
+        owners: list[common_pb2.Workload | None] = []
+        closed = False
+        for item in items:
+            if isinstance(item, tuple):
+                pid, ppid, dropped, seq, body = item
+                counters.records += 1
+                if dropped:
+                    self._count_shim_drops(pid, dropped, seq)
+                workload = conn.workload
+                if workload is None:
+                    self._adopt(conn, pid, ppid)
+                    workload = conn.workload
+                if workload is not None and pid not in by_pid:
+                    self._track(conn, workload, pid)
+                prefix = prefixes.get(pid)
+                if prefix is None:
+                    prefix = self._prefix(conn, pid)
+                events.append(prefix + body)
+                owners.append(workload)
+            elif item is None:
+                # The end of the stream, or an empty message. Records read after it are still handled.
+                if closed or _peer_closed(sock):
+                    closed = True
+                else:
+                    counters.count_malformed()
+            else:
+                if events:
+                    self._deliver(events, owners)
+                    events, owners = [], []
+                self._handle(item, conn)
+        if events:
+            self._deliver(events, owners)
+        return not closed and status != native_records.ERROR
+
+    def _deliver(self, events: list[bytes], owners: list[common_pb2.Workload | None]) -> None:
+        """Parse serialized events in one go and hand each to the sink with its workload."""
+        assert native_records is not None
+        sink = self._sink
+        batch = agent_pb2.EventBatch.FromString(native_records.join_events(events))
+        for event, workload in zip(batch.events, owners, strict=True):
+            sink(event, workload)
+
+    def _prefix(self, conn: _Connection, pid: int) -> bytes:
+        """convert.event_prefix for a record of `pid` on `conn`, cached in `conn.prefixes`."""
+        process = conn.processes.get(pid)
+        key = pid if process is not None else _UNTRACKED
+        prefix = conn.prefixes.get(key)
+        if prefix is None:
+            prefix = event_prefix(conn.workload.id if conn.workload else "", process)
+            conn.prefixes[key] = prefix
+        return prefix
+
     def _handle(self, data: bytes, conn: _Connection) -> None:
         try:
             record = decode(data)
@@ -283,8 +375,9 @@ class Intake:
                 process = common_pb2.ProcessInfo()
                 fill_process(process, record)
                 conn.processes[pid] = process
+                conn.prefixes.pop(pid, None)
         if record.dropped:
-            self._count_shim_drops(record)
+            self._count_shim_drops(pid, record.dropped, record.seq)
         if conn.workload is None:
             self._adopt(conn, pid, record.ppid)
         workload = conn.workload
@@ -313,6 +406,7 @@ class Intake:
 
     def _attach(self, conn: _Connection, workload: common_pb2.Workload) -> None:
         conn.workload = workload
+        conn.prefixes.clear()
         self._workloads.connections[workload.id] = self._workloads.connections.get(workload.id, 0) + 1
 
     def _start(self, descriptor: str, conn: _Connection) -> None:
@@ -325,19 +419,19 @@ class Intake:
             return
         self._attach(conn, self._workloads.by_id.setdefault(decoded.id, decoded))
 
-    def _count_shim_drops(self, record: Record) -> None:
+    def _count_shim_drops(self, pid: int, dropped: int, seq: int) -> None:
         """The shim reports its drops cumulatively per process; count only the increase.
 
         A shim counts at most one drop per seq number, so when the seq of this record and of the
         process's previous one are both known, the increase credited is at most their difference.
         """
-        previous, previous_seq = self._workloads.shim_drops.get(record.pid, (0, 0))
-        increase = record.dropped - previous
-        if record.seq and previous_seq:
-            increase = min(increase, record.seq - previous_seq)
+        previous, previous_seq = self._workloads.shim_drops.get(pid, (0, 0))
+        increase = dropped - previous
+        if seq and previous_seq:
+            increase = min(increase, seq - previous_seq)
         if increase > 0:
             self._counters.count_dropped(increase)
-        self._note_shim_drops(record.pid, max(record.dropped, previous), max(record.seq, previous_seq))
+        self._note_shim_drops(pid, max(dropped, previous), max(seq, previous_seq))
 
     def _note_shim_drops(self, pid: int, cumulative: int, seq: int) -> None:
         seen = self._workloads.shim_drops

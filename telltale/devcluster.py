@@ -1,6 +1,10 @@
 """A local single-node deployment for the demo and the tests: a controller (with its embedded
 etcd, or a given etcd) and an agent, as child processes on free loopback ports.
 
+With ``netns``, every process (daemons, CLI calls, workloads) runs inside that network namespace,
+on its loopback: the agent then observes, and enforces in, that namespace only. Without it the
+agent never touches the host's firewall (``--enforcement off``).
+
 It owns the processes it starts: `stop()` (or leaving the `with` block) ends them all, and a
 process that fails to become ready is reported with the tail of its log.
 """
@@ -37,6 +41,24 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+_HEALTH_CHECK = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+sys.exit(0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1)
+"""
+
+
+def _healthy_in(netns: str, address: str) -> bool:
+    """The health check, run by a process inside network namespace `netns`."""
+    check = ["ip", "netns", "exec", netns, sys.executable, "-c", _HEALTH_CHECK, address]
+    try:
+        return subprocess.run(check, capture_output=True, timeout=10, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _healthy(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
@@ -61,20 +83,25 @@ class LocalCluster:
         etcd_prefix: str = "/telltale/v1/",
         log_level: str = "info",
         controller_args: Sequence[str] = (),
+        agent_args: Sequence[str] = (),
+        netns: str = "",
     ) -> None:
         self.workdir = workdir
         self.etcd_endpoint = etcd_endpoint
         self.etcd_prefix = etcd_prefix
         self.log_level = log_level
         self.controller_args = list(controller_args)
+        self.agent_args = list(agent_args)
+        self.netns = netns
         self.api = f"127.0.0.1:{free_tcp_port()}"
         self.socket_path = workdir / "agent.sock"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- processes -------------------------------------------------------------------------
     def telltale_cmd(self, *args: str) -> list[str]:
-        """The command line that runs `telltale ARGS` with this interpreter."""
-        return [sys.executable, "-m", "telltale.cli.main", *args]
+        """The command line that runs `telltale ARGS` with this interpreter (in the namespace, if any)."""
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [*inside, sys.executable, "-m", "telltale.cli.main", *args]
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log_path = self.workdir / f"{name}.log"
@@ -124,7 +151,10 @@ class LocalCluster:
         if self.etcd_endpoint:
             args += ["--etcd-endpoints", self.etcd_endpoint]
         self._spawn("controller", [*args, *self.controller_args])
-        self._ready("controller", lambda: _healthy(self.api), timeout)
+        if self.netns:
+            self._ready("controller", lambda: _healthy_in(self.netns, self.api), timeout)
+        else:
+            self._ready("controller", lambda: _healthy(self.api), timeout)
 
     def start_agent(self, timeout: float = 30.0) -> None:
         """Start the agent and wait until its shim socket accepts connections."""
@@ -141,6 +171,8 @@ class LocalCluster:
                 str(self.socket_path),
                 "--state-dir",
                 str(self.workdir / "agent"),
+                *([] if self.netns else ["--enforcement", "off"]),
+                *self.agent_args,
             ],
         )
         self._ready("agent", lambda: agent_listening(self.socket_path), timeout)

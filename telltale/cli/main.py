@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import telltale
-from telltale.cli import alerts, catalog, policy
-from telltale.cli.client import CliError, default_controller, plaintext_from_env
-from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
+from telltale.cli import alerts, catalog, nodes, policy
+from telltale.cli.client import CliError
+from telltale.nodeagent import config as agent_config
+from telltale.nodeagent.defaults import DEFAULT_SOCKET
 
 EPILOG = """\
 Typical local use (plaintext on loopback):
@@ -44,18 +46,43 @@ def _controller(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from telltale.nodeagent.daemon import AgentConfig, ConfigError, run_agent
+    """Run the agent, or with --print-config / --remove-enforcement do that and exit.
 
-    config = AgentConfig(
-        controllers=[c for item in args.controller for c in item.split(",") if c] or [default_controller()],
-        socket_path=Path(args.socket),
-        state_dir=Path(args.state_dir),
-        plaintext=args.plaintext,
-    )
+    Configuration errors exit with status 2 (the systemd unit does not restart on it).
+    """
+    if args.remove_enforcement:
+        return _remove_enforcement()
+    try:
+        config = agent_config.load_config(args, os.environ)
+        if args.print_config:
+            print(agent_config.render_config(config), end="", flush=True)
+        config.validate()
+    except agent_config.ConfigError as exc:
+        raise CliError(str(exc), code=2) from None
+    if args.print_config:
+        return 0
+    logging.getLogger().setLevel(config.log_level.upper())
+
+    from telltale.nodeagent.daemon import run_agent
+
     try:
         run_agent(config)
-    except ConfigError as exc:
+    except agent_config.ConfigError as exc:
         raise CliError(str(exc), code=2) from None
+    return 0
+
+
+def _remove_enforcement() -> int:
+    """Delete the agent's nftables table; its message goes to stdout, a failure exits 1.
+
+    Reads no configuration, so that a broken one cannot stand in the way of lifting the blocks.
+    """
+    from telltale.nodeagent.enforce import EnforcementError, remove_enforcement
+
+    try:
+        print(remove_enforcement())
+    except EnforcementError as exc:
+        raise CliError(str(exc), code=1) from None
     return 0
 
 
@@ -104,9 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"telltale {telltale.__version__}")
     parser.add_argument(
         "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="daemon log level (default %(default)s)",
+        choices=agent_config.LOG_LEVELS,
+        help="daemon log level (default warning; the agent also reads it from its configuration)",
     )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
@@ -114,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_commands(sub)
     policy.add_commands(sub)
     catalog.add_commands(sub)
+    nodes.add_commands(sub)
     return parser
 
 
@@ -155,23 +182,7 @@ def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.set_defaults(func=_controller)
 
-    p = sub.add_parser("agent", help="run the node agent (shim intake, controller link)")
-    p.add_argument(
-        "--controller",
-        action="append",
-        default=[],
-        metavar="HOST:PORT[,…]",
-        help="controller address; repeat for failover (default: $TELLTALE_CONTROLLER or 127.0.0.1:7443)",
-    )
-    p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="shim socket path (default %(default)s)")
-    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="node identity (default %(default)s)")
-    p.add_argument(
-        "--plaintext",
-        action="store_true",
-        default=plaintext_from_env(),
-        help="talk to the controller without TLS (loopback only)",
-    )
-    p.set_defaults(func=_agent)
+    _add_agent_command(sub)
 
     p = sub.add_parser(
         "run",
@@ -189,11 +200,87 @@ def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_run)
 
 
+AGENT_DESCRIPTION = f"""\
+Run the node agent: shim intake, controller link, host state, enforcement.
+
+Each setting comes from, in increasing precedence: its default, the TOML configuration file
+(--config, ${agent_config.CONFIG_ENV}, else {agent_config.DEFAULT_CONFIG_PATH} if it exists), the
+environment variable {agent_config.ENV_PREFIX}<SETTING> (an empty one counts as unset), and the flag.
+`telltale agent --print-config` shows the result and where each value came from.
+"""
+
+
+def _add_agent_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The agent subcommand: one flag per setting of telltale.nodeagent.config, plus actions."""
+    p = sub.add_parser(
+        "agent",
+        help="run the node agent (shim intake, controller link)",
+        description=AGENT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"TOML configuration file (default {agent_config.DEFAULT_CONFIG_PATH} if it exists; "
+        f"${agent_config.CONFIG_ENV})",
+    )
+    defaults = agent_config.AgentConfig()
+    for setting in agent_config.SETTINGS:
+        default = agent_config.toml_value(setting, getattr(defaults, setting.attr))
+        where = f"default {default}; ${setting.env}"
+        if setting.kind == "bool":
+            p.add_argument(
+                setting.flag,
+                dest=setting.key,
+                action=argparse.BooleanOptionalAction,
+                help=f"{setting.help} ({where})",
+            )
+        elif setting.kind == "addresses":
+            p.add_argument(
+                setting.flag,
+                dest=setting.key,
+                action="append",
+                metavar=setting.metavar,
+                help=f"{setting.help} ({where})",
+            )
+        elif setting.key == "log_level":
+            # Also accepted before the subcommand (`telltale --log-level debug agent`): SUPPRESS keeps
+            # that value when this flag is absent.
+            p.add_argument(
+                setting.flag,
+                dest=setting.key,
+                choices=setting.choices,
+                default=argparse.SUPPRESS,
+                help=f"{setting.help} ({where})",
+            )
+        else:
+            p.add_argument(
+                setting.flag,
+                dest=setting.key,
+                metavar="|".join(setting.choices) or setting.metavar,
+                help=f"{setting.help} ({where})",
+            )
+    actions = p.add_mutually_exclusive_group()
+    actions.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML, with where each value came from, and exit "
+        "(status 2 if it is unusable)",
+    )
+    actions.add_argument(
+        "--remove-enforcement",
+        action="store_true",
+        help="delete the nftables rules the agent installed (e.g. after it was stopped) and exit; "
+        "reads no configuration",
+    )
+    p.set_defaults(func=_agent)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=(args.log_level or "warning").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.func(args))

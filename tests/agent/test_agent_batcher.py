@@ -1,4 +1,4 @@
-"""The batcher and the bounded spool: numbering, flushing, loss accounting, acknowledgements."""
+"""The batcher with the spool in memory: numbering, flushing, loss accounting, acknowledgements."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from telltale.nodeagent.batcher import (
     U64_MAX,
     Batcher,
     Counters,
-    Spool,
 )
+from telltale.nodeagent.spool import Spool
 from telltale.v1 import agent_pb2, common_pb2
 
 SHOP = common_pb2.Workload(id="w-shop", application="shop")
@@ -36,8 +36,12 @@ def spool_with(n_batches: int, *, capacity: int = 100, events_per_batch: int = 1
     return spool
 
 
+def batches(spool: Spool) -> list[agent_pb2.EventBatch]:
+    return list(spool.batches())
+
+
 def seqs(spool: Spool) -> list[int]:
-    return [b.seq for b in spool.batches]
+    return [b.seq for b in batches(spool)]
 
 
 def test_batches_are_numbered_consecutively_from_one() -> None:
@@ -46,7 +50,7 @@ def test_batches_are_numbered_consecutively_from_one() -> None:
     for i in range(6):
         batcher.add(event(i), SHOP, now=0.0)
     assert seqs(spool) == [1, 2, 3]
-    assert [[e.process.pid for e in b.events] for b in spool.batches] == [[0, 1], [2, 3], [4, 5]]
+    assert [[e.process.pid for e in b.events] for b in batches(spool)] == [[0, 1], [2, 3], [4, 5]]
     assert spool.next_seq == 4
 
 
@@ -56,12 +60,12 @@ def test_a_batch_closes_when_it_holds_256_events() -> None:
     batcher = Batcher(spool)
     for i in range(255):
         batcher.add(event(i), SHOP, now=0.0)
-    assert not spool.batches
+    assert not batches(spool)
     batcher.add(event(255), SHOP, now=0.0)
-    assert len(spool.batches) == 1
-    assert len(spool.batches[0].events) == 256
+    assert len(batches(spool)) == 1
+    assert len(batches(spool)[0].events) == 256
     batcher.add(event(256), SHOP, now=0.0)
-    assert len(spool.batches) == 1, "the 257th event opens a new batch"
+    assert len(batches(spool)) == 1, "the 257th event opens a new batch"
 
 
 def test_a_batch_is_due_once_older_than_the_maximum_age() -> None:
@@ -85,14 +89,14 @@ def test_a_batch_carries_each_workload_it_refers_to_once() -> None:
     batcher.add(event(), BILLING, now=0.0)
     batcher.add(event(), None, now=0.0)
     batcher.flush()
-    assert sorted(w.id for w in spool.batches[0].workloads) == ["w-billing", "w-shop"]
-    assert len(spool.batches[0].events) == 4
+    assert sorted(w.id for w in batches(spool)[0].workloads) == ["w-billing", "w-shop"]
+    assert len(batches(spool)[0].events) == 4
 
 
 def test_flush_without_events_or_losses_makes_no_batch() -> None:
     spool = Spool()
     Batcher(spool).flush()
-    assert not spool.batches
+    assert not batches(spool)
     assert spool.next_seq == 1
 
 
@@ -105,8 +109,8 @@ def test_a_full_spool_drops_the_oldest_batch_and_counts_its_events() -> None:
     counters = spool.counters
     assert counters.dropped_batches == 1
     assert counters.dropped == 3
-    assert [e.process.pid for e in spool.batches[0].events] == [3, 4, 5], "the oldest batch went"
-    assert all(b.dropped_records == 0 for b in spool.batches), "the loss was not reported yet"
+    assert [e.process.pid for e in batches(spool)[0].events] == [3, 4, 5], "the oldest batch went"
+    assert all(b.dropped_records == 0 for b in batches(spool)), "the loss was not reported yet"
 
 
 def test_the_next_batch_carries_the_loss_deltas_once() -> None:
@@ -122,7 +126,7 @@ def test_the_next_batch_carries_the_loss_deltas_once() -> None:
     batcher.add(event(5), SHOP, now=0.0)  # seq 6: nothing new was lost
     assert seqs(spool) == [5, 6]
     assert (spool.counters.dropped_batches, spool.counters.dropped, spool.counters.malformed) == (2, 2, 5)
-    assert [(b.dropped_records, b.malformed_records) for b in spool.batches] == [(1, 0), (0, 0)]
+    assert [(b.dropped_records, b.malformed_records) for b in batches(spool)] == [(1, 0), (0, 0)]
 
 
 def test_the_loss_deltas_appear_in_the_batch_after_the_loss() -> None:
@@ -133,11 +137,11 @@ def test_the_loss_deltas_appear_in_the_batch_after_the_loss() -> None:
     spool.counters.count_malformed(3)
     batcher.add(event(), SHOP, now=0.0)
     batcher.add(event(), SHOP, now=0.0)  # seq 2 reports the 3 malformed records, pushes seq 1 out
-    assert [(b.seq, b.dropped_records, b.malformed_records) for b in spool.batches] == [(2, 0, 3)]
+    assert [(b.seq, b.dropped_records, b.malformed_records) for b in batches(spool)] == [(2, 0, 3)]
     spool.ack(2)
     batcher.add(event(), SHOP, now=0.0)
     batcher.flush()  # seq 3 reports the two events of seq 1
-    assert [(b.seq, b.dropped_records, b.malformed_records) for b in spool.batches] == [(3, 2, 0)]
+    assert [(b.seq, b.dropped_records, b.malformed_records) for b in batches(spool)] == [(3, 2, 0)]
 
 
 def test_losses_reported_by_a_dropped_batch_are_carried_again() -> None:
@@ -151,8 +155,8 @@ def test_losses_reported_by_a_dropped_batch_are_carried_again() -> None:
     batcher.flush()
     counters = spool.counters
     # Every counted loss is either reported by a batch still kept or waits for the next batch.
-    assert sum(b.malformed_records for b in spool.batches) + counters.unsent_malformed == counters.malformed
-    assert sum(b.dropped_records for b in spool.batches) + counters.unsent_dropped == counters.dropped
+    assert sum(b.malformed_records for b in batches(spool)) + counters.unsent_malformed == counters.malformed
+    assert sum(b.dropped_records for b in batches(spool)) + counters.unsent_dropped == counters.dropped
 
 
 def test_flush_reports_losses_even_without_events() -> None:
@@ -161,8 +165,8 @@ def test_flush_reports_losses_even_without_events() -> None:
     counters.count_dropped(4)
     counters.count_malformed(1)
     Batcher(spool).flush()
-    assert len(spool.batches) == 1
-    batch = spool.batches[0]
+    assert len(batches(spool)) == 1
+    batch = batches(spool)[0]
     assert (len(batch.events), batch.dropped_records, batch.malformed_records) == (0, 4, 1)
     assert (counters.unsent_dropped, counters.unsent_malformed) == (0, 0)
     assert (counters.dropped, counters.malformed) == (4, 1), "the totals are kept"
@@ -194,12 +198,14 @@ def test_renumber_from_on_an_empty_spool_sets_the_next_number() -> None:
     assert seqs(spool) == [7]
 
 
-def test_pending_from_lists_kept_batches_from_seq_on() -> None:
+def test_seqs_from_lists_kept_batch_numbers_from_seq_on() -> None:
     spool = spool_with(5)
     spool.ack(2)
-    assert [b.seq for b in spool.pending_from(1)] == [3, 4, 5]
-    assert [b.seq for b in spool.pending_from(4)] == [4, 5]
-    assert spool.pending_from(6) == []
+    assert spool.seqs_from(1, 100) == [3, 4, 5]
+    assert spool.seqs_from(4, 100) == [4, 5]
+    assert spool.seqs_from(3, 2) == [3, 4], "at most `limit` of them"
+    assert spool.seqs_from(6, 100) == []
+    assert (spool.count_below(5), spool.count_below(1)) == (2, 0)
 
 
 @trio.testing.trio_test
@@ -247,12 +253,12 @@ def test_losses_wait_while_the_spool_is_full_and_go_out_with_the_next_batch_that
     assert (counters.dropped_batches, counters.unsent_dropped) == (1, 1), "the count is still pending"
     batcher.add(event(3), SHOP, now=0.0)  # seq 4 has events: it may push seq 2 out, and carries the loss
     assert seqs(spool) == [3, 4]
-    assert spool.batches[-1].dropped_records == 1
+    assert batches(spool)[-1].dropped_records == 1
     assert counters.unsent_dropped == 1, "seq 2's event, lost just now"
     spool.ack(4)
     assert batcher.due(1000.0), "with room again, the losses alone make a batch"
     batcher.flush()
-    assert [(b.seq, len(b.events), b.dropped_records) for b in spool.batches] == [(5, 0, 1)]
+    assert [(b.seq, len(b.events), b.dropped_records) for b in batches(spool)] == [(5, 0, 1)]
 
 
 def test_counters_saturate_at_the_uint64_maximum() -> None:
@@ -278,4 +284,4 @@ def test_a_batch_reporting_saturated_losses_fits_its_uint64_fields() -> None:
     spool.counters.count_dropped(2**64 + 5)
     spool.counters.count_malformed(2**65)
     Batcher(spool).flush()
-    assert (spool.batches[0].dropped_records, spool.batches[0].malformed_records) == (U64_MAX, U64_MAX)
+    assert (batches(spool)[0].dropped_records, batches(spool)[0].malformed_records) == (U64_MAX, U64_MAX)

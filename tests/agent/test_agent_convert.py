@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import struct
+from typing import Any
 
 import pytest
 
-from telltale.nodeagent.convert import to_event
+from telltale.nodeagent.convert import event_prefix, to_event
 from telltale.nodeagent.records import (
     ExecVariant,
     FileChange,
@@ -23,7 +25,7 @@ T0 = 1_750_000_000_123_456_789
 NO_FLAGS = RecordFlag(0)
 
 
-def rec(kind: RecordKind, flags: RecordFlag = NO_FLAGS, count: int = 1, **fields: object) -> Record:
+def rec(kind: RecordKind, flags: RecordFlag = NO_FLAGS, count: int = 1, **fields: Any) -> Record:
     return Record(
         kind, flags, pid=300, ppid=200, tid=301, count=count, time_ns=T0, dropped=0, seq=1, **fields
     )
@@ -365,3 +367,27 @@ def test_known_process_details_enrich_the_event_but_the_record_ids_win() -> None
     assert (proc.exe, list(proc.argv), proc.uid) == ("/usr/sbin/nginx", ["nginx"], 33)
     assert (proc.pid, proc.ppid, proc.tid) == (300, 200, 301)
     assert known.pid == 1, "the agent's own record of the process is not changed"
+
+
+@pytest.mark.parametrize(
+    "process",
+    [
+        common_pb2.ProcessInfo(pid=9, ppid=8, tid=7, exe="/usr/sbin/nginx", argv=["nginx", ""], forked=True),
+        common_pb2.ProcessInfo(),
+        None,
+    ],
+    ids=["known", "empty", "none"],
+)
+@pytest.mark.parametrize("workload_id", ["w-1", "wörk", ""])
+def test_an_event_prefix_joined_with_a_records_own_event_parses_to_to_events_event(
+    process: common_pb2.ProcessInfo | None, workload_id: str
+) -> None:
+    """event_prefix carries exactly what to_event takes from its arguments; the record's ids win even
+    when they are zero (which protobuf does not serialize)."""
+    record = dataclasses.replace(
+        rec(RecordKind.CONNECT, sockaddr=decode_sockaddr(sockaddr_in("10.0.0.1", 80))), pid=0, ppid=0, tid=0
+    )
+    own = to_event(record, "", None).SerializeToString()
+    joined = common_pb2.Event.FromString(event_prefix(workload_id, process) + own)
+    assert joined == to_event(record, workload_id, process)
+    assert joined.HasField("process")

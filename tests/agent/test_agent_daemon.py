@@ -20,12 +20,15 @@ import trio.testing
 from helpers import eventually as poll_until
 
 import telltale
-from telltale.nodeagent import identity
+from telltale.nodeagent import daemon, identity
 from telltale.nodeagent import workload as descriptor
 from telltale.nodeagent.batcher import U64_MAX
-from telltale.nodeagent.daemon import STOP_GRACE_S, WELCOME_TIMEOUT_S, Agent, AgentConfig, ConfigError
+from telltale.nodeagent.config import AgentConfig, ConfigError
+from telltale.nodeagent.daemon import STOP_GRACE_S, WELCOME_TIMEOUT_S, Agent
+from telltale.nodeagent.enforce import MemoryFirewall
+from telltale.nodeagent.hoststate import MemoryHostState
 from telltale.nodeagent.memlink import MemoryConnector
-from telltale.v1 import agent_pb2, common_pb2
+from telltale.v1 import agent_pb2, common_pb2, policy_pb2
 
 SHOP = common_pb2.Workload(id="w-shop", application="shop")
 CTL_A, CTL_B = "127.0.0.1:7001", "127.0.0.1:7002"  # never dialled: the connector is in memory
@@ -41,12 +44,15 @@ def clock() -> trio.testing.MockClock:
 def config(
     tmp_path: Path, controllers: Sequence[str] = (CTL_A,), state: str = "state", **options: Any
 ) -> AgentConfig:
+    # The host's own firewall and network state stay out of these tests: the ones that need them
+    # pass in-memory twins.
+    settings: dict[str, Any] = {"enforcement": "off", "host_state": False, **options}
     return AgentConfig(
         plaintext=True,
         socket_path=tmp_path / "a.sock",
         state_dir=tmp_path / state,
         controllers=list(controllers),
-        **options,
+        **settings,
     )
 
 
@@ -350,8 +356,8 @@ async def test_an_outage_with_a_full_spool_keeps_every_event_batch(
         await nursery.start(agent.run)
         await trio.sleep(10)  # ten virtual seconds of outage without new events
         assert connector.controller(CTL_A).attempts > 1, "the link kept trying"
-        assert len(spool.batches) == 100
-        assert pids(spool.batches) == list(range(1, 101)), "every event batch is still there"
+        assert len(spool) == 100
+        assert pids(list(spool.batches())) == list(range(1, 101)), "every event batch is still there"
         assert counters.dropped_batches == 1
         assert (counters.dropped, counters.unsent_dropped) == (1, 1), "the loss is still pending"
         nursery.cancel_scope.cancel()
@@ -521,3 +527,118 @@ async def test_after_a_stop_request_a_lost_link_is_not_retried(
     assert controller.attempts == 1, "no new stream after the stop request"
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
     assert sigterm_caught == [], "the agent handled the signal"
+
+
+def fence(revision: int, networks: Sequence[str]) -> agent_pb2.ConnectResponse:
+    """A policy update whose default policy blocks `networks`."""
+    return agent_pb2.ConnectResponse(
+        policy_update=agent_pb2.PolicyUpdate(
+            revision=revision,
+            policies=[policy_pb2.Policy(name="Fence")],
+            default_policy="Fence",
+            enforcement=[agent_pb2.PolicyEnforcement(policy="Fence", networks=networks)],
+        )
+    )
+
+
+@trio.testing.trio_test
+async def test_a_policy_update_reaches_the_firewall_before_it_is_acknowledged(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """The blocked networks are applied, then the revision acknowledged; a refusal is acknowledged
+    with the reason, and heartbeats say what is enforced."""
+    firewall = MemoryFirewall()
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector, firewall=firewall)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller(CTL_A).wait_session()
+            session.push(welcome(heartbeat_ms=1000))
+            session.push(fence(11, ["192.0.2.0/24"]))
+            await session.wait_for("policy_applied")
+            assert firewall.current() == ["192.0.2.0/24"]
+            await eventually(
+                lambda: any(h.enforcement.policy_revision == 11 for h in session.heartbeats),
+                "a heartbeat showing revision 11 enforced",
+            )
+            state = session.heartbeats[-1].enforcement
+            assert (state.mode, state.blocked_networks, state.policy_revision) == (
+                common_pb2.ENFORCEMENT_MODE_ACTIVE,
+                1,
+                11,
+            )
+            firewall.fail_with = "table busy"
+            session.push(fence(12, ["198.51.100.0/24"]))
+            await session.wait_for("policy_applied", 2)
+        assert [(p.revision, "table busy" in p.error) for p in session.policies_applied] == [
+            (11, False),
+            (12, True),
+        ]
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_the_firewall_is_reconciled_from_the_last_run_before_any_controller(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """A restarted agent re-applies what the previous one enforced, with no controller reachable."""
+    connector = MemoryConnector()
+    first = Agent(config(tmp_path), connector=connector, firewall=MemoryFirewall())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller(CTL_A).wait_session()
+            session.push(welcome())
+            session.push(fence(3, ["203.0.113.0/24"]))
+            await session.wait_for("policy_applied")
+        nursery.cancel_scope.cancel()
+    first.state.spool.close()
+    connector.refuse(CTL_A)
+    fresh = MemoryFirewall()
+    second = Agent(config(tmp_path), connector=connector, firewall=fresh)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        assert fresh.current() == ["203.0.113.0/24"]
+        nursery.cancel_scope.cancel()
+    second.state.spool.close()
+
+
+def test_enforcement_on_refuses_to_start_where_it_cannot_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enforcement = on with no usable firewall is a configuration error naming the reason."""
+    monkeypatch.setattr(daemon, "open_firewall", lambda: (None, "no libnftables here"))
+    with pytest.raises(ConfigError, match="no libnftables here"):
+        Agent(config(tmp_path, enforcement="on"))
+    agent = Agent(config(tmp_path, enforcement="auto"))
+    assert agent.enforcer.state.mode == common_pb2.ENFORCEMENT_MODE_UNAVAILABLE
+    assert "no libnftables here" in agent.enforcer.state.detail
+    agent.state.spool.close()
+
+
+@trio.testing.trio_test
+async def test_host_state_is_sent_at_each_connect_and_when_it_changes(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """The latest snapshot goes out after every welcome; a change goes out while connected."""
+    source = MemoryHostState(agent_pb2.NodeState(full=True, kernel="6.1.0"))
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector, host_state=source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller(CTL_A).wait_session()
+            session.push(welcome())
+            (first,) = await session.wait_for("node_state")
+            assert first.node_state.kernel == "6.1.0"
+            changed = agent_pb2.NodeState(full=True, kernel="6.1.0", sysctls={"net.ipv4.ip_forward": "1"})
+            source.set(changed)
+            states = await session.wait_for("node_state", 2)
+            assert states[1].node_state.sysctls["net.ipv4.ip_forward"] == "1"
+            session.end()
+            again = await connector.controller(CTL_A).wait_session(2)
+            again.push(welcome())
+            (resent,) = await again.wait_for("node_state")
+            assert resent.node_state.sysctls["net.ipv4.ip_forward"] == "1"
+        nursery.cancel_scope.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import random
 import resource
@@ -38,6 +39,11 @@ from telltale.nodeagent.intake import (
 )
 from telltale.v1 import common_pb2
 
+try:
+    from telltale._native import _records as native_records
+except ImportError:  # not built: only the Python path is tested
+    native_records = None  # type: ignore[assignment]
+
 # Kinds, flags and field tags of format v1, spelled out rather than imported from the decoder.
 PROC_START, EXEC, CONNECT, BIND, LISTEN = 1, 2, 3, 4, 5
 REPEAT = 1
@@ -50,6 +56,27 @@ SHOP = common_pb2.Workload(id="w-shop", application="shop", component="api")
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+_PATHS = [
+    pytest.param(False, id="python"),
+    pytest.param(
+        True,
+        id="native",
+        marks=pytest.mark.skipif(native_records is None, reason="telltale._native._records is not built"),
+    ),
+]
+
+
+@pytest.fixture(autouse=True, params=_PATHS)
+def native(request: pytest.FixtureRequest) -> bool:
+    """Every intake test runs on both decoding paths; start_intake picks this one up."""
+    global _NATIVE  # noqa: PLW0603
+    _NATIVE = bool(request.param)
+    return _NATIVE
+
+
+_NATIVE = False
 
 
 def fld(tag: int, body: bytes) -> bytes:
@@ -165,7 +192,9 @@ async def start_intake(
             sink(event, workload)
         harness.got.append((event, workload))
 
-    intake = Intake(harness.path, collect, harness.counters, harness.workloads, **options)
+    intake = Intake(
+        harness.path, collect, harness.counters, harness.workloads, **{"native": _NATIVE, **options}
+    )
     await nursery.start(intake.run)
     return harness
 
@@ -271,6 +300,80 @@ async def test_an_empty_message_is_counted_and_the_connection_keeps_working(tmp_
             assert h.counters.malformed == 1
             assert h.workloads.active == 1, "the connection is still open"
         nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_records_after_an_empty_message_in_the_same_read_are_handled(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path)
+        with await h.client() as client:
+            await client.send(proc_start())
+            await client.send(b"")
+            await client.send(connect(port=1))
+            await client.send(connect(port=2))
+            events = await h.wait_events(3)
+            assert [e.socket.address.port for e in events[1:]] == [1, 2]
+            assert h.counters.malformed == 1
+            assert h.workloads.active == 1
+        nursery.cancel_scope.cancel()
+
+
+def _handled(counters: Counters, n: int) -> bool:
+    return counters.records + counters.malformed == n
+
+
+def _mixed_stream() -> list[tuple[int, bytes]]:
+    """(client number, message): what a few processes of a workload and a stranger might send."""
+    exec_ = record(EXEC, fld(PATH, b"/bin/sh"), fld(ARGV, b"sh\0-c\0id\0"), fld(VARIANT, b"\x01"), pid=1000)
+    odd_path = record(EXEC, fld(PATH, b"/tmp/\xff\xfe"), fld(VARIANT, b"\x02"), pid=1000)
+    listen = record(LISTEN, fld(BACKLOG, struct.pack("<i", 128)), fld(RESULT, bytes(8)), pid=1001, ppid=1000)
+    return [
+        (0, proc_start(pid=1000, seq=1)),
+        (0, connect(pid=1000, seq=2)),
+        (0, exec_),
+        (0, record(CONNECT, magic=0x5455)),
+        (0, odd_path),
+        (0, connect(pid=1000, dropped=3, seq=9, flags=REPEAT, count=4)),
+        (1, listen),
+        (1, connect(pid=1001, ppid=1000, port=80)),
+        (1, proc_start(pid=1001, ppid=1000, workload=None, seq=1)),
+        (1, connect(pid=1001, ppid=1000, port=81)),
+        (0, b""),
+        (2, connect(pid=3000, ppid=1, port=22)),
+        (2, record(EXEC, fld(VARIANT, b"\x63"), pid=3000)),
+        (0, connect(pid=1000, port=8443)),
+    ]
+
+
+@trio.testing.trio_test
+async def test_the_native_and_python_paths_deliver_the_same_events_and_counts(
+    tmp_path: Path, native: bool
+) -> None:
+    if not native:
+        pytest.skip("one run compares both paths")
+    outcomes = []
+    for path in (True, False):
+        workdir = tmp_path / ("native" if path else "python")
+        workdir.mkdir()
+        async with trio.open_nursery() as nursery:
+            h = await start_intake(nursery, workdir, native=path)
+            clients = [await h.client() for _ in range(3)]
+            for sent, (n, message) in enumerate(_mixed_stream(), start=1):
+                await clients[n].send(message)  # one at a time: connections are read in any order
+                await eventually(functools.partial(_handled, h.counters, sent), "the message")
+            outcomes.append(
+                (
+                    sorted(e.SerializeToString(deterministic=True) for e in h.events),
+                    sorted((e.workload_id, w.id if w else None) for e, w in h.got),
+                    (h.counters.records, h.counters.malformed, h.counters.dropped),
+                    dict(h.workloads.by_pid),
+                )
+            )
+            for client in clients:
+                client.close()
+            nursery.cancel_scope.cancel()
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][2] == (11, 3, 3)
 
 
 @trio.testing.trio_test

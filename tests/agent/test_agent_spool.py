@@ -1,0 +1,355 @@
+"""The on-disk spool: bounds, loss accounting, reloading after a crash, disk errors, and sequence
+numbers that survive a restart without any batch being recorded twice."""
+
+from __future__ import annotations
+
+import errno
+import functools
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from helpers import eventually as poll_until
+
+from telltale.nodeagent import spool as spool_module
+from telltale.nodeagent.config import AgentConfig
+from telltale.nodeagent.daemon import Agent
+from telltale.nodeagent.memlink import MemoryConnector
+from telltale.nodeagent.spool import MEMORY_BATCHES, Spool
+from telltale.v1 import agent_pb2, common_pb2
+
+SHOP = common_pb2.Workload(id="w-shop", application="shop")
+CTL = "127.0.0.1:7001"  # never dialled: the connector is in memory
+DEADLINE_S = 60.0
+eventually = functools.partial(poll_until, within=DEADLINE_S)
+
+
+def batch(pid: int, *, events: int = 1, pad: int = 0) -> agent_pb2.EventBatch:
+    """A batch of `events` events of process `pid`; `pad` bytes of path make it bigger."""
+    return agent_pb2.EventBatch(
+        workloads=[SHOP],
+        events=[
+            common_pb2.Event(
+                kind=common_pb2.EVENT_KIND_CONNECT,
+                workload_id=SHOP.id,
+                count=1,
+                process=common_pb2.ProcessInfo(pid=pid, exe="x" * pad),
+            )
+            for _ in range(events)
+        ],
+    )
+
+
+def pids(spool: Spool) -> list[int]:
+    return [b.events[0].process.pid for b in spool.batches()]
+
+
+def seqs(spool: Spool) -> list[int]:
+    return [b.seq for b in spool.batches()]
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def filled(directory: Path, n: int, *, capacity: int = 4096, max_bytes: int = 2**28) -> Spool:
+    spool = Spool(directory, capacity=capacity, max_bytes=max_bytes)
+    for pid in range(1, n + 1):
+        assert spool.append(batch(pid))
+    return spool
+
+
+def test_batches_survive_a_restart_with_their_numbers_and_contents(tmp_path: Path) -> None:
+    spool = filled(tmp_path / "spool", 3)
+    spool.renumber_from(10)  # met a controller: the numbers are the node's sequence now
+    assert spool.append(batch(4))
+    # No close(): the process was killed.
+    again = Spool(tmp_path / "spool")
+    assert seqs(again) == [10, 11, 12, 13]
+    assert pids(again) == [1, 2, 3, 4]
+    assert again.synced, "numbers given after meeting a controller are not provisional"
+    assert again.next_seq == 14
+    assert [w.id for w in next(again.batches()).workloads] == ["w-shop"]
+
+
+def test_numbers_given_before_any_controller_stay_provisional_across_a_restart(tmp_path: Path) -> None:
+    filled(tmp_path / "spool", 2)
+    again = Spool(tmp_path / "spool")
+    assert (seqs(again), again.synced) == ([1, 2], False)
+    again.renumber_from(42)
+    assert again.append(batch(3))
+    third = Spool(tmp_path / "spool")
+    assert (seqs(third), pids(third), third.synced) == ([42, 43, 44], [1, 2, 3], True)
+
+
+def test_a_sequence_forgotten_by_an_emptied_spool_makes_new_numbers_provisional(tmp_path: Path) -> None:
+    """Synced once, emptied, restarted: batches made before the next controller are provisional,
+    even after one more restart (a stale "synced" must not make them look recorded)."""
+    spool = filled(tmp_path / "spool", 3)
+    spool.renumber_from(1)
+    spool.ack(3)
+    spool.close()
+    restarted = filled(tmp_path / "spool", 2)
+    assert not restarted.synced
+    again = Spool(tmp_path / "spool")
+    assert (seqs(again), again.synced) == ([1, 2], False)
+
+
+def test_a_second_renumbering_composes_with_the_first(tmp_path: Path) -> None:
+    spool = filled(tmp_path / "spool", 2)
+    spool.renumber_from(10)
+    assert spool.append(batch(3))
+    spool.renumber_from(100)
+    assert spool.append(batch(4))
+    again = Spool(tmp_path / "spool")
+    assert (seqs(again), pids(again)) == ([100, 101, 102, 103], [1, 2, 3, 4])
+
+
+def test_acknowledged_batches_do_not_come_back_and_their_segments_go(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = filled(directory, 5, max_bytes=2**20)
+    spool.renumber_from(1)
+    spool.ack(3)
+    assert seqs(Spool(directory)) == [4, 5], "the acknowledgement was persisted (floor frame)"
+    spool.ack(5)
+    spool.close()
+    assert segments(directory) == [], "nothing kept: no segment left"
+    assert len(Spool(directory)) == 0
+
+
+def test_batches_no_longer_cached_are_read_back_from_disk(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=2**20)
+    spool.renumber_from(1)
+    for pid in range(1, 301):
+        assert spool.append(batch(pid, pad=400))
+        if pid % 7 == 0:
+            spool.ack(pid - 150)  # floor frames between the batches
+    assert pids(spool) == list(range(145, 301))
+    assert spool.counters.dropped_batches == 0
+
+
+def test_disk_use_stays_bounded_while_batches_are_acknowledged(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory, max_bytes=2**20)  # segments of 64 KiB
+    spool.renumber_from(1)
+    for pid in range(1, 2001):
+        spool.append(batch(pid, pad=500))
+        spool.ack(pid - 1)
+    assert len(segments(directory)) <= 2
+    assert sum(p.stat().st_size for p in segments(directory)) <= 2 * spool.segment_bytes + 2048
+
+
+def test_a_full_spool_drops_the_oldest_batch_and_counts_it(tmp_path: Path) -> None:
+    spool = filled(tmp_path / "spool", 6, capacity=4)
+    assert pids(spool) == [3, 4, 5, 6]
+    counters = spool.counters
+    assert (counters.dropped_batches, counters.dropped, counters.unsent_dropped) == (2, 2, 2)
+    assert pids(Spool(tmp_path / "spool", capacity=4)) == [3, 4, 5, 6], "dropped batches stay dropped"
+
+
+def test_the_byte_bound_drops_the_oldest_batches_too(tmp_path: Path) -> None:
+    size = len(batch(1, pad=1000).SerializeToString())
+    spool = Spool(tmp_path / "spool", max_bytes=3 * size + size // 2)
+    for pid in range(1, 6):
+        assert spool.append(batch(pid, pad=1000))
+    assert pids(spool) == [3, 4, 5]
+    assert spool.size_bytes <= spool.max_bytes
+    assert spool.counters.dropped_batches == 2
+
+
+def test_a_batch_without_events_never_pushes_out_one_with_events(tmp_path: Path) -> None:
+    spool = filled(tmp_path / "spool", 2, capacity=2)
+    assert not spool.append(agent_pb2.EventBatch(dropped_records=5))
+    assert (seqs(spool), spool.next_seq, spool.counters.dropped_batches) == ([1, 2], 3, 0)
+
+
+def test_a_reload_keeps_the_bounds_of_the_new_configuration(tmp_path: Path) -> None:
+    filled(tmp_path / "spool", 5)
+    smaller = Spool(tmp_path / "spool", capacity=2)
+    assert pids(smaller) == [4, 5]
+    assert smaller.counters.dropped_batches == 3
+
+
+def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 3)
+    [segment] = segments(directory)
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-7])  # the last write was cut short by a crash
+    again = Spool(directory)
+    assert pids(again) == [1, 2]
+    assert again.counters.dropped_batches == 1
+    assert again.append(batch(4)), "appending after a torn segment works"
+    assert pids(Spool(directory)) == [1, 2, 4]
+
+
+def test_a_damaged_record_or_a_garbage_file_never_stops_the_load(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 3)
+    [segment] = segments(directory)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # a bit flip in the last batch
+    segment.write_bytes(bytes(data))
+    (directory / "0000000000000099.seg").write_bytes(b"not a spool segment")
+    (directory / "meta.json").write_text("{not json")
+    again = Spool(directory)
+    assert pids(again) == [1, 2]
+    assert again.counters.dropped_batches == 2
+    assert not again.synced, "without meta.json the numbers are taken for provisional"
+
+
+def test_a_batch_that_cannot_be_read_back_is_dropped_and_counted(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 2)
+    again = Spool(directory)  # nothing cached: reads go to the disk
+    [segment] = segments(directory)
+    segment.write_bytes(segment.read_bytes()[:20])
+    assert again.read(1) is None
+    assert (len(again), again.counters.dropped_batches, again.counters.dropped) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("failure", ["enospc", "short"])
+def test_a_full_disk_keeps_batches_in_memory_within_a_bound_and_counts_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    directory = tmp_path / "spool"
+    spool = filled(directory, 2)
+    real_write = spool_module._write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if failure == "short":
+            return real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_write", full_disk)
+    for pid in range(3, 3 + MEMORY_BATCHES + 5):
+        assert spool.append(batch(pid)), "the agent keeps working"
+    kept = pids(spool)
+    assert kept[:2] == [1, 2], "batches already on disk are not touched"
+    assert kept[2:] == list(range(8, 3 + MEMORY_BATCHES + 5)), "the oldest in-memory ones went"
+    assert spool.counters.dropped_batches == 5
+    assert pids(Spool(directory)) == [1, 2], "a torn tail from the failed write is not loaded"
+
+    monkeypatch.setattr(spool_module, "_write", real_write)
+    assert spool.append(batch(1000))
+    assert pids(Spool(directory)) == [1, 2, 1000], "once the disk has room, batches are durable again"
+
+
+def test_an_unusable_directory_falls_back_to_memory_within_a_bound(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    spool = Spool(tmp_path / "file" / "spool")
+    assert not spool.durable
+    for pid in range(1, MEMORY_BATCHES + 3):
+        assert spool.append(batch(pid))
+    assert pids(spool) == list(range(3, MEMORY_BATCHES + 3))
+    assert spool.counters.dropped_batches == 2
+
+
+def test_in_memory_the_capacity_bounds_the_spool() -> None:
+    spool = Spool(capacity=3)
+    for pid in range(1, 6):
+        spool.append(batch(pid))
+    assert pids(spool) == [3, 4, 5]
+    assert spool.counters.dropped_batches == 2
+
+
+# -- the daemon across restarts ----------------------------------------------------------------
+
+
+def agent_config(tmp_path: Path) -> AgentConfig:
+    return AgentConfig(
+        plaintext=True, socket_path=tmp_path / "a.sock", state_dir=tmp_path / "state", controllers=[CTL]
+    )
+
+
+def welcome(last_seq: int) -> agent_pb2.ConnectResponse:
+    return agent_pb2.ConnectResponse(
+        welcome=agent_pb2.Welcome(controller_id="c1", last_seq=last_seq, heartbeat_interval_ms=3_600_000)
+    )
+
+
+def spool_batch(agent: Agent, pid: int) -> None:
+    event = common_pb2.Event(
+        kind=common_pb2.EVENT_KIND_CONNECT,
+        workload_id=SHOP.id,
+        count=1,
+        process=common_pb2.ProcessInfo(pid=pid),
+    )
+    agent.batcher.add(event, SHOP, trio.current_time())
+    agent.batcher.flush()
+
+
+@trio.testing.trio_test
+async def test_a_restarted_agent_resends_what_was_not_recorded_and_nothing_that_was(tmp_path: Path) -> None:
+    """Batches 1-3 were sent; the controller recorded 1-2 but only acknowledged 1 before the agent
+    died: the next agent process sends 3 alone, then continues with 4."""
+    connector = MemoryConnector()
+    controller = connector.controller(CTL)
+    first_agent = Agent(agent_config(tmp_path), connector=connector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first_agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            await first.wait_for("hello")
+            first.push(welcome(last_seq=0))
+            for pid in (1, 2, 3):
+                spool_batch(first_agent, pid)
+            await first.wait_for("batch", 3)
+            first.push(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=1)))
+            await eventually(lambda: first_agent.state.last_acked_seq == 1, "the ack")
+        nursery.cancel_scope.cancel()  # killed: no close, no goodbye
+
+    second_agent = Agent(agent_config(tmp_path), connector=connector)
+    assert len(second_agent.state.spool) == 2
+    async with trio.open_nursery() as nursery:
+        spool_batch(second_agent, 4)  # made before the controller is reached: numbered 4 already
+        await nursery.start(second_agent.run)
+        with trio.fail_after(DEADLINE_S):
+            second = await controller.wait_session(2)
+            await second.wait_for("hello")
+            second.push(welcome(last_seq=2))
+            await second.wait_for("batch", 2)
+        assert [b.seq for b in second.batches] == [3, 4]
+        assert [b.events[0].process.pid for b in second.batches] == [3, 4]
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_batches_spooled_before_any_controller_are_renumbered_after_a_restart(tmp_path: Path) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller(CTL)
+    first_agent = Agent(agent_config(tmp_path), connector=connector)
+    spool_batch(first_agent, 1)
+    spool_batch(first_agent, 2)
+    second_agent = Agent(agent_config(tmp_path), connector=connector)  # the first one died
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second_agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await controller.wait_session()
+            await session.wait_for("hello")
+            session.push(welcome(last_seq=10))
+            await session.wait_for("batch", 2)
+        assert [b.seq for b in session.batches] == [11, 12], "provisional numbers continue the node's"
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_full_spool_is_sent_in_a_window_not_all_at_once(tmp_path: Path) -> None:
+    connector = MemoryConnector()
+    controller = connector.controller(CTL)
+    agent = Agent(agent_config(tmp_path), connector=connector)
+    for pid in range(1, 201):
+        spool_batch(agent, pid)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await controller.wait_session()
+            await session.wait_for("hello")
+            session.push(welcome(last_seq=0))
+            await session.wait_for("batch", 64)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(session.batches) == 64, "no more than the window before an acknowledgement"
+            session.push(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=200)))
+            await eventually(lambda: len(agent.state.spool) == 0, "the spool to empty")
+        nursery.cancel_scope.cancel()
