@@ -2,8 +2,7 @@
 
 The firewall runs in a child process inside a network namespace this benchmark creates and removes
 (nftables in the host's own namespace is never touched). Needs root; without it the section says
-it was skipped. Run alone: `python -m bench.enforce [--quick]`; within the suite, add
-`("enforce", "network enforcement apply time")` to `BENCHMARKS` in bench/run.py.
+it was skipped. Run alone: `python -m bench.enforce [--quick]`; `make bench` runs it with the rest.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ BENCHMARKS = (
     ("decode", "record decoder throughput"),
     ("intake", "agent intake throughput"),
     ("latency", "end-to-end alert latency"),
+    ("enforce", "network enforcement apply time"),
 )
 
 
