@@ -160,6 +160,7 @@ class _Session:
         node.in_sync = hello.applied_policy_revision == self.policies.revision
         del node.addresses[:]
         node.addresses.extend(hello.addresses)
+        node.enforcement.CopyFrom(hello.enforcement)
         node.last_seen.GetCurrentTime()
 
     async def mark_offline(self) -> None:
@@ -218,6 +219,7 @@ class _Session:
             def acknowledged(node: inventory_pb2.Node) -> None:
                 if not applied.error:
                     node.applied_policy_revision = applied.revision
+                node.enforcement.CopyFrom(applied.enforcement)
                 node.in_sync = node.applied_policy_revision == self.policies.revision
 
             await self._update_node(acknowledged)

@@ -208,6 +208,7 @@ class Agent:
                     applied_revision=state.applied_revision,
                     instance=self.instance_id,
                     boot=self.boot_id,
+                    enforcement=self.enforcer.state,
                 )
             )
         )
@@ -309,13 +310,17 @@ class Agent:
             # acknowledges the revision once the firewall holds it, or says why it could not.
             update = response.policy_update
             error = await self.enforcer.on_update(update)
-            self.state.applied_revision = update.revision
+            if not error:
+                self.state.applied_revision = update.revision
             session.send(
                 agent_pb2.ConnectRequest(
-                    policy_applied=agent_pb2.PolicyApplied(revision=update.revision, error=error)
+                    policy_applied=agent_pb2.PolicyApplied(
+                        revision=update.revision, error=error, enforcement=self.enforcer.state
+                    )
                 )
             )
-            log.info("applied policy revision %d (%d policies)", update.revision, len(update.policies))
+            if not error:
+                log.info("applied policy revision %d (%d policies)", update.revision, len(update.policies))
 
 
 def _enforcer(config: AgentConfig, firewall: Firewall | None) -> Enforcer:

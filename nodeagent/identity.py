@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import telltale
-from telltale.v1 import agent_pb2
+from telltale.v1 import agent_pb2, common_pb2
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -54,11 +54,18 @@ def boot_id(path: Path = BOOT_ID_PATH) -> str:
 
 
 def hello(
-    node: str, *, last_acked_seq: int, applied_revision: int, instance: str = "", boot: str = ""
+    node: str,
+    *,
+    last_acked_seq: int,
+    applied_revision: int,
+    instance: str = "",
+    boot: str = "",
+    enforcement: common_pb2.EnforcementState | None = None,
 ) -> agent_pb2.Hello:
     """The Hello this node sends at the start of each stream.
 
-    `instance` is the agent instance's id (see `instance_id`), `boot` the kernel's boot id.
+    `instance` is the agent instance's id (see `instance_id`), `boot` the kernel's boot id,
+    `enforcement` what the agent's firewall enforces now.
     """
     return agent_pb2.Hello(
         node_id=node,
@@ -70,4 +77,5 @@ def hello(
         applied_policy_revision=applied_revision,
         instance_id=instance,
         boot_id=boot,
+        enforcement=enforcement,
     )

@@ -575,6 +575,9 @@ async def test_a_policy_update_reaches_the_firewall_before_it_is_acknowledged(
             (11, False),
             (12, True),
         ]
+        assert session.policies_applied[0].enforcement.blocked_networks == 1
+        assert session.policies_applied[1].enforcement.mode == common_pb2.ENFORCEMENT_MODE_FAILED
+        assert agent.state.applied_revision == 11, "a revision the firewall refused is not applied"
         nursery.cancel_scope.cancel()
 
 
