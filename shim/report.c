@@ -209,19 +209,34 @@ int report_send(uint8_t *buf, size_t len)
     return -1;
 }
 
-void report_send_detached(uint8_t *buf, size_t len)
+static void stamp_detached(uint8_t *buf, size_t len)
 {
     rec_set_u16(buf, HDR_LENGTH, (uint16_t)len);
     rec_set_u32(buf, HDR_SEQ, 0);
     rec_set_u32(buf, HDR_DROPPED, 0);
+}
+
+void report_send_detached(uint8_t *buf, size_t len)
+{
+    stamp_detached(buf, len);
     uint64_t c = __atomic_load_n(&conn, __ATOMIC_ACQUIRE);
     if (c != 0 && !(c & CONN_DEAD) && still_ours(c) &&
         send(conn_fd(c), buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)len)
         return;
-    /* Our descriptor table is private even when our memory is not: a temporary socket is ours. */
+    /* Our descriptor table is private even when our memory is not: a temporary socket is ours.
+     * The agent may read it before or after every other connection of the workload, even once
+     * they are all closed and the workload forgotten, so it names its workload itself: its first
+     * record is this process's own start (a vfork child is a new process running its parent's
+     * image). */
     int s = open_agent_socket();
     if (s < 0)
         return;
+    uint32_t pid; /* the record's own: little-endian, as the host */
+    memcpy(&pid, buf + HDR_PID, sizeof pid);
+    uint8_t start[REC_MAX];
+    size_t n = shim_build_start(start, sizeof start, (int)pid, FLAG_FORKED | FLAG_NODEDUP);
+    stamp_detached(start, n);
+    (void)send(s, start, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     (void)send(s, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
     close(s);
 }

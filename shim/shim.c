@@ -80,14 +80,12 @@ static void put_cmdline(struct rec *r)
     r->len += 4 + n;
 }
 
-static void send_proc_start(void)
+size_t shim_build_start(uint8_t *buf, size_t cap, int pid, unsigned flags)
 {
-    uint8_t buf[REC_MAX];
     char path[PATH_FIELD_MAX + 1];
     struct rec r;
-    rec_begin(&r, buf, sizeof buf, KIND_PROC_START,
-              __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED));
-    rec_add_flags(&r, start_flags);
+    rec_begin(&r, buf, cap, KIND_PROC_START, pid);
+    rec_add_flags(&r, flags);
 
     uid_t ru, eu, su;
     gid_t rg, eg, sg;
@@ -108,8 +106,16 @@ static void send_proc_start(void)
     else if (errno == ERANGE)
         rec_add_flags(&r, FLAG_TRUNCATED);
     put_cmdline(&r); /* last: it takes whatever room is left */
+    return r.len;
+}
+
+static void send_proc_start(void)
+{
+    uint8_t buf[REC_MAX];
+    size_t len = shim_build_start(buf, sizeof buf, __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED),
+                                  start_flags);
     __atomic_store_n(&start_state, START_UNDELIVERED, __ATOMIC_RELAXED);
-    if (report_send(buf, r.len) == 0)
+    if (report_send(buf, len) == 0)
         __atomic_store_n(&start_state, START_DELIVERED, __ATOMIC_RELAXED);
 }
 

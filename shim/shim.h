@@ -217,6 +217,11 @@ static inline int shim_foreign_process(int *pid_out)
 }
 
 
+/* Builds the PROC_START record of process `pid` (the header's length, seq and dropped are left for
+ * the sender to fill) with `flags`; returns its length. Reads the process state and the workload
+ * descriptor only, so a process sharing our memory (vfork child) may call it. */
+size_t shim_build_start(uint8_t *buf, size_t cap, int pid, unsigned flags);
+
 /* Called before any record of this process is sent: a fork child first sends its FORKED
  * PROC_START. */
 void shim_before_record(void);
@@ -327,7 +332,8 @@ int report_configure(const char *path);
  * dropped (the drop is counted). Never blocks. */
 int report_send(uint8_t *buf, size_t len);
 /* For a process that shares our memory (vfork child): sends with seq 0 and dropped 0, over the
- * existing connection if it is still ours or over a temporary one; touches no shared state. */
+ * existing connection if it is still ours, else over a temporary one that starts with the
+ * process's own PROC_START (FORKED | NODEDUP); touches no shared state. */
 void report_send_detached(uint8_t *buf, size_t len);
 /* Sends a first occurrence: detached for a process sharing our memory (`foreign`), else after
  * any pending start record, keeping a copy in its claimed dedup `slot` (-1: none) for repeat
