@@ -28,7 +28,8 @@ from telltale.nodeagent.batcher import MAX_BATCH_AGE_S, Batcher, Counters
 from telltale.nodeagent.config import AgentConfig, ConfigError
 from telltale.nodeagent.enforce import Firewall, open_firewall
 from telltale.nodeagent.enforcer import Enforcer
-from telltale.nodeagent.hoststate import HostStateSource, KernelHostState, run_host_state
+from telltale.nodeagent.hostkernel import KernelHostState
+from telltale.nodeagent.hoststate import HostStateSource, run_host_state
 from telltale.nodeagent.intake import Intake, Workloads, raise_open_file_limit
 from telltale.nodeagent.link import Connector, GrpcConnector, LinkClosed, LinkSession
 from telltale.nodeagent.notify import notify

@@ -191,6 +191,14 @@ class LocalCluster:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    def kill(self, name: str) -> None:
+        """Kill one process as `kill -9` would (SIGKILL to its process group: no cleanup, no
+        goodbye) and wait until it is gone. Raises KeyError when it is not running here."""
+        process = self.processes.pop(name)
+        if process.poll() is None:  # not reaped yet, so its process group exists even if it exited
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
     # -- clients ---------------------------------------------------------------------------
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run `telltale ARGS` against this cluster's API and capture its output."""

@@ -6,7 +6,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import trio
+
+from telltale.v1 import policy_pb2, policy_pb2_grpc
 
 WORKLOADS = Path(__file__).parent / "workloads"
 
@@ -24,3 +27,8 @@ async def eventually(predicate: Callable[[], bool], what: str, within: float = 1
             return
         await trio.sleep(0.005)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def create_policy(channel: grpc.Channel, document: str) -> None:
+    """Create the policy `document` (YAML) through the controller's API."""
+    policy_pb2_grpc.PolicyServiceStub(channel).CreatePolicy(policy_pb2.CreatePolicyRequest(document=document))

@@ -1,7 +1,7 @@
 """Network namespaces for tests: created for one test, always removed, skipped where impossible.
 
 Everything a test changes in the network (interfaces, addresses, sysctls, nftables) happens in
-namespaces made here, never in the host's own.
+namespaces made here, never in the host's own; `host_tables_unchanged` proves it for nftables.
 """
 
 from __future__ import annotations
@@ -23,11 +23,25 @@ def ip(*args: str) -> None:
         pytest.fail(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
-def inside(netns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `cmd` inside `netns` and capture its output (no check)."""
+def in_netns(netns: str, *cmd: str) -> list[str]:
+    """The command line that runs `cmd` inside `netns` (for a process the test starts itself)."""
+    return ["ip", "netns", "exec", netns, *cmd]
+
+
+def inside(
+    netns: str, *cmd: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` inside `netns`, with `input` on its stdin, and capture its output (no check)."""
     return subprocess.run(
-        ["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=timeout, check=False
+        in_netns(netns, *cmd), input=input, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def sysctl(netns: str, setting: str) -> None:
+    """Set a kernel setting (`name=value`) inside `netns`; fail the test when sysctl fails."""
+    done = inside(netns, "sysctl", "-qw", setting, timeout=30)
+    if done.returncode != 0:
+        pytest.fail(f"sysctl {setting} in {netns}: {done.stderr.strip()}")
 
 
 @contextmanager
@@ -47,3 +61,26 @@ def network_namespace(prefix: str) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def _host_tables() -> str:
+    """The host namespace's nftables table list (read only)."""
+    return subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+
+
+@contextmanager
+def host_tables_unchanged() -> Iterator[None]:
+    """Around a block that changes nftables in namespaces: afterwards, the host namespace's table
+    list is what it was before and holds no telltale table. Skips the test without root or the
+    nft command."""
+    if os.geteuid() != 0:
+        pytest.skip("reading the host's nftables needs root")
+    if shutil.which("nft") is None:
+        pytest.skip("the nft command is not installed")
+    before = _host_tables()
+    yield
+    after = _host_tables()
+    assert after == before, "the host namespace's nftables tables changed"
+    assert "inet telltale" not in after

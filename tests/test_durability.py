@@ -12,26 +12,18 @@ must be empty: nothing is left that the controller has not acknowledged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
-from helpers import behave
+from helpers import behave, create_policy
 
+from telltale.cli.client import every_page
 from telltale.devcluster import LocalCluster, wait_for
 from telltale.netutil import free_tcp_port
 from telltale.nodeagent.spool import read_spool
-from telltale.v1 import (
-    agent_pb2,
-    alert_pb2,
-    alert_pb2_grpc,
-    common_pb2,
-    inventory_pb2,
-    inventory_pb2_grpc,
-    policy_pb2,
-    policy_pb2_grpc,
-)
+from telltale.v1 import agent_pb2, alert_pb2, alert_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -53,42 +45,9 @@ LISTEN = "network.listen_all_interfaces"
 TIMEOUT_S = 90.0
 
 
-class Cluster(LocalCluster):
-    """A LocalCluster whose agent takes extra flags, and whose processes can be killed."""
-
-    def __init__(self, workdir: Path, *, agent_args: Sequence[str] = ()) -> None:
-        super().__init__(workdir)
-        self.agent_args = list(agent_args)
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.workdir / "agent" / "spool"
-
-    def start_agent(self, timeout: float = 30.0) -> None:
-        """Start the agent with `agent_args` and wait until its shim socket accepts connections."""
-        from telltale.nodeagent.launch import agent_listening
-
-        self._spawn(
-            "agent",
-            [
-                "agent",
-                "--plaintext",
-                "--controller",
-                self.api,
-                "--socket",
-                str(self.socket_path),
-                "--state-dir",
-                str(self.workdir / "agent"),
-                *self.agent_args,
-            ],
-        )
-        self._ready("agent", lambda: agent_listening(self.socket_path), timeout)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL one process: no cleanup, no goodbye."""
-        process = self.processes.pop(name)
-        process.kill()
-        process.wait()
+def spooled(cluster: LocalCluster) -> list[agent_pb2.EventBatch]:
+    """The batches in the agent's spool, read without disturbing the agent."""
+    return read_spool(cluster.workdir / "agent" / "spool")
 
 
 def free_ports(n: int) -> list[int]:
@@ -98,7 +57,7 @@ def free_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-def run(cluster: Cluster, port: int, app: str = "durable") -> int:
+def run(cluster: LocalCluster, port: int, app: str = "durable") -> int:
     """One workload: listens on `port` on all interfaces, then launches a shell."""
     done = cluster.run_workload(app, behave("--listen-all", str(port), "--shell"), "--policy", "Durability")
     return done.returncode
@@ -107,14 +66,8 @@ def run(cluster: Cluster, port: int, app: str = "durable") -> int:
 def alerts(channel: grpc.Channel) -> list[alert_pb2.Alert]:
     """Every alert of the cluster."""
     stub = alert_pb2_grpc.AlertServiceStub(channel)
-    request = alert_pb2.ListAlertsRequest()
-    found: list[alert_pb2.Alert] = []
-    while True:
-        response = stub.ListAlerts(request, timeout=10)
-        found.extend(response.alerts)
-        if not response.page.next_page_token:
-            return found
-        request.page.page_token = response.page.next_page_token
+    pages = every_page(stub.ListAlerts, alert_pb2.ListAlertsRequest(), timeout=10)
+    return [alert for page in pages for alert in page.alerts]
 
 
 def tally(channel: grpc.Channel) -> tuple[int, dict[str, int]]:
@@ -154,11 +107,25 @@ def listens_spooled(batches: Sequence[agent_pb2.EventBatch]) -> set[int]:
     }
 
 
-def create_policy(channel: grpc.Channel) -> None:
-    policy_pb2_grpc.PolicyServiceStub(channel).CreatePolicy(policy_pb2.CreatePolicyRequest(document=POLICY))
+def outage(
+    cluster: LocalCluster,
+    channel: grpc.Channel,
+    ports: Sequence[int],
+    in_spool: Callable[[list[agent_pb2.EventBatch]], bool],
+    what: str,
+) -> None:
+    """Create the policy and wait for the first workload's alerts; then stop the controller, run the
+    other workloads, and wait until `in_spool` holds for the agent's spool (`what` names that)."""
+    create_policy(channel, POLICY)
+    assert run(cluster, ports[0]) == 0
+    wait_for(lambda: tally(channel) == expected(ports[:1]), TIMEOUT_S, "the first workload's alerts")
+    cluster.stop("controller")
+    for port in ports[1:]:
+        assert run(cluster, port) == 0
+    wait_for(lambda: in_spool(spooled(cluster)), TIMEOUT_S, what)
 
 
-def settle(cluster: Cluster, channel: grpc.Channel, want: tuple[int, dict[str, int]]) -> None:
+def settle(cluster: LocalCluster, channel: grpc.Channel, want: tuple[int, dict[str, int]]) -> None:
     """Wait for `want`, stop the agent (it waits for its acknowledgements), and check that nothing
     is left in its spool and that no event arrived twice."""
     seen: list[tuple[int, dict[str, int]]] = []
@@ -175,15 +142,15 @@ def settle(cluster: Cluster, channel: grpc.Channel, want: tuple[int, dict[str, i
             f"agent log:\n{cluster.log_tail('agent', 40)}"
         )
     cluster.stop("agent")
-    assert read_spool(cluster.spool_dir) == [], "every batch was acknowledged"
+    assert spooled(cluster) == [], "every batch was acknowledged"
     assert tally(channel) == want
 
 
 def test_a_controller_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """kill -9 of the controller while workloads stream: after its restart every event is there once."""
     ports = free_ports(24)
-    with Cluster(tmp_path) as cluster, grpc.insecure_channel(cluster.api) as channel:
-        create_policy(channel)
+    with LocalCluster(tmp_path) as cluster, grpc.insecure_channel(cluster.api) as channel:
+        create_policy(channel, POLICY)
         codes: list[int] = []
 
         def stream() -> None:
@@ -209,17 +176,12 @@ def test_a_controller_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: P
 def test_an_agent_killed_with_unacknowledged_batches_delivers_them_once_after_restart(tmp_path: Path) -> None:
     """Controller down, events spooled, agent kill -9; restart agent, then controller: all arrive once."""
     ports = free_ports(6)
-    with Cluster(tmp_path) as cluster, grpc.insecure_channel(cluster.api) as channel:
-        create_policy(channel)
-        assert run(cluster, ports[0]) == 0
-        wait_for(lambda: tally(channel) == expected(ports[:1]), TIMEOUT_S, "the first workload's alerts")
-
-        cluster.stop("controller")
-        for port in ports[1:]:
-            assert run(cluster, port) == 0
-        wait_for(
-            lambda: shells_spooled(read_spool(cluster.spool_dir)) == len(ports) - 1,
-            TIMEOUT_S,
+    with LocalCluster(tmp_path) as cluster, grpc.insecure_channel(cluster.api) as channel:
+        outage(
+            cluster,
+            channel,
+            ports,
+            lambda batches: shells_spooled(batches) == len(ports) - 1,
             "the outage's events to be spooled",
         )
         cluster.kill("agent")
@@ -233,28 +195,25 @@ def test_an_agent_killed_with_unacknowledged_batches_delivers_them_once_after_re
 def test_an_outage_longer_than_the_spool_holds_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
     """With room for 4 batches, a long outage drops the oldest batches; the node shows the loss."""
     ports = free_ports(13)
-    with Cluster(tmp_path, agent_args=["--spool-batches", "4"]) as cluster:
-        with grpc.insecure_channel(cluster.api) as channel:
-            create_policy(channel)
-            assert run(cluster, ports[0]) == 0
-            wait_for(lambda: tally(channel) == expected(ports[:1]), TIMEOUT_S, "the first alerts")
-        cluster.stop("controller")
-        for port in ports[1:]:
-            assert run(cluster, port) == 0
-        wait_for(
-            lambda: ports[-1] in listens_spooled(read_spool(cluster.spool_dir)),
-            TIMEOUT_S,
+    with (
+        LocalCluster(tmp_path, agent_args=["--spool-batches", "4"]) as cluster,
+        grpc.insecure_channel(cluster.api) as channel,
+    ):
+        outage(
+            cluster,
+            channel,
+            ports,
+            lambda batches: ports[-1] in listens_spooled(batches),
             "the last workload's events to be spooled",
         )
-        assert len(read_spool(cluster.spool_dir)) == 4
+        assert len(spooled(cluster)) == 4
 
         cluster.start_controller()
-        with grpc.insecure_channel(cluster.api) as channel:
-            wait_for(lambda: f"tcp/{ports[-1]}" in tally(channel)[1], TIMEOUT_S, "the newest events")
-            wait_for(lambda: node(channel).dropped_batches > 0, TIMEOUT_S, "a heartbeat reporting the loss")
-            shells, listens = tally(channel)
-            assert shells < len(ports), "some events were lost"
-            assert all(n == 1 for n in listens.values()), "what arrived, arrived once"
-            lost = node(channel)
-            assert lost.dropped_records >= len(ports) - shells, "every lost shell launch is counted"
-            assert lost.sequence_gaps == lost.dropped_batches, "the controller sees the gap the agent counted"
+        wait_for(lambda: f"tcp/{ports[-1]}" in tally(channel)[1], TIMEOUT_S, "the newest events")
+        wait_for(lambda: node(channel).dropped_batches > 0, TIMEOUT_S, "a heartbeat reporting the loss")
+        shells, listens = tally(channel)
+        assert shells < len(ports), "some events were lost"
+        assert all(n == 1 for n in listens.values()), "what arrived, arrived once"
+        lost = node(channel)
+        assert lost.dropped_records >= len(ports) - shells, "every lost shell launch is counted"
+        assert lost.sequence_gaps == lost.dropped_batches, "the controller sees the gap the agent counted"

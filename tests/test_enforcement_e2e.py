@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import behave
-from netns import inside, ip, network_namespace
+from netns import host_tables_unchanged, in_netns, inside, ip, network_namespace
 
 from telltale.devcluster import LocalCluster, wait_for
 
@@ -49,15 +49,20 @@ while True:
 
 @pytest.fixture
 def namespaces() -> Iterator[tuple[str, str]]:
-    """The node namespace and the far one, joined by a veth pair, with a server listening at FAR."""
-    with network_namespace("tt-node") as node, network_namespace("tt-far") as far:
+    """The node namespace and the far one, joined by a veth pair, with a server listening at FAR;
+    afterwards, the host's own nftables tables are as they were."""
+    with (
+        host_tables_unchanged(),
+        network_namespace("tt-node") as node,
+        network_namespace("tt-far") as far,
+    ):
         ip("-n", node, "link", "add", "tt-near", "type", "veth", "peer", "name", "tt-far", "netns", far)
         ip("-n", node, "addr", "add", f"{NEAR}/24", "dev", "tt-near")
         ip("-n", far, "addr", "add", f"{FAR}/24", "dev", "tt-far")
         ip("-n", node, "link", "set", "tt-near", "up")
         ip("-n", far, "link", "set", "tt-far", "up")
         server = subprocess.Popen(
-            ["ip", "netns", "exec", far, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True
+            in_netns(far, sys.executable, "-c", SERVER), stdout=subprocess.PIPE, text=True
         )
         try:
             assert server.stdout is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from telltale.cli.client import CliError, add_api_options, api_channel
+from telltale.cli.client import CliError, add_api_options, api_channel, every_page
 from telltale.cli.format import ALERT_HEADERS, alert_row, clean, priority, table, to_json, when
 from telltale.cli.format import state as format_state
 from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
@@ -55,16 +55,12 @@ def _filter(args: argparse.Namespace) -> alert_pb2.AlertFilter:
 
 def list_alerts(args: argparse.Namespace) -> int:
     """Print every matching alert (following pages), most recently seen first."""
-    alerts: list[alert_pb2.Alert] = []
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = alert_pb2_grpc.AlertServiceStub(channel)
-        request = alert_pb2.ListAlertsRequest(filter=_filter(args))
-        while True:
-            response = stub.ListAlerts(request, timeout=args.timeout)
-            alerts.extend(response.alerts)
-            if not response.page.next_page_token:
-                break
-            request.page.page_token = response.page.next_page_token
+        pages = every_page(
+            stub.ListAlerts, alert_pb2.ListAlertsRequest(filter=_filter(args)), timeout=args.timeout
+        )
+    alerts = [alert for page in pages for alert in page.alerts]
     alerts.sort(key=lambda a: (-a.last_seen.ToNanoseconds(), a.priority, a.fingerprint))
     if args.output == "json":
         for alert in alerts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from telltale.cli.client import add_api_options, api_channel
+from telltale.cli.client import add_api_options, api_channel, every_page
 from telltale.cli.format import priority, table, to_json
 from telltale.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, policy_pb2
 
@@ -16,16 +16,10 @@ def _category(value: int) -> str:
 
 def list_catalog(args: argparse.Namespace) -> int:
     """Print the alert catalog (every page)."""
-    types: list[catalog_pb2.AlertType] = []
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-        request = catalog_pb2.ListAlertTypesRequest()
-        while True:
-            response = stub.ListAlertTypes(request, timeout=args.timeout)
-            types.extend(response.alert_types)
-            if not response.page.next_page_token:
-                break
-            request.page.page_token = response.page.next_page_token
+        pages = every_page(stub.ListAlertTypes, catalog_pb2.ListAlertTypesRequest(), timeout=args.timeout)
+    types = [t for page in pages for t in page.alert_types]
     if args.output == "json":
         for t in types:
             print(to_json(t))

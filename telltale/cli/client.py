@@ -6,10 +6,12 @@ import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 import grpc
 
 from telltale.netutil import is_loopback_host, split_host_port
+from telltale.v1 import common_pb2
 
 DEFAULT_CONTROLLER = "127.0.0.1:7443"
 
@@ -76,3 +78,32 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)"
     )
+
+
+class _PagedRequest(Protocol):
+    @property
+    def page(self) -> common_pb2.PageRequest: ...
+
+
+class _PagedResponse(Protocol):
+    @property
+    def page(self) -> common_pb2.PageResponse: ...
+
+
+_Request = TypeVar("_Request", bound=_PagedRequest)
+_Response = TypeVar("_Response", bound=_PagedResponse)
+
+
+def every_page(
+    rpc: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, *, timeout: float
+) -> list[_Response]:
+    """Every page of a listing, in order: `rpc(request)`, then again with each page's
+    ``next_page_token`` until a page has none, each call limited to `timeout` seconds. Sets
+    ``request.page.page_token`` as it goes; an RPC error propagates."""
+    pages = []
+    while True:
+        response = rpc(request, timeout=timeout)
+        pages.append(response)
+        if not response.page.next_page_token:
+            return pages
+        request.page.page_token = response.page.next_page_token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from telltale.cli.client import add_api_options, api_channel
+from telltale.cli.client import add_api_options, api_channel, every_page
 from telltale.cli.format import clean, table, to_json, when
 from telltale.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
 
@@ -42,16 +42,10 @@ def _losses(node: inventory_pb2.Node) -> str:
 
 def list_nodes(args: argparse.Namespace) -> int:
     """Print every node (all pages)."""
-    nodes: list[inventory_pb2.Node] = []
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
-        request = inventory_pb2.ListNodesRequest()
-        while True:
-            response = stub.ListNodes(request, timeout=args.timeout)
-            nodes.extend(response.nodes)
-            if not response.page.next_page_token:
-                break
-            request.page.page_token = response.page.next_page_token
+        pages = every_page(stub.ListNodes, inventory_pb2.ListNodesRequest(), timeout=args.timeout)
+    nodes = [node for page in pages for node in page.nodes]
     if args.output == "json":
         for node in nodes:
             print(to_json(node))

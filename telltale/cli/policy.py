@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from telltale.cli import gitops
-from telltale.cli.client import CliError, add_api_options, api_channel
+from telltale.cli.client import CliError, add_api_options, api_channel, every_page
 from telltale.cli.format import priority, table, to_json, when
 from telltale.v1 import inventory_pb2, inventory_pb2_grpc, policy_pb2, policy_pb2_grpc
 
@@ -125,14 +125,10 @@ def policy_usage(args: argparse.Namespace) -> int:
     """Show which applications and components use a policy (assigned, or through the default)."""
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = _stub(channel)
-        assignments: list[policy_pb2.PolicyAssignment] = []
-        request = policy_pb2.ListAssignmentsRequest(policy=args.name)
-        while True:
-            response = stub.ListAssignments(request, timeout=args.timeout)
-            assignments.extend(response.assignments)
-            if not response.page.next_page_token:
-                break
-            request.page.page_token = response.page.next_page_token
+        pages = every_page(
+            stub.ListAssignments, policy_pb2.ListAssignmentsRequest(policy=args.name), timeout=args.timeout
+        )
+        assignments = [a for page in pages for a in page.assignments]
         _, default = gitops.all_policies(stub, args.timeout)
         apps = (
             inventory_pb2_grpc.InventoryServiceStub(channel)
@@ -157,16 +153,14 @@ def policy_usage(args: argparse.Namespace) -> int:
 
 def policy_history(args: argparse.Namespace) -> int:
     """List a policy's revisions, newest first."""
-    revisions: list[policy_pb2.PolicyRevision] = []
     with api_channel(args.controller, plaintext=args.plaintext) as channel:
         stub = _stub(channel)
-        request = policy_pb2.ListPolicyRevisionsRequest(name=args.name)
-        while True:
-            response = stub.ListPolicyRevisions(request, timeout=args.timeout)
-            revisions.extend(response.revisions)
-            if not response.page.next_page_token:
-                break
-            request.page.page_token = response.page.next_page_token
+        pages = every_page(
+            stub.ListPolicyRevisions,
+            policy_pb2.ListPolicyRevisionsRequest(name=args.name),
+            timeout=args.timeout,
+        )
+    revisions = [r for page in pages for r in page.revisions]
     print(
         table(
             ("REVISION", "UPDATED", "BY"),

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import json
-import os
-import secrets
 import selectors
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netns import host_tables_unchanged, in_netns, inside, ip, network_namespace, sysctl
 
 from telltale.nodeagent import enforce
 from telltale.nodeagent.enforce import (
@@ -298,109 +297,79 @@ def test_enforcement_is_off_and_says_so_without_libnftables(monkeypatch: pytest.
 # -- the real kernel, inside a network namespace -----------------------------------------------------
 
 
-def _host_tables() -> str:
-    """The host namespace's table list (read only)."""
-    return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
-
-
-def _kernel_test_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and change nftables"
+@contextmanager
+def _host_untouched() -> Iterator[None]:
+    """Skips without libnftables (or root, or nft); afterwards, the host namespace's tables are unchanged."""
     try:
         ctypes.CDLL(enforce.LIBNFTABLES_SONAME)
     except OSError:
-        return f"{enforce.LIBNFTABLES_SONAME} is not installed"
-    try:
-        subprocess.run(["nft", "--version"], capture_output=True, check=True)
-        subprocess.run(["ip", "-V"], capture_output=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "needs the nft and ip commands"
-    return None
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], capture_output=True, text=True, check=True)
-
-
-@contextmanager
-def _namespace(suffix: str = "") -> Iterator[str]:
-    """A fresh network namespace with lo up, always removed."""
-    name = f"tt-nft-{secrets.token_hex(4)}{suffix}"
-    try:
-        _ip("netns", "add", name)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc.stderr.strip()}")
-    try:
-        _ip("-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-@contextmanager
-def _host_untouched() -> Iterator[None]:
-    """Skips without root or libnftables; afterwards, the host namespace's tables are unchanged."""
-    reason = _kernel_test_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    before = _host_tables()
-    yield
-    after = _host_tables()
-    assert after == before, "the host namespace's nftables tables changed"
-    assert "inet telltale" not in after
+        pytest.skip(f"{enforce.LIBNFTABLES_SONAME} is not installed")
+    with host_tables_unchanged():
+        yield
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A fresh namespace with OWN on lo and fd66::/64 routed locally; the host namespace untouched."""
-    with _host_untouched(), _namespace() as name:
-        _ip("-n", name, "addr", "add", f"{OWN}/32", "dev", "lo")
-        _ip("-n", name, "-6", "route", "add", "local", "fd66::/64", "dev", "lo")
+    with _host_untouched(), network_namespace("tt-nft") as name:
+        ip("-n", name, "addr", "add", f"{OWN}/32", "dev", "lo")
+        ip("-n", name, "-6", "route", "add", "local", "fd66::/64", "dev", "lo")
         yield name
 
 
 @pytest.fixture
 def routed() -> Iterator[tuple[str, str, str]]:
     """Three namespaces: a client (10.77.1.2) routed through a router to a server (10.77.2.2)."""
-    with _host_untouched(), _namespace("a") as client, _namespace("r") as router, _namespace("b") as server:
+    with (
+        _host_untouched(),
+        network_namespace("tt-nft-a") as client,
+        network_namespace("tt-nft-r") as router,
+        network_namespace("tt-nft-b") as server,
+    ):
         for end, peer, near, far in (
             (client, "a0", "10.77.1.2", "10.77.1.1"),
             (server, "b0", "10.77.2.2", "10.77.2.1"),
         ):
-            inside = f"r{peer[0]}"
-            _ip("-n", router, "link", "add", inside, "type", "veth", "peer", "name", peer, "netns", end)
-            _ip("-n", router, "addr", "add", f"{far}/24", "dev", inside)
-            _ip("-n", router, "link", "set", inside, "up")
-            _ip("-n", end, "addr", "add", f"{near}/24", "dev", peer)
-            _ip("-n", end, "link", "set", peer, "up")
-            _ip("-n", end, "route", "add", "default", "via", far)
-        subprocess.run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            facing = f"r{peer[0]}"
+            ip("-n", router, "link", "add", facing, "type", "veth", "peer", "name", peer, "netns", end)
+            ip("-n", router, "addr", "add", f"{far}/24", "dev", facing)
+            ip("-n", router, "link", "set", facing, "up")
+            ip("-n", end, "addr", "add", f"{near}/24", "dev", peer)
+            ip("-n", end, "link", "set", peer, "up")
+            ip("-n", end, "route", "add", "default", "via", far)
+        sysctl(router, "net.ipv4.ip_forward=1")
         yield client, router, server
 
 
 def _in_ns(ns: str, op: str, arg: Any = None) -> Any:
     """Run one helper operation in `ns` as a fresh process; its JSON answer."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", HELPER, op],
-        input=json.dumps(arg) + "\n",
-        capture_output=True,
-        text=True,
-        timeout=CALL_TIMEOUT_S,
-        check=False,
-    )
+    done = inside(ns, sys.executable, "-c", HELPER, op, input=json.dumps(arg) + "\n", timeout=CALL_TIMEOUT_S)
     assert done.returncode == 0, f"{op} in {ns} failed: {done.stderr.strip()}"
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def _start_in_ns(ns: str, op: str, arg: Any) -> subprocess.Popen[str]:
+    """Start a long-running helper operation in `ns`, `arg` already sent; stop it with `_stop`."""
+    process = subprocess.Popen(
+        in_netns(ns, sys.executable, "-c", HELPER, op),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(arg) + "\n")
+        process.stdin.flush()
+    except BaseException:
+        _stop(process)
+        raise
+    return process
+
+
 def _nft(ns: str, script: str) -> str:
     """Run an nft script in `ns` (to inspect or to tamper with the table behind the agent's back)."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = inside(ns, "nft", "-f", "-", input=script)
     assert done.returncode == 0, f"nft in {ns} failed: {done.stderr.strip()}"
     return done.stdout
 
@@ -510,17 +479,8 @@ def test_the_hosts_own_addresses_are_never_blocked(netns: str) -> None:
 def test_routed_traffic_through_the_host_is_blocked_too(routed: tuple[str, str, str]) -> None:
     """A connection the host forwards (a container's, a routed client's) is refused fast as well."""
     client, router, server = routed
-    serving = subprocess.Popen(
-        ["ip", "netns", "exec", server, sys.executable, "-c", HELPER, "serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    serving = _start_in_ns(server, "serve", "10.77.2.2")
     try:
-        assert serving.stdin is not None
-        serving.stdin.write(json.dumps("10.77.2.2") + "\n")
-        serving.stdin.flush()
         port = json.loads(_read_line(serving, within=30))
         assert _in_ns(client, "dial", ["10.77.2.2", port])["error"] is None
         _in_ns(router, "apply", ["10.77.2.0/24"])
@@ -565,17 +525,9 @@ def _ten_thousand(offset: int) -> list[str]:
 def test_replacing_a_large_set_never_lets_a_blocked_connection_through(netns: str) -> None:
     """While 10,000-network sets are replaced again and again, no connection to a blocked address succeeds."""
     _in_ns(netns, "apply", _ten_thousand(0))
-    probe = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", HELPER, "probe"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    probe = _start_in_ns(netns, "probe", BLOCKED)
     try:
         assert probe.stdin is not None
-        probe.stdin.write(json.dumps(BLOCKED) + "\n")
-        probe.stdin.flush()
         assert json.loads(_read_line(probe, within=30)) == "ready"
         times = _in_ns(netns, "replace", [_ten_thousand(i % 2) for i in range(1, 11)])
         probe.stdin.close()

@@ -4,6 +4,7 @@ test creates (sampled by `python -m telltale.nodeagent.hoststate` run under `ip 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -11,14 +12,12 @@ import logging
 import os
 import platform
 import queue
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,14 +26,15 @@ import trio
 import trio.testing
 from google.protobuf import json_format
 from helpers import eventually
+from netns import in_netns, ip, network_namespace, sysctl
 
 from telltale.engine.catalog_node import SPECS
 from telltale.engine.params import SYSCTL_EXPECTATION
-from telltale.nodeagent import hoststate
+from telltale.nodeagent import hostkernel
+from telltale.nodeagent.hostkernel import SYSCTLS, KernelHostState
 from telltale.nodeagent.hoststate import (
+    DEBOUNCE_S,
     MAX_DEBOUNCE_S,
-    SYSCTLS,
-    KernelHostState,
     MemoryHostState,
     run_host_state,
     same_state,
@@ -67,16 +67,28 @@ class Published(list[agent_pb2.NodeState]):
 # -- run_host_state against the in-memory source ---------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def running(
+    source: MemoryHostState, *, poll_interval: float = POLL_S, debounce: float = DEBOUNCE_S
+) -> AsyncIterator[Published]:
+    """run_host_state on `source`, started (its first snapshot taken) on entry and cancelled when
+    the block ends; yields the list it publishes to."""
+    published = Published()
+    run = functools.partial(run_host_state, poll_interval=poll_interval, debounce=debounce)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run, source, published)
+        yield published
+        nursery.cancel_scope.cancel()
+
+
 @trio.testing.trio_test
 async def test_the_first_snapshot_is_published_by_the_time_the_task_has_started() -> None:
     """The snapshot at start is full and published before nursery.start returns."""
-    source, published = MemoryHostState(state()), Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_host_state, source, published)
+    source = MemoryHostState(state())
+    async with running(source) as published:
         assert len(published) == 1
         assert published[0].full
         assert published[0].interfaces[0].name == "eth0"
-        nursery.cancel_scope.cancel()
     assert source.closed
 
 
@@ -85,9 +97,8 @@ async def test_a_change_is_published_once_and_an_unchanged_resample_is_not(
     clock: trio.testing.MockClock,
 ) -> None:
     """A notified change is published; notifications and polls that change nothing publish nothing."""
-    source, published = MemoryHostState(state()), Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_host_state, source, published)
+    source = MemoryHostState(state())
+    async with running(source) as published:
         source.set(state(promiscuous=True))
         await trio.sleep(MAX_DEBOUNCE_S + 0.1)
         assert [p.interfaces[0].promiscuous for p in published] == [False, True]
@@ -96,7 +107,6 @@ async def test_a_change_is_published_once_and_an_unchanged_resample_is_not(
         await trio.sleep(5 * POLL_S)  # and several polls
         assert source.snapshots > taken + 1
         assert len(published) == 2
-        nursery.cancel_scope.cancel()
 
 
 @trio.testing.trio_test
@@ -104,9 +114,8 @@ async def test_a_burst_of_notifications_is_sampled_once_after_it_settles(
     clock: trio.testing.MockClock,
 ) -> None:
     """Ten notifications 10 ms apart lead to one re-sample, debounce seconds after the last."""
-    source, published = MemoryHostState(state()), Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_host_state, debounce=0.15), source, published)
+    source = MemoryHostState(state())
+    async with running(source, debounce=0.15) as published:
         for _ in range(10):
             source.set(state(forwarding="1"))
             await trio.sleep(0.01)
@@ -114,7 +123,6 @@ async def test_a_burst_of_notifications_is_sampled_once_after_it_settles(
         await trio.sleep(0.15)
         assert source.snapshots == 2
         assert [p.sysctls["net.ipv4.ip_forward"] for p in published] == ["0", "1"]
-        nursery.cancel_scope.cancel()
 
 
 @trio.testing.trio_test
@@ -122,9 +130,8 @@ async def test_a_continuous_stream_of_notifications_does_not_starve_sampling(
     clock: trio.testing.MockClock,
 ) -> None:
     """Notifications every 50 ms for 5 s still let a re-sample through at least every MAX_DEBOUNCE_S."""
-    source, published = MemoryHostState(state()), Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_host_state, debounce=0.15), source, published)
+    source = MemoryHostState(state())
+    async with running(source, debounce=0.15):
         end = trio.current_time() + 5
         flip = False
         while trio.current_time() < end:
@@ -132,20 +139,17 @@ async def test_a_continuous_stream_of_notifications_does_not_starve_sampling(
             source.set(state(promiscuous=flip))
             await trio.sleep(0.05)
         assert source.snapshots >= 1 + int(5 / MAX_DEBOUNCE_S) - 1
-        nursery.cancel_scope.cancel()
 
 
 @trio.testing.trio_test
 async def test_a_change_without_notification_is_found_by_the_next_poll(clock: trio.testing.MockClock) -> None:
     """Settings and listeners have no notification: the poll finds them, not sooner."""
-    source, published = MemoryHostState(state()), Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_host_state, poll_interval=POLL_S), source, published)
+    source = MemoryHostState(state())
+    async with running(source, poll_interval=POLL_S) as published:
         start = trio.current_time()
         source.set(state(forwarding="1"), notify=False)
         await eventually(lambda: len(published) == 2, "the polled change", within=2 * POLL_S)
         assert POLL_S <= trio.current_time() - start <= POLL_S + 0.2
-        nursery.cancel_scope.cancel()
 
 
 class FlakySource(MemoryHostState):
@@ -167,16 +171,14 @@ async def test_a_failing_source_is_logged_and_sampling_goes_on(
     clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A snapshot that raises (even the first) ends nothing: the next poll publishes."""
-    source, published = FlakySource(state(), failing={1, 3}), Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_host_state, poll_interval=POLL_S), source, published)
+    source = FlakySource(state(), failing={1, 3})
+    async with running(source, poll_interval=POLL_S) as published:
         assert published == []
         await trio.sleep(POLL_S + 0.1)
         assert len(published) == 1
         source.set(state(promiscuous=True))
         await trio.sleep(POLL_S + MAX_DEBOUNCE_S + 0.1)  # snapshot 3 fails, the poll after it works
         assert [p.interfaces[0].promiscuous for p in published] == [False, True]
-        nursery.cancel_scope.cancel()
     assert caplog.text.count("sampling failed") == 2
 
 
@@ -255,9 +257,9 @@ def test_socket_owners_are_found_by_inode_in_a_bounded_scan(tmp_path: Path) -> N
         for fd, target in fds.items():
             (tmp_path / pid / "fd" / fd).symlink_to(target)
     (tmp_path / "self").mkdir()  # not a pid
-    found = hoststate._scan_owners(tmp_path, {111, 222, 333}, max_fds=100)
+    found = hostkernel._scan_owners(tmp_path, {111, 222, 333}, max_fds=100)
     assert found == {111: (7, "/usr/bin/prog7"), 222: (9, "/usr/bin/prog9")}
-    assert hoststate._scan_owners(tmp_path, {222}, max_fds=2) == {}
+    assert hostkernel._scan_owners(tmp_path, {222}, max_fds=2) == {}
 
 
 class FakeIPRoute:
@@ -288,7 +290,7 @@ def test_over_the_bound_promiscuous_interfaces_are_kept_and_routes_are_named(
 ) -> None:
     """300 interfaces: 256 reported, the promiscuous one among them; p2p local addresses, multipath
     gateways and device-only default routes are read as such."""
-    count = hoststate.MAX_INTERFACES + 44
+    count = hostkernel.MAX_INTERFACES + 44
     FakeIPRoute.links = [{"index": n, "ifname": f"if{n:03}", "flags": 0} for n in range(1, count + 1)]
     FakeIPRoute.links[-1]["promiscuity"] = 1  # a packet socket made it promiscuous
     FakeIPRoute.links[0]["flags"] = 0x1 | 0x100  # up, promiscuous by "ip link set promisc on"
@@ -298,13 +300,13 @@ def test_over_the_bound_promiscuous_interfaces_are_kept_and_routes_are_named(
         {"oif": 2},
         {"via": {"family": 10, "addr": "fe80::1"}, "oif": 1},
     ]
-    monkeypatch.setattr(hoststate, "IPRoute", FakeIPRoute)
+    monkeypatch.setattr(hostkernel, "IPRoute", FakeIPRoute)
     source = KernelHostState(sysctls=())
     with caplog.at_level(logging.WARNING):
         first, second = source.sample(), source.sample()
     source.close()
     names = [i.name for i in first.interfaces]
-    assert len(names) == hoststate.MAX_INTERFACES
+    assert len(names) == hostkernel.MAX_INTERFACES
     assert names == sorted(names)
     assert {"if001", f"if{count}"} <= set(names)
     promiscuous = [i.name for i in first.interfaces if i.promiscuous]
@@ -312,32 +314,18 @@ def test_over_the_bound_promiscuous_interfaces_are_kept_and_routes_are_named(
     assert list(first.interfaces[0].addresses) == ["10.0.0.1/32"]
     assert list(first.default_routes) == ["192.0.2.1", "192.0.2.2", "dev if002", "fe80::1"]
     assert same_state(first, second)
-    assert caplog.text.count(f"{count} interfaces, only {hoststate.MAX_INTERFACES} reported") == 1
+    assert caplog.text.count(f"{count} interfaces, only {hostkernel.MAX_INTERFACES} reported") == 1
 
 
 # -- the real kernel, inside a network namespace -----------------------------------------------------
 
 
-def run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A network namespace of its own, removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a network namespace needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2's ip command is not installed")
-    name = f"tt-hs-{uuid.uuid4().hex[:8]}"
-    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
-    if created.returncode != 0:
-        pytest.skip(f"network namespaces unavailable: {created.stderr.strip()}")
-    try:
-        run("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    """A network namespace of its own (loopback up, IPv4 forwarding off), removed afterwards."""
+    with network_namespace("tt-hs") as name:
+        sysctl(name, "net.ipv4.ip_forward=0")
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 class Sampler:
@@ -348,7 +336,7 @@ class Sampler:
         # A file, not a pipe: a pipe nobody reads could fill and block the sampler. Closed in stop().
         self._errors = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, *tied_to_parent(cmd)],
+            in_netns(netns, *tied_to_parent(cmd)),
             stdout=subprocess.PIPE,
             stderr=self._errors,
             text=True,
@@ -429,19 +417,19 @@ def test_interface_changes_in_a_namespace_are_published_as_they_happen(
     assert [i.name for i in first.interfaces] == ["lo"]
     assert first.sysctls["net.ipv4.ip_forward"] == "0"
 
-    run("ip", "-n", netns, "link", "add", "tt0", "type", "veth", "peer", "name", "tt1")
+    ip("-n", netns, "link", "add", "tt0", "type", "veth", "peer", "name", "tt1")
     sampler.wait("tt0 appearing", lambda s: interface(s, "tt0") is not None)
-    run("ip", "-n", netns, "link", "set", "tt0", "up")
+    ip("-n", netns, "link", "set", "tt0", "up")
     sampler.wait("tt0 up", lambda s: getattr(interface(s, "tt0"), "up", False))
-    run("ip", "-n", netns, "link", "set", "dev", "tt0", "promisc", "on")
+    ip("-n", netns, "link", "set", "dev", "tt0", "promisc", "on")
     sampler.wait("tt0 promiscuous", lambda s: getattr(interface(s, "tt0"), "promiscuous", False))
-    run("ip", "-n", netns, "link", "set", "dev", "tt0", "promisc", "off")
+    ip("-n", netns, "link", "set", "dev", "tt0", "promisc", "off")
     sampler.wait("tt0 no longer promiscuous", lambda s: not getattr(interface(s, "tt0"), "promiscuous", True))
-    run("ip", "-n", netns, "addr", "add", "10.77.0.2/24", "dev", "tt0")
+    ip("-n", netns, "addr", "add", "10.77.0.2/24", "dev", "tt0")
     sampler.wait("tt0's address", lambda s: "10.77.0.2/24" in getattr(interface(s, "tt0"), "addresses", ()))
-    run("ip", "-n", netns, "route", "add", "default", "via", "10.77.0.1")
+    ip("-n", netns, "route", "add", "default", "via", "10.77.0.1")
     sampler.wait("the default route", lambda s: list(s.default_routes) == ["10.77.0.1"])
-    run("ip", "-n", netns, "link", "del", "tt0")
+    ip("-n", netns, "link", "del", "tt0")
     gone = sampler.wait("tt0 and tt1 gone", lambda s: [i.name for i in s.interfaces] == ["lo"])
     assert list(gone.default_routes) == []
 
@@ -455,11 +443,11 @@ def test_ip_forwarding_toggles_in_a_namespace_are_published_through_notification
 ) -> None:
     """net.ipv4.ip_forward and net.ipv6.conf.all.forwarding announce themselves (netconf groups)."""
     sampler = sampler_factory(3600.0)
-    run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    sysctl(netns, "net.ipv4.ip_forward=1")
     sampler.wait("IPv4 forwarding on", lambda s: s.sysctls["net.ipv4.ip_forward"] == "1")
-    run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    sysctl(netns, "net.ipv6.conf.all.forwarding=1")
     sampler.wait("IPv6 forwarding on", lambda s: s.sysctls["net.ipv6.conf.all.forwarding"] == "1")
-    run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    sysctl(netns, "net.ipv4.ip_forward=0")
     sampler.wait("IPv4 forwarding off", lambda s: s.sysctls["net.ipv4.ip_forward"] == "0")
 
 
@@ -479,10 +467,9 @@ def test_listening_sockets_in_a_namespace_are_polled_with_their_owner(
     """A TCP listener and a bound UDP socket appear with pid and executable, and go when closed."""
     sampler = sampler_factory(0.2)
     assert list(sampler.published[0].listening) == []
-    run("ip", "-n", netns, "link", "set", "lo", "up")
     port = 4711
     listener = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", LISTENER, str(port)],
+        in_netns(netns, sys.executable, "-c", LISTENER, str(port)),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
