@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from netns import host_tables
 
 from telltale.devcluster import LocalCluster
 
@@ -22,3 +25,15 @@ def channel(cluster: LocalCluster) -> Iterator[grpc.Channel]:
     """A plaintext gRPC channel to the cluster's controller API."""
     with grpc.insecure_channel(cluster.api) as ch:
         yield ch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_firewall_untouched() -> Iterator[None]:
+    """The whole suite leaves the host's own nftables as it found them: agents outside a test's
+    namespace run with enforcement off, and enforcement tests work inside namespaces."""
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        yield
+        return
+    before = host_tables()
+    yield
+    assert host_tables() == before, "the test suite changed the host namespace's nftables tables"

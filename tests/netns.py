@@ -63,7 +63,7 @@ def network_namespace(prefix: str) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
-def _host_tables() -> str:
+def host_tables() -> str:
     """The host namespace's nftables table list (read only)."""
     return subprocess.run(
         ["nft", "list", "tables"], capture_output=True, text=True, timeout=30, check=True
@@ -79,8 +79,8 @@ def host_tables_unchanged() -> Iterator[None]:
         pytest.skip("reading the host's nftables needs root")
     if shutil.which("nft") is None:
         pytest.skip("the nft command is not installed")
-    before = _host_tables()
+    before = host_tables()
     yield
-    after = _host_tables()
+    after = host_tables()
     assert after == before, "the host namespace's nftables tables changed"
     assert "inet telltale" not in after
