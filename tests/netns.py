@@ -6,6 +6,7 @@ namespaces made here, never in the host's own; `host_tables_unchanged` proves it
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+
+from telltale.nodeagent.enforce import LIBNFTABLES_SONAME
 
 
 def ip(*args: str) -> None:
@@ -61,6 +64,14 @@ def network_namespace(prefix: str) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def require_libnftables() -> None:
+    """Skip the test when libnftables (Debian's libnftables1), which enforcement loads, is missing."""
+    try:
+        ctypes.CDLL(LIBNFTABLES_SONAME)
+    except OSError:
+        pytest.skip(f"{LIBNFTABLES_SONAME} is not installed")
 
 
 def host_tables() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import behave
-from netns import host_tables_unchanged, in_netns, inside, ip, network_namespace
+from netns import host_tables_unchanged, in_netns, inside, ip, network_namespace, require_libnftables
 
 from telltale.devcluster import LocalCluster, wait_for
 
@@ -50,7 +50,8 @@ while True:
 @pytest.fixture
 def namespaces() -> Iterator[tuple[str, str]]:
     """The node namespace and the far one, joined by a veth pair, with a server listening at FAR;
-    afterwards, the host's own nftables tables are as they were."""
+    afterwards, the host's own nftables tables are as they were. Skips without libnftables."""
+    require_libnftables()
     with (
         host_tables_unchanged(),
         network_namespace("tt-node") as node,

@@ -9,7 +9,6 @@ it was not changed.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import json
 import selectors
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netns import host_tables_unchanged, in_netns, inside, ip, network_namespace, sysctl
+from netns import host_tables_unchanged, in_netns, inside, ip, network_namespace, require_libnftables, sysctl
 
 from telltale.nodeagent import enforce
 from telltale.nodeagent.enforce import (
@@ -300,10 +299,7 @@ def test_enforcement_is_off_and_says_so_without_libnftables(monkeypatch: pytest.
 @contextmanager
 def _host_untouched() -> Iterator[None]:
     """Skips without libnftables (or root, or nft); afterwards, the host namespace's tables are unchanged."""
-    try:
-        ctypes.CDLL(enforce.LIBNFTABLES_SONAME)
-    except OSError:
-        pytest.skip(f"{enforce.LIBNFTABLES_SONAME} is not installed")
+    require_libnftables()
     with host_tables_unchanged():
         yield
 
