@@ -1,6 +1,7 @@
 """Batching, and the loss counters that batches carry.
 
-Events are grouped into EventBatch messages bounded by size and by age; each batch gets the next
+Events are grouped into EventBatch messages bounded by size and by age (kept serialized: a batch
+is written by framing its events' bytes, never by copying messages); each batch gets the next
 sequence number and stays in the spool (telltale.nodeagent.spool) until the controller acknowledges
 it. When the spool is full, a batch that carries events drops the oldest batch and its events are
 counted as lost; a batch that would carry only loss counts is not made, and the counts wait for the
@@ -10,10 +11,16 @@ events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from telltale.v1 import agent_pb2, common_pb2
+
+try:
+    from telltale._native import _records as native_records
+except ImportError:  # not built: events are framed in Python
+    native_records = None  # type: ignore[assignment]
 
 MAX_BATCH_EVENTS = 256
 MAX_BATCH_AGE_S = 0.1
@@ -72,6 +79,25 @@ class Counters:
         return bool(self.unsent_dropped or self.unsent_malformed)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _join_events_py(events: list[bytes]) -> bytes:
+    """native_records.join_events in Python: each Event as EventBatch field 3 (tag 0x1a, length)."""
+    return b"".join(b"\x1a" + _varint(len(event)) + event for event in events)
+
+
+join_events: Callable[[list[bytes]], bytes] = (
+    _join_events_py if native_records is None else native_records.join_events
+)
+
+
 class BatchSink(Protocol):
     """Where closed batches go: the spool (see telltale.nodeagent.spool.Spool)."""
 
@@ -82,30 +108,57 @@ class BatchSink(Protocol):
         """True when appending a batch would drop the oldest one."""
         ...
 
-    def append(self, batch: agent_pb2.EventBatch) -> bool:
-        """Number and keep `batch`; False when a batch without events was refused for lack of room."""
+    def append_serialized(self, payload: bytes, *, events: int, dropped: int, malformed: int) -> bool:
+        """Number and keep a serialized EventBatch of `events` events reporting these losses; False
+        when a batch without events was refused for lack of room."""
         ...
 
 
 class Batcher:
-    """Collects events and the workloads they refer to into batches for the spool."""
+    """Collects serialized events and the workloads they refer to into batches for the spool.
+
+    Events are kept as serialized telltale.v1.Event bytes and a batch is serialized by framing them
+    (nothing is parsed or copied into messages): each batch holds at most `max_events` events, in
+    the order they were added, and every distinct workload (by id) its events were added with.
+    Raises ValueError when `max_events` is below 1.
+    """
 
     def __init__(self, spool: BatchSink, *, max_events: int = MAX_BATCH_EVENTS) -> None:
+        if max_events < 1:
+            raise ValueError(f"a batch holds at least one event, not {max_events}")
         self._spool = spool
         self._max_events = max_events
-        self._events: list[common_pb2.Event] = []
+        self._events: list[bytes] = []
         self._workloads: dict[str, common_pb2.Workload] = {}
         self.opened_at: float | None = None
 
-    def add(self, event: common_pb2.Event, workload: common_pb2.Workload | None, now: float) -> None:
-        """Add one event (and its workload descriptor); flushes when the batch is full."""
-        if self.opened_at is None:
-            self.opened_at = now
-        self._events.append(event)
-        if workload is not None and workload.id not in self._workloads:
-            self._workloads[workload.id] = workload
-        if len(self._events) >= self._max_events:
-            self.flush()
+    def add(self, event: common_pb2.Event | bytes, workload: common_pb2.Workload | None, now: float) -> None:
+        """Add one event, a message or its serialized form (and its workload descriptor); flushes
+        when the batch is full. `now` is the time on the flush clock (see `due`)."""
+        self.extend([event if isinstance(event, bytes) else event.SerializeToString()], workload, now)
+
+    def extend(self, events: list[bytes], workload: common_pb2.Workload | None, now: float) -> None:
+        """Add serialized Events, in order, all referring to `workload` (None: to no known one).
+
+        Closes a batch into the spool each time one holds `max_events`; `now` opens the age of a
+        batch this opens (see `due`). The bytes are trusted: an item that is not a serialized Event
+        makes every batch it is in unreadable by the controller. Does not keep `events` itself.
+        """
+        start, total = 0, len(events)
+        while start < total:
+            if self.opened_at is None:
+                self.opened_at = now
+            if workload is not None and workload.id not in self._workloads:
+                self._workloads[workload.id] = workload
+            room = self._max_events - len(self._events)
+            if start == 0 and total <= room:
+                self._events += events
+                start = total
+            else:
+                self._events += events[start : start + room]
+                start += room
+            if len(self._events) >= self._max_events:
+                self.flush()
 
     def due(self, now: float) -> bool:
         """True when the open batch is older than MAX_BATCH_AGE_S, or when losses wait to be reported
@@ -115,23 +168,24 @@ class Batcher:
         return now - self.opened_at >= MAX_BATCH_AGE_S
 
     def flush(self) -> None:
-        """Close the open batch into the spool.
+        """Close the open batch into the spool, with the losses counted since the last batch.
 
         Without events, a batch is made only to report losses, and only when the spool has room;
         otherwise the counts stay pending for the next batch.
         """
         counters = self._spool.counters
-        if not self._events and (not counters.losses_unsent or self._spool.full):
+        events = self._events
+        if not events and (not counters.losses_unsent or self._spool.full):
             return
-        batch = agent_pb2.EventBatch(
-            workloads=list(self._workloads.values()),
-            events=self._events,
-            dropped_records=counters.unsent_dropped,
-            malformed_records=counters.unsent_malformed,
+        dropped, malformed = counters.unsent_dropped, counters.unsent_malformed
+        head = agent_pb2.EventBatch(
+            workloads=self._workloads.values(), dropped_records=dropped, malformed_records=malformed
         )
+        payload = head.SerializeToString() + join_events(events)
         # Zeroed before appending: a batch pushed out by this one adds its own losses back.
         counters.unsent_dropped = counters.unsent_malformed = 0
         self._events = []
         self._workloads = {}
         self.opened_at = None
-        self._spool.append(batch)  # kept: it has events, or the spool has room
+        # Kept: it has events, or the spool has room.
+        self._spool.append_serialized(payload, events=len(events), dropped=dropped, malformed=malformed)

@@ -100,8 +100,9 @@ class Agent:
         self.node_state: agent_pb2.NodeState | None = None  # the latest snapshot, sent at each connect
         self._session: LinkSession | None = None  # the connected session, if any
 
-    def _on_event(self, event: common_pb2.Event, workload: common_pb2.Workload | None) -> None:
-        self.batcher.add(event, workload, trio.current_time())
+    def _on_event(self, events: list[bytes], workload: common_pb2.Workload | None) -> None:
+        """The intake's sink: a run of serialized events of `workload` goes to the batcher."""
+        self.batcher.extend(events, workload, trio.current_time())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part; `task_status.started()` once the intake socket listens."""

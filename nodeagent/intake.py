@@ -7,7 +7,9 @@ times faster than one await per datagram. When the native extension telltale._na
 built, a drain is one call that reads a batch of messages (recvmmsg) and turns each record into
 serialized Event bytes; the records it does not handle (process starts, anything invalid or unusual)
 come back as raw messages and take the Python path (records.decode, convert.to_event), which stays
-the reference: both paths give equal events and count the same records as malformed.
+the reference: both paths give equal events and count the same records as malformed. Either way
+events reach the sink serialized, in runs of one workload per wake-up, so that nothing on the way
+to the spool handles an event as a Python object.
 
 Nothing a peer sends ends the intake or the agent: a record that does not decode is dropped and
 counted as malformed and the connection keeps being read; an invalid workload descriptor leaves
@@ -41,7 +43,7 @@ from telltale.nodeagent import workload as workload_descriptor
 from telltale.nodeagent.batcher import Counters
 from telltale.nodeagent.convert import event_prefix, fill_process, to_event
 from telltale.nodeagent.records import RecordError, RecordKind, decode
-from telltale.v1 import agent_pb2, common_pb2
+from telltale.v1 import common_pb2
 
 try:
     from telltale._native import _records as native_records
@@ -63,7 +65,11 @@ ACCEPT_RETRY_S = 0.1
 _ACCEPT_IGNORABLE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _UCRED = struct.Struct("3i")
 
-EventSink = Callable[[common_pb2.Event, common_pb2.Workload | None], None]
+# Where events go: a run of serialized telltale.v1.Event messages, in arrival order, all referring
+# to one workload (None: unattributed). The list is the sink's to keep. The native path's events are
+# a serialized prefix followed by the rest (protobuf merges repeated parts when parsing): parse them,
+# never compare bytes. An exception from the sink closes the connection whose records it was given.
+EventSink = Callable[[list[bytes], common_pb2.Workload | None], None]
 
 
 def raise_open_file_limit() -> int:
@@ -272,79 +278,101 @@ class Intake:
             del workloads.by_id[workload.id]
 
     def _drain(self, sock: socket.socket, conn: _Connection) -> bool:
-        """Read what is queued (up to DRAIN_LIMIT records); False when the peer has gone."""
+        """Read what is queued (up to DRAIN_LIMIT records); False when the peer has gone.
+
+        The events are handed to the sink in runs of one workload, once all of a wake-up's records
+        have been read; an exception ends the drain, losing them (see `_drain_native`).
+        """
+        sink = self._sink
+        events: list[bytes] = []  # serialized, not yet handed to the sink
+        owner = conn.workload  # the workload of `events`: conn.workload, refreshed when it may change
+        alive = True
         for _ in range(DRAIN_LIMIT):
             try:
                 data = sock.recv(MAX_RECORD)
             except BlockingIOError:
-                return True
+                break
             except OSError:
-                return False
+                alive = False
+                break
             if not data:
                 if _peer_closed(sock):
-                    return False
+                    alive = False
+                    break
                 self._counters.count_malformed()  # an empty message, not the end of the stream
                 continue
-            self._handle(data, conn)
-        return True
+            event = self._handle(data, conn)
+            if conn.workload is not owner:
+                if events:
+                    sink(events, owner)
+                    events = []
+                owner = conn.workload
+            if event is not None:
+                events.append(event)
+        if events:
+            sink(events, owner)
+        return alive
 
     def _drain_native(self, sock: socket.socket, conn: _Connection) -> bool:
         """`_drain` through the native extension: the same events, counts and return value.
 
-        Reads up to DRAIN_LIMIT messages in one call. The events of consecutive records the native
-        path encoded are parsed together, as one EventBatch, and then handed to the sink in order:
-        each such event belongs to that parsed batch, which stays in memory while any of its events
-        does. An exception from the sink ends the drain: the records already read but not yet
+        Reads up to DRAIN_LIMIT messages in one call. Each event is the cached serialized prefix of
+        its process (convert.event_prefix) followed by what the extension encoded: never parsed
+        here. Events go to the sink in runs of one workload, in order, after the whole read. An
+        exception (from the sink, or a bug) ends the drain: the records already read but not yet
         handed over are lost with the connection, which the caller closes, as the records still
-        queued are on the Python path.
+        queued are.
         """
         assert native_records is not None
         items, status = native_records.drain(sock.fileno(), DRAIN_LIMIT)
         counters = self._counters
         by_pid = self._workloads.by_pid
         prefixes = conn.prefixes
-        events: list[bytes] = []  # encoded, not yet handed to the sink
-        owners: list[common_pb2.Workload | None] = []
-        closed = False
-        for item in items:
-            if isinstance(item, tuple):
-                pid, ppid, dropped, seq, body = item
-                counters.records += 1
-                if dropped:
-                    self._count_shim_drops(pid, dropped, seq)
-                workload = conn.workload
-                if workload is None:
-                    self._adopt(conn, pid, ppid)
-                    workload = conn.workload
-                if workload is not None and pid not in by_pid:
-                    self._track(conn, workload, pid)
-                prefix = prefixes.get(pid)
-                if prefix is None:
-                    prefix = self._prefix(conn, pid)
-                events.append(prefix + body)
-                owners.append(workload)
-            elif item is None:
-                # The end of the stream, or an empty message. Records read after it are still handled.
-                if closed or _peer_closed(sock):
-                    closed = True
-                else:
-                    counters.count_malformed()
-            else:
-                if events:
-                    self._deliver(events, owners)
-                    events, owners = [], []
-                self._handle(item, conn)
-        if events:
-            self._deliver(events, owners)
-        return not closed and status != native_records.ERROR
-
-    def _deliver(self, events: list[bytes], owners: list[common_pb2.Workload | None]) -> None:
-        """Parse serialized events in one go and hand each to the sink with its workload."""
-        assert native_records is not None
         sink = self._sink
-        batch = agent_pb2.EventBatch.FromString(native_records.join_events(events))
-        for event, workload in zip(batch.events, owners, strict=True):
-            sink(event, workload)
+        events: list[bytes] = []  # serialized, not yet handed to the sink
+        owner = conn.workload  # the workload of `events`: conn.workload, refreshed when it may change
+        closed = False
+        records = 0  # encoded records read, counted here at the end whatever happens
+        try:
+            for item in items:
+                if isinstance(item, tuple):
+                    pid, ppid, dropped, seq, body = item
+                    records += 1
+                    if dropped:
+                        self._count_shim_drops(pid, dropped, seq)
+                    if owner is None:
+                        self._adopt(conn, pid, ppid)
+                        if conn.workload is not None:
+                            if events:
+                                sink(events, owner)
+                                events = []
+                            owner = conn.workload
+                    if pid not in by_pid and owner is not None:
+                        self._track(conn, owner, pid)
+                    prefix = prefixes.get(pid)
+                    if prefix is None:
+                        prefix = self._prefix(conn, pid)
+                    events.append(prefix + body)
+                elif item is None:
+                    # The end of the stream, or an empty message. Records read after it are handled.
+                    if closed or _peer_closed(sock):
+                        closed = True
+                    else:
+                        counters.count_malformed()
+                else:
+                    event = self._handle(item, conn)
+                    if conn.workload is not owner:
+                        if events:
+                            sink(events, owner)
+                            events = []
+                        owner = conn.workload
+                    if event is not None:
+                        events.append(event)
+        finally:
+            counters.records += records  # not sent anywhere: needs no saturation
+        if events:
+            sink(events, owner)
+        return not closed and status != native_records.ERROR
 
     def _prefix(self, conn: _Connection, pid: int) -> bytes:
         """convert.event_prefix for a record of `pid` on `conn`, cached in `conn.prefixes`."""
@@ -356,13 +384,15 @@ class Intake:
             conn.prefixes[key] = prefix
         return prefix
 
-    def _handle(self, data: bytes, conn: _Connection) -> None:
+    def _handle(self, data: bytes, conn: _Connection) -> bytes | None:
+        """Decode one record on the Python path and update the connection's state; the serialized
+        event of `conn.workload` (as it is afterwards), or None when the record is malformed."""
         try:
             record = decode(data)
         except RecordError as exc:
             self._counters.count_malformed()
             log.debug("dropped malformed record from pid %d: %s", conn.peer_pid, exc)
-            return
+            return None
         self._counters.records += 1  # not sent anywhere: needs no saturation
         pid = record.pid
         if record.kind == RecordKind.PROC_START:
@@ -383,8 +413,7 @@ class Intake:
         workload = conn.workload
         if workload is not None and pid not in self._workloads.by_pid:
             self._track(conn, workload, pid)
-        event = to_event(record, workload.id if workload else "", conn.processes.get(pid))
-        self._sink(event, workload)
+        return to_event(record, workload.id if workload else "", conn.processes.get(pid)).SerializeToString()
 
     def _track(self, conn: _Connection, workload: common_pb2.Workload, pid: int) -> None:
         """Let later connections of `pid` (or of its children) find `workload`, within the bound."""

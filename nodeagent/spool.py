@@ -220,43 +220,49 @@ class Spool:
 
     # -- changes ---------------------------------------------------------------------------
     def append(self, batch: agent_pb2.EventBatch) -> bool:
-        """Number `batch` (its `seq` is set) and keep it; True when kept.
+        """Number `batch` and keep it; True when kept, and then its `seq` is set to its number.
+
+        As `append_serialized` (which this serializes `batch` for, without its `seq`): room is made
+        by dropping (and counting) the oldest batches; a batch without events that would need room
+        is refused (False, no number used, `seq` left at 0). Never raises on a disk error.
+        """
+        batch.seq = 0  # the number is the spool's, kept beside the payload
+        kept = self.append_serialized(
+            batch.SerializeToString(),
+            events=len(batch.events),
+            dropped=batch.dropped_records,
+            malformed=batch.malformed_records,
+        )
+        if kept:
+            batch.seq = self.next_seq - 1
+        return kept
+
+    def append_serialized(self, payload: bytes, *, events: int, dropped: int, malformed: int) -> bool:
+        """Number and keep a serialized EventBatch; True when kept (numbered `next_seq - 1`).
+
+        `payload` must parse as an EventBatch holding `events` events and reporting `dropped` and
+        `malformed` records (the counts a drop of it loses, see Counters.count_dropped_batch_counts,
+        kept beside it rather than parsed from it); its `seq` field should be unset, since `read`
+        sets the batch's current number whatever it holds. The spool does not parse it: a payload
+        that lies is sent as it is and its counts are trusted.
 
         Room is made by dropping (and counting) the oldest batches; a batch without events that
         would need room is refused (False, no number used): losses are never reported at the cost
-        of events. A batch larger than `max_bytes` by itself is kept alone. Never raises on a
-        disk error (see the module docstring).
+        of events. A batch larger than `max_bytes` by itself is kept alone. Never raises on a disk
+        error (see the module docstring).
         """
-        batch.seq = self.next_seq
-        payload = batch.SerializeToString()
         if self._needs_room(len(payload)):
-            if not batch.events:
-                batch.seq = 0
+            if not events:
                 return False
             while self._entries and self._needs_room(len(payload)):
                 self._drop(self._entries[0])
         seq = self.next_seq
         self.next_seq += 1
-        entry = _Entry(
-            seq,
-            0,
-            0,
-            _BODY.size + len(payload),
-            len(batch.events),
-            batch.dropped_records,
-            batch.malformed_records,
-        )
-        frame = _frame(
-            _BATCH,
-            seq,
-            events=entry.events,
-            dropped=entry.dropped,
-            malformed=entry.malformed,
-            payload=payload,
-        )
+        entry = _Entry(seq, 0, 0, _BODY.size + len(payload), events, dropped, malformed)
+        frame = _frame(_BATCH, seq, events=events, dropped=dropped, malformed=malformed, payload=payload)
         oldest = self._entries[0].seq if self._entries else seq
         floor = _frame(_FLOOR, oldest) if self._floor_dirty else b""
-        where = self._write_frames(floor + frame) if self.durable else None
+        where = self._write_frames(floor + frame if floor else frame) if self.durable else None
         self._entries.append(entry)
         self._bytes += entry.size
         if where is not None:

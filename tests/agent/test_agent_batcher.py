@@ -1,10 +1,14 @@
-"""The batcher with the spool in memory: numbering, flushing, loss accounting, acknowledgements."""
+"""The batcher with the spool (in memory, and once on disk): numbering, flushing, framing serialized
+events, loss accounting, acknowledgements."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import trio
 import trio.testing
 
+from telltale.nodeagent import batcher as batcher_module
 from telltale.nodeagent.batcher import (
     MAX_BATCH_AGE_S,
     MAX_BATCH_EVENTS,
@@ -12,7 +16,7 @@ from telltale.nodeagent.batcher import (
     Batcher,
     Counters,
 )
-from telltale.nodeagent.spool import Spool
+from telltale.nodeagent.spool import Spool, read_spool
 from telltale.v1 import agent_pb2, common_pb2
 
 SHOP = common_pb2.Workload(id="w-shop", application="shop")
@@ -285,3 +289,70 @@ def test_a_batch_reporting_saturated_losses_fits_its_uint64_fields() -> None:
     spool.counters.count_malformed(2**65)
     Batcher(spool).flush()
     assert (batches(spool)[0].dropped_records, batches(spool)[0].malformed_records) == (U64_MAX, U64_MAX)
+
+
+def test_runs_of_serialized_events_fill_batches_in_order_across_batch_boundaries() -> None:
+    spool = Spool()
+    batcher = Batcher(spool, max_events=4)
+    batcher.extend([event(i).SerializeToString() for i in range(3)], SHOP, now=0.0)
+    batcher.extend([event(i).SerializeToString() for i in range(3, 10)], BILLING, now=0.0)
+    assert [[e.process.pid for e in b.events] for b in batches(spool)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [sorted(w.id for w in b.workloads) for b in batches(spool)] == [
+        ["w-billing", "w-shop"],
+        ["w-billing"],
+    ], "a run spanning batches puts its workload in each of them"
+    batcher.extend([], SHOP, now=0.0)
+    assert len(batches(spool)) == 2, "an empty run changes nothing"
+    batcher.flush()
+    assert [e.process.pid for e in batches(spool)[-1].events] == [8, 9]
+    assert [w.id for w in batches(spool)[-1].workloads] == ["w-billing"]
+
+
+def test_an_empty_run_neither_opens_a_batch_nor_names_its_workload() -> None:
+    spool = Spool()
+    batcher = Batcher(spool)
+    batcher.extend([], SHOP, now=0.0)
+    assert batcher.opened_at is None
+    batcher.add(event(), BILLING, now=1.0)
+    batcher.flush()
+    assert [w.id for w in batches(spool)[0].workloads] == ["w-billing"]
+
+
+def test_events_added_as_messages_or_bytes_come_back_equal() -> None:
+    """The batch is written by framing the events' bytes: a merged prefix and body parse as one."""
+    spool = Spool()
+    batcher = Batcher(spool)
+    split = common_pb2.Event(workload_id=SHOP.id, process=common_pb2.ProcessInfo(pid=7, exe="/bin/app"))
+    rest = common_pb2.Event(kind=common_pb2.EVENT_KIND_CONNECT, process=common_pb2.ProcessInfo(tid=8))
+    batcher.add(event(1), SHOP, now=0.0)
+    batcher.add(split.SerializeToString() + rest.SerializeToString(), SHOP, now=0.0)
+    batcher.flush()
+    merged = common_pb2.Event()
+    merged.MergeFrom(split)
+    merged.MergeFrom(rest)
+    assert list(batches(spool)[0].events) == [event(1), merged]
+
+
+def test_the_python_event_framing_is_what_protobuf_and_the_native_one_write() -> None:
+    events = [event(i).SerializeToString() for i in range(3)] + [b"", b"x" * 300]
+    framed = batcher_module._join_events_py(events)
+    assert (
+        framed
+        == agent_pb2.EventBatch(events=[common_pb2.Event.FromString(e) for e in events]).SerializeToString()
+    )
+    assert framed == batcher_module.join_events(events), "the framing the batcher uses (native if built)"
+
+
+def test_batches_reach_a_spool_on_disk_with_their_counts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    batcher = Batcher(spool, max_events=2)
+    spool.counters.count_malformed(2)
+    batcher.extend([event(i).SerializeToString() for i in range(5)], SHOP, now=0.0)
+    batcher.flush()
+    spool.close()
+    kept = read_spool(tmp_path / "spool")
+    assert [(b.seq, len(b.events), b.malformed_records) for b in kept] == [(1, 2, 2), (2, 2, 0), (3, 1, 0)]
+    assert [e.process.pid for b in kept for e in b.events] == list(range(5))
+    reloaded = Spool(tmp_path / "spool", capacity=1)  # loading drops the two oldest, by their counts
+    assert (reloaded.counters.dropped_batches, reloaded.counters.dropped) == (2, 4)
+    assert reloaded.counters.unsent_malformed == 2, "the dropped batch's report is carried again"

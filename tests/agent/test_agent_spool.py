@@ -254,6 +254,33 @@ def test_in_memory_the_capacity_bounds_the_spool() -> None:
     assert spool.counters.dropped_batches == 2
 
 
+def test_a_serialized_batch_is_kept_as_given_and_numbered_by_the_spool(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory, capacity=2)
+    stale = batch(1, events=3)
+    stale.seq = 77  # a number inside the payload is not the batch's number
+    assert spool.append_serialized(stale.SerializeToString(), events=3, dropped=4, malformed=5)
+    assert spool.next_seq == 2
+    [kept] = spool.batches()
+    assert (kept.seq, len(kept.events), kept.workloads[0].id) == (1, 3, "w-shop")
+    numbered = batch(2)
+    assert spool.append(numbered)
+    assert numbered.seq == 2, "append sets the number it gave"
+    assert spool.append(batch(3)), "pushes the first batch out"
+    counters = spool.counters
+    assert (counters.dropped_batches, counters.dropped) == (1, 3), "its events, as given, are lost"
+    assert (counters.unsent_dropped, counters.unsent_malformed) == (3 + 4, 5), "its reports come back"
+    assert [b.seq for b in Spool(directory, capacity=2).batches()] == [2, 3]
+
+
+def test_a_refused_batch_keeps_no_number() -> None:
+    spool = Spool(capacity=1)
+    assert spool.append(batch(1))
+    refused = agent_pb2.EventBatch(dropped_records=1, seq=9)
+    assert not spool.append(refused)
+    assert (refused.seq, spool.next_seq) == (0, 2)
+
+
 # -- the daemon across restarts ----------------------------------------------------------------
 
 
