@@ -188,7 +188,7 @@ class _Session:
                 while self.policies.revision == sent:
                     await self.policies.changed.wait()
             sent = self.policies.revision
-            await self.outbound.put(agent_pb2.ConnectResponse(policy_update=self.policies.update_message()))
+            await self.outbound.put(self.policies.update_response())
 
     async def _handle(self, request: agent_pb2.ConnectRequest) -> None:
         which = request.WhichOneof("message")

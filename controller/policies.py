@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 FOLLOW_BACKOFF_MIN_S = 0.2
 FOLLOW_BACKOFF_MAX_S = 10.0
+MAX_PLAN_NETWORKS = 100_000  # per policy: what one agent's firewall holds at most
 
 
 class PolicyView:
@@ -33,7 +34,7 @@ class PolicyView:
         self._countries = countries
         self.state = PolicyState({}, "", {}, 0)
         self._policy_set: PolicySet | None = None
-        self._update: agent_pb2.PolicyUpdate | None = None
+        self._update: agent_pb2.ConnectResponse | None = None
         self.changed = asyncio.Condition()
 
     @property
@@ -69,7 +70,8 @@ class PolicyView:
         enforcement = await asyncio.to_thread(_enforcement, policies, self._countries, time.time_ns())
         self._policy_set = policy_set
         self.state = state
-        self._update = _update_message(state, enforcement)
+        # One message for every agent stream: built and copied once per revision, not per agent.
+        self._update = agent_pb2.ConnectResponse(policy_update=_update_message(state, enforcement))
         async with self.changed:
             self.changed.notify_all()
         log.info(
@@ -105,6 +107,10 @@ class PolicyView:
 
     def update_message(self) -> agent_pb2.PolicyUpdate:
         """The PolicyUpdate agents receive for the current state (one shared message: do not modify)."""
+        return self.update_response().policy_update
+
+    def update_response(self) -> agent_pb2.ConnectResponse:
+        """The update as the message written to every agent stream (shared: do not modify)."""
         if self._update is None:
             raise RuntimeError("policy state not loaded yet")
         return self._update
@@ -113,14 +119,28 @@ class PolicyView:
 def _enforcement(
     policies: dict[str, policy_model.Policy], countries: CountryLookup, now_ns: int
 ) -> list[agent_pb2.PolicyEnforcement]:
-    """The block plan of every policy that has one."""
+    """The block plan of every policy that has one, each at most MAX_PLAN_NETWORKS networks.
+
+    A plan that cannot be made (a country database that fails while being read through) becomes
+    a note in the plan rather than a reason to refuse the whole policy state.
+    """
     plans = []
     for name in sorted(policies):
-        plan = block_plan(policies[name], countries, now_ns)
-        if plan.networks or plan.unenforced:
-            plans.append(
-                agent_pb2.PolicyEnforcement(policy=name, networks=plan.networks, unenforced=plan.unenforced)
+        try:
+            plan = block_plan(policies[name], countries, now_ns)
+        except Exception as exc:
+            log.exception("block plan of policy %r failed", name)
+            plans.append(agent_pb2.PolicyEnforcement(policy=name, unenforced=[f"no block plan: {exc}"]))
+            continue
+        networks, notes = plan.networks, list(plan.unenforced)
+        if len(networks) > MAX_PLAN_NETWORKS:
+            notes.append(
+                f"{len(networks) - MAX_PLAN_NETWORKS} of {len(networks)} networks over the limit of "
+                f"{MAX_PLAN_NETWORKS} are not blocked"
             )
+            networks = networks[:MAX_PLAN_NETWORKS]
+        if networks or notes:
+            plans.append(agent_pb2.PolicyEnforcement(policy=name, networks=networks, unenforced=notes))
     return plans
 
 

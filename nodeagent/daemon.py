@@ -43,7 +43,8 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 STOP_GRACE_S = 2.0
 SEND_WINDOW = 64  # batches sent and not yet acknowledged, at most
-WORKLOAD_CHECK_S = 0.5  # how often new workloads are looked at for the policies they bring
+WORKLOAD_CHECK_S = 0.1  # how often new workloads are looked at for the policies they bring
+ENFORCEMENT_RETRY_S = 10.0  # how often a failed firewall change is tried again
 
 
 @dataclass
@@ -132,13 +133,18 @@ class Agent:
             task_status.started()
 
     async def _enforce(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Reconcile the firewall with what the last run applied, then follow new workloads."""
+        """Reconcile the firewall with what the last run applied, then follow new workloads, and
+        retry a failed firewall change now and then."""
         await self.enforcer.reconcile_saved()
         task_status.started()
         workloads = self.state.workloads
+        next_retry = trio.current_time() + ENFORCEMENT_RETRY_S
         while True:
             await trio.sleep(WORKLOAD_CHECK_S)
             await self.enforcer.on_workloads(workloads.by_id.values())
+            if trio.current_time() >= next_retry:
+                next_retry = trio.current_time() + ENFORCEMENT_RETRY_S
+                await self.enforcer.retry_failed()
 
     def _on_node_state(self, state: agent_pb2.NodeState) -> None:
         """A changed host-state snapshot: kept for the next connect, sent now if connected."""
@@ -161,6 +167,7 @@ class Agent:
                 with trio.move_on_after(STOP_GRACE_S):
                     while self.state.connected_to and len(spool):
                         await spool.wait_changed()
+                self.batcher.flush()  # what arrived during the grace period is spooled too
                 if len(spool):
                     log.warning("%d batches not acknowledged at exit; they stay spooled", len(spool))
                 spool.close()
@@ -328,6 +335,10 @@ class Agent:
 def _enforcer(config: AgentConfig, firewall: Firewall | None) -> Enforcer:
     """The enforcer the configuration asks for; raises ConfigError when "on" cannot be honoured."""
     if config.enforcement == "off" and firewall is None:
+        log.info(
+            "enforcement off by configuration; a table left by an earlier run keeps blocking until "
+            "`telltale agent --remove-enforcement` deletes it"
+        )
         return Enforcer(
             None,
             config.state_dir,

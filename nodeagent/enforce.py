@@ -210,7 +210,7 @@ def host_addresses() -> list[str]:
     try:
         with IPRoute() as ipr:
             messages = list(ipr.get_addr())
-    except OSError as exc:
+    except Exception as exc:  # pyroute2's NetlinkError is not an OSError
         raise EnforcementError(f"reading the host's addresses over netlink failed: {exc}") from exc
     found: list[str] = []
     for message in messages:

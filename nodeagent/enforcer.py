@@ -2,10 +2,12 @@
 
 The enforcer takes every policy update (see :mod:`telltale.nodeagent.blocks` for which policies'
 blocks the node applies), applies the result through a :class:`~telltale.nodeagent.enforce.Firewall`
-in a worker thread, and remembers what it applied in ``<state_dir>/enforcement.json``. At start
-it applies that file again, so that the firewall is reconciled at once — after a reboot, or
-after someone changed the table — without waiting for a controller. The state it reports
-(:attr:`Enforcer.state`) travels in heartbeats to the controller's inventory.
+in a worker thread, and remembers what it applied — the networks, and the workloads whose
+policies they come from — in ``<state_dir>/enforcement.json``. At start it applies that file
+again, so that the firewall is reconciled at once — after a reboot, or after someone changed the
+table — without waiting for a controller, and the next policy update still counts the workloads
+that were running before the restart. A failed apply is retried (:meth:`Enforcer.retry_failed`).
+The state it reports (:attr:`Enforcer.state`) travels in heartbeats to the controller's inventory.
 """
 
 from __future__ import annotations
@@ -63,12 +65,21 @@ class Enforcer:
             saved = json.loads(self._saved.read_text(encoding="utf-8"))
             networks = tuple(str(n) for n in saved["networks"])
             revision = int(saved["revision"])
+            seen = [(str(a), str(c), str(o)) for a, c, o in saved.get("workloads", [])]
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring %s: %s", self._saved, exc)
             return
+        for key in seen:
+            self.seen.keys[key] = None
         await self._apply(NodeBlocks(networks), revision)
+
+    async def retry_failed(self) -> None:
+        """Apply the latest update again if the last apply failed (the controller resends only on
+        a new revision)."""
+        if self.state.mode == common_pb2.ENFORCEMENT_MODE_FAILED:
+            await self._refresh(force=True)
 
     async def on_update(self, update: agent_pb2.PolicyUpdate) -> str:
         """Apply what ``update`` blocks on this node; returns "" or why it could not be applied."""
@@ -96,15 +107,18 @@ class Enforcer:
         async with self._lock:
             try:
                 result = await trio.to_thread.run_sync(firewall.apply, blocks.networks)
-            except EnforcementError as exc:
+            except Exception as exc:  # whatever the firewall raises, the agent keeps running
                 self.state = common_pb2.EnforcementState(
                     mode=common_pb2.ENFORCEMENT_MODE_FAILED,
                     blocked_networks=self.state.blocked_networks,
                     policy_revision=self.state.policy_revision,
                     detail=str(exc),
                 )
-                log.error("enforcement of policy revision %d failed: %s", revision, exc)
-                return str(exc)
+                if isinstance(exc, EnforcementError):
+                    log.error("enforcement of policy revision %d failed: %s", revision, exc)
+                else:
+                    log.exception("enforcement of policy revision %d failed", revision)
+                return str(exc) or type(exc).__name__
             self._applied = blocks.networks
             notes = [*blocks.unenforced]
             if result.excluded or result.invalid or result.truncated:
@@ -122,10 +136,19 @@ class Enforcer:
             return ""
 
     def _save(self, networks: tuple[str, ...], revision: int) -> None:
+        """Write the file whole or not at all (temp file, fsync, rename)."""
         tmp = self._saved.with_suffix(".tmp")
+        content = {
+            "revision": revision,
+            "networks": list(networks),
+            "workloads": [list(k) for k in self.seen.keys],
+        }
         try:
             self._saved.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"revision": revision, "networks": list(networks)}), encoding="utf-8")
+            with tmp.open("w", encoding="utf-8") as out:
+                json.dump(content, out)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, self._saved)
         except OSError as exc:
             log.warning(

@@ -101,6 +101,9 @@ class GrpcConnector:
             options=[
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                # A policy update carries every policy's blocked networks: well over gRPC's 4 MiB
+                # default for large country blocks.
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ],
         )
         with contextlib.closing(channel):

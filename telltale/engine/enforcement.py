@@ -47,26 +47,26 @@ class BlockPlan:
 
 
 def block_plan(policy: Policy, countries: CountryLookup, now_ns: int) -> BlockPlan:
-    """The block plan of ``policy``: enabled rules whose action is block, minus the destinations
-    of its exceptions that are in force at ``now_ns``. Never raises on a validated policy."""
+    """The block plan of ``policy``: each enabled rule whose action is block, minus the
+    destinations of that rule's exceptions in force at ``now_ns`` (an exception of one rule
+    never opens another rule's block), merged. Never raises on a validated policy."""
     blocked: list[_Network] = []
-    holes: list[_Network] = []
     notes: list[str] = []
     for alert_type in sorted(policy.rules):
         rule = policy.rules[alert_type]
         if not rule.enabled or rule.action != policy_pb2.RULE_ACTION_BLOCK:
             continue
         if alert_type in (BLOCKLIST, METADATA):
-            blocked.extend(_networks(_strings(rule, "networks")))
+            networks = _networks(_strings(rule, "networks"))
             if alert_type == METADATA and _strings(rule, "hostnames"):
                 notes.append(f"{alert_type}: host names are not blocked, only the listed networks")
         elif alert_type == COUNTRY:
-            blocked.extend(_country_networks(rule, countries, notes))
+            networks = _country_networks(rule, countries, notes)
         else:
             notes.append(f"{alert_type}: action block has no network enforcement for this alert type")
             continue
-        holes.extend(_exception_holes(rule, alert_type, now_ns, notes))
-    return BlockPlan(tuple(str(n) for n in _subtract(blocked, holes)), tuple(notes))
+        blocked.extend(_subtract(networks, _exception_holes(rule, alert_type, now_ns, notes)))
+    return BlockPlan(tuple(str(n) for n in _subtract(blocked, [])), tuple(notes))
 
 
 def _strings(rule: Rule, name: str) -> tuple[str, ...]:

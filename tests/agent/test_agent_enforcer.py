@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
-from telltale.nodeagent.enforce import MemoryFirewall
+from telltale.nodeagent.enforce import EnforcementResult, MemoryFirewall
 from telltale.nodeagent.enforcer import Enforcer
 from telltale.v1 import agent_pb2, common_pb2, policy_pb2
 
@@ -100,3 +101,49 @@ def test_a_damaged_saved_file_is_ignored(tmp_path: Path) -> None:
     firewall = MemoryFirewall()
     trio.run(enforcer(firewall, tmp_path).reconcile_saved)
     assert firewall.applied == []
+
+
+def test_workloads_seen_before_a_restart_still_count_after_it(tmp_path: Path) -> None:
+    """The next agent's first update keeps the blocks of workloads that ran before the restart."""
+    plans = update(8, Standard=["192.0.2.0/24"], Fence=["198.51.100.0/24"])
+
+    async def body() -> None:
+        first = enforcer(MemoryFirewall(), tmp_path)
+        await first.on_update(plans)
+        await first.on_workloads([common_pb2.Workload(id="w1", application="shop")])
+        fresh = MemoryFirewall()
+        second = enforcer(fresh, tmp_path)
+        await second.reconcile_saved()
+        await second.on_update(plans)
+        assert fresh.current() == ["192.0.2.0/24", "198.51.100.0/24"]
+
+    trio.run(body)
+
+
+class Exploding(MemoryFirewall):
+    """A firewall whose library fails in a way nobody planned for."""
+
+    def apply(self, networks: Sequence[str]) -> EnforcementResult:
+        if self.fail_with is not None:
+            raise RuntimeError(self.fail_with)
+        return super().apply(networks)
+
+
+def test_an_unexpected_firewall_error_is_reported_and_retried(tmp_path: Path) -> None:
+    """Any exception from the firewall is a failed apply (the agent keeps running); a retry after
+    the cause went away applies the latest update."""
+    firewall = Exploding(fail_with="netlink said 105")
+
+    async def body() -> None:
+        e = enforcer(firewall, tmp_path)
+        error = await e.on_update(update(9, Standard=["192.0.2.0/24"]))
+        assert "netlink said 105" in error
+        assert e.state.mode == common_pb2.ENFORCEMENT_MODE_FAILED
+        await e.retry_failed()
+        assert e.state.mode == common_pb2.ENFORCEMENT_MODE_FAILED
+        firewall.fail_with = None
+        await e.retry_failed()
+        assert (e.state.mode, e.state.policy_revision) == (ACTIVE, 9)
+        assert firewall.current() == ["192.0.2.0/24"]
+
+    trio.run(body)

@@ -149,3 +149,15 @@ def test_a_plan_blocks_exactly_the_listed_networks_minus_the_holes(
 def test_a_lookup_with_nothing_to_list_blocks_nothing(lookup: CountryLookup) -> None:
     """A country nobody places anywhere blocks nothing, and is not an error."""
     assert block_plan(country_rule("KP"), lookup, NOW).networks == ()
+
+
+def test_an_exception_opens_only_its_own_rules_block() -> None:
+    """A hole in the metadata rule does not unblock the same network listed by the blocklist."""
+    both = policy(
+        "    network.blocklisted_destination:\n      action: block\n"
+        "      params:\n        networks: [10.0.0.0/8]\n"
+        "    network.cloud_metadata:\n      action: block\n"
+        "      params:\n        networks: [10.1.0.0/16]\n"
+        "      exceptions:\n        - {reason: sdk, destination: 10.0.0.0/8}\n"
+    )
+    assert block_plan(both, NO_COUNTRIES, NOW).networks == ("10.0.0.0/8",)
