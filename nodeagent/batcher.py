@@ -27,6 +27,9 @@ MAX_BATCH_AGE_S = 0.1
 
 
 U64_MAX = 2**64 - 1  # the largest value of a protobuf uint64
+# The largest batch that carries only loss counts (what `Batcher.flush` makes without events): a sink
+# with room for this many more bytes accepts any such batch.
+LOSS_BATCH_MAX_BYTES = 2 * (1 + 10)  # two uint64 fields: a tag byte and at most 10 varint bytes each
 
 
 def saturating_add(total: int, n: int) -> int:
@@ -105,12 +108,16 @@ class BatchSink(Protocol):
 
     @property
     def full(self) -> bool:
-        """True when appending a batch would drop the oldest one."""
+        """True unless a batch without events of up to LOSS_BATCH_MAX_BYTES would be accepted now.
+
+        When False, `append_serialized` of such a batch must succeed; when True, a batch with events
+        may push the oldest one out.
+        """
         ...
 
     def append_serialized(self, payload: bytes, *, events: int, dropped: int, malformed: int) -> bool:
         """Number and keep a serialized EventBatch of `events` events reporting these losses; False
-        when a batch without events was refused for lack of room."""
+        when a batch without events was refused for lack of room (nothing is then dropped)."""
         ...
 
 
@@ -162,7 +169,7 @@ class Batcher:
 
     def due(self, now: float) -> bool:
         """True when the open batch is older than MAX_BATCH_AGE_S, or when losses wait to be reported
-        and the spool has room for a batch carrying only them."""
+        and the spool has room for a batch carrying only them (it is not `full`)."""
         if self.opened_at is None:
             return self._spool.counters.losses_unsent and not self._spool.full
         return now - self.opened_at >= MAX_BATCH_AGE_S
@@ -171,7 +178,8 @@ class Batcher:
         """Close the open batch into the spool, with the losses counted since the last batch.
 
         Without events, a batch is made only to report losses, and only when the spool has room;
-        otherwise the counts stay pending for the next batch.
+        otherwise the counts stay pending for the next batch. If the spool refuses the batch anyway,
+        its counts are pending again (added back, held at U64_MAX): a loss is never forgotten.
         """
         counters = self._spool.counters
         events = self._events
@@ -187,5 +195,9 @@ class Batcher:
         self._events = []
         self._workloads = {}
         self.opened_at = None
-        # Kept: it has events, or the spool has room.
-        self._spool.append_serialized(payload, events=len(events), dropped=dropped, malformed=malformed)
+        if not self._spool.append_serialized(
+            payload, events=len(events), dropped=dropped, malformed=malformed
+        ):
+            # Refused (only a batch without events can be): its counts wait for the next batch.
+            counters.unsent_dropped = saturating_add(counters.unsent_dropped, dropped)
+            counters.unsent_malformed = saturating_add(counters.unsent_malformed, malformed)

@@ -18,6 +18,7 @@ import functools
 import logging
 import random
 import signal
+import threading
 from dataclasses import dataclass
 
 import trio
@@ -45,6 +46,7 @@ STOP_GRACE_S = 2.0
 SEND_WINDOW = 64  # batches sent and not yet acknowledged, at most
 WORKLOAD_CHECK_S = 0.1  # how often new workloads are looked at for the policies they bring
 ENFORCEMENT_RETRY_S = 10.0  # how often a failed firewall change is tried again
+SPOOL_SYNC_S = 1.0  # how often finished spool segments are fsynced
 
 
 @dataclass
@@ -108,6 +110,18 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part; `task_status.started()` once the intake socket listens."""
         open_file_limit = raise_open_file_limit()
+        stop_syncing = threading.Event()
+        syncer = threading.Thread(
+            target=self._sync_forever, args=(stop_syncing,), name="spool-sync", daemon=True
+        )
+        syncer.start()
+        try:
+            await self._run_parts(open_file_limit, task_status)
+        finally:
+            stop_syncing.set()
+            syncer.join()
+
+    async def _run_parts(self, open_file_limit: int, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             # Signals first: a stop request that arrives as soon as we are ready must be honoured.
             await nursery.start(self._stop_on_signals, nursery.cancel_scope)
@@ -180,6 +194,14 @@ class Agent:
             if self.batcher.due(trio.current_time()):
                 self.batcher.flush()
 
+    def _sync_forever(self, stop: threading.Event) -> None:
+        """In a thread of its own: make finished spool segments durable (fsync), off the intake's
+        path and unseen by trio, until `stop` is set."""
+        spool = self.state.spool
+        while not stop.wait(SPOOL_SYNC_S):
+            if spool.pending_sync:
+                spool.sync_closed()
+
     async def _link_loop(self) -> None:
         """Connect to the controllers in turn, with exponential backoff and jitter between failures.
 
@@ -233,7 +255,8 @@ class Agent:
             # The spool's numbers are provisional (it never met a controller): continue the node's
             # sequence. A spool loaded from disk keeps its numbers: what the controller recorded
             # before a crash is recognised below by welcome.last_seq, never recorded twice.
-            spool.renumber_from(welcome.last_seq + 1)
+            if not spool.renumber_from(welcome.last_seq + 1):
+                raise LinkClosed(f"spool numbering could not be saved: {spool.directory} not writable")
         elif welcome.last_seq >= spool.next_seq:
             # The controller remembers batches this agent never sent (another agent with this node
             # id, a cloned machine): acknowledging would discard ours unsent. Continue its sequence.
@@ -246,7 +269,8 @@ class Agent:
                 spool.next_seq - 1,
                 welcome.last_seq + 1,
             )
-            spool.renumber_from(welcome.last_seq + 1)
+            if not spool.renumber_from(welcome.last_seq + 1):
+                raise LinkClosed(f"spool numbering could not be saved: {spool.directory} not writable")
         spool.ack(welcome.last_seq)
         state.last_acked_seq = max(state.last_acked_seq, welcome.last_seq)
         state.connected_to = endpoint

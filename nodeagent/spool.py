@@ -10,11 +10,22 @@ On disk (`directory`): append-only segment files `<id>.seg` (a magic string, the
 renamed per batch, and freeing space is unlinking a segment once none of its batches is kept. A
 frame is `length, crc32` followed by `kind, seq, events, dropped, malformed, payload`, where the
 payload is the serialized EventBatch. A frame torn by a crash (or damaged) fails its length or CRC
-check: loading stops reading that segment there, counts one dropped batch and logs it; it never
-fails. Besides batch frames, a *floor* frame records that every batch numbered below it is gone
-(acknowledged or dropped); floors are written with the next batch, or at once on acknowledgement,
-best effort. Disk use is at most `max_bytes`, plus the dead head of the oldest segment and the
-segment being written (`segment_bytes`, 1/16 of `max_bytes`, 64 KiB to 16 MiB).
+check. Loading never fails on one: a damaged frame whose declared length leads to an intact frame is
+skipped and reading goes on; otherwise (a torn tail, a damaged length) the rest of that segment is
+not read. Each such place is logged and counted as one dropped batch, with its events and reports
+unknown (not counted) -- unless it lies before a batch already gone (below the floor), in which
+case nothing was lost. A torn tail may hide several batches: they are counted as one.
+
+Besides batch frames, a *floor* frame records that every batch numbered below it is gone
+(acknowledged or dropped); floors are written with the next batch, or at once on acknowledgement
+or on a drop while loading, best effort. A *counted* frame names the position of a frame whose loss
+was counted (a batch dropped because it could not be read back, a damaged frame found by loading):
+loading skips that batch and does not count that damage again, so each loss is counted once. They
+are written at once, best effort (until one is written, a restart counts the loss again; a segment
+that cannot be read at all is counted at every load).
+
+Disk use is at most `max_bytes`, plus the dead head of the oldest segment and the segment being
+written (`segment_bytes`, 1/16 of `max_bytes`, 64 KiB to 16 MiB).
 
 Only metadata lives in memory, plus a bounded cache of recent payloads (CACHE_BATCHES / CACHE_BYTES)
 so that the usual path, a batch sent as soon as it is made, does not read the disk.
@@ -29,18 +40,23 @@ daemon renumbers them from `welcome.last_seq + 1` at the first welcome. Renumber
 number by the same amount; the shift is recorded per segment in `meta.json` (written with
 temp + rename + fsync, together with `synced`), and the batches made afterwards go to a new
 segment, so nothing already written is rewritten. `meta.json` is written before any batch is sent
-under the new numbering.
+under the new numbering; when it cannot be, nothing is renumbered and the daemon sends nothing.
 
 Write errors (ENOSPC, EIO, a short write): the agent keeps running. The segment is truncated back
 when possible and closed; the batch is kept in memory only, at most MEMORY_BATCHES / MEMORY_BYTES
 of such batches (the oldest of them is then dropped and counted); the next append tries the disk
-again. Batches kept only in memory are lost, uncounted, if the agent dies before they are
-acknowledged (the controller sees the gap when later numbers arrive). Without a directory the
-whole spool is in memory (tests, or a state directory that cannot be used).
+again. A renumbering alone waits for the disk (`renumber_from` returns False). Batches kept only in
+memory are lost, uncounted, if the agent dies before they are acknowledged (the controller sees the
+gap when later numbers arrive). Without a directory the whole spool is in memory (tests, or a state
+directory that cannot be used).
 
-Durability: data is written with write(2), so it survives the agent being killed; segments are
-fsynced when closed, so after a machine crash the tail of the open segment may be lost (detected
-as torn, counted).
+Durability: data is written with write(2), so it survives the agent being killed, even by SIGKILL
+(the kernel's page cache outlives the process). fsync is never called while batches are appended:
+a segment closed when full is queued, and fsynced by `sync_closed` (which the daemon runs in a worker
+thread from time to time) or by `close`. So only a power loss or a kernel crash can lose data: the
+segments closed since the last `sync_closed` and the one being written may lose their tails
+(detected as torn and counted) or, for files whose directory entry was not yet synced, vanish
+(uncounted: the controller sees the gap in the numbers).
 """
 
 from __future__ import annotations
@@ -61,7 +77,7 @@ from pathlib import Path
 
 import trio
 
-from telltale.nodeagent.batcher import Counters
+from telltale.nodeagent.batcher import LOSS_BATCH_MAX_BYTES, Counters
 from telltale.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -78,14 +94,25 @@ META = "meta.json"
 SUFFIX = ".seg"
 _HEAD = struct.Struct("<II")  # length of the body, crc32 of the body
 _BODY = struct.Struct("<BQIQQ")  # kind, seq, events, dropped records, malformed records
+_POSITION = struct.Struct("<QQ")  # payload of a counted frame: segment id, offset of the frame
 _BATCH = 1
 _FLOOR = 2
+_COUNTED = 3
+# What loading reports in place of a frame that fails its checks (never written):
+_SKIPPED = -1  # damaged, the frame after it intact: reading went on
+_TORN = -2  # damaged, nothing intact after it: the rest of the segment was not read
 _U64 = 2**64
 
 
 def _write(fd: int, data: bytes) -> int:
-    """os.write: the one place the spool writes segment data (tests replace it to fail writes)."""
+    """os.write: the one place the spool writes segment data and meta.json (tests replace it to fail
+    writes)."""
     return os.write(fd, data)
+
+
+def _fsync(fd: int) -> None:
+    """os.fsync: the one place the spool syncs files (tests replace it to watch or fail syncs)."""
+    os.fsync(fd)
 
 
 def _frame(
@@ -129,7 +156,8 @@ class Spool:
     With `directory`, batches are kept there and a previous process's batches are loaded (see the
     module docstring); the directory is created if needed. If it cannot be created or read, the
     spool logs the error and keeps batches in memory only, at most MEMORY_BATCHES / MEMORY_BYTES of
-    them, as when writes fail. Not thread-safe: one trio run uses it.
+    them, as when writes fail. Not thread-safe: one trio run uses it; only `sync_closed` may run in
+    another thread meanwhile.
     """
 
     def __init__(
@@ -159,6 +187,8 @@ class Spool:
         self._active: _Segment | None = None
         self._next_segment = 1
         self._floor_dirty = False
+        self._marks: list[bytes] = []  # counted frames not yet written
+        self._unsynced: deque[Path] = deque()  # closed segments not yet fsynced (shared with sync_closed)
         self._write_failing = False
         self._changed = trio.Event()
         if directory is not None:
@@ -189,8 +219,18 @@ class Spool:
 
     @property
     def full(self) -> bool:
-        """True when appending a batch would drop the oldest one."""
-        return len(self._entries) >= self.capacity or self._bytes >= self.max_bytes
+        """True unless a batch without events of up to LOSS_BATCH_MAX_BYTES would be kept now.
+
+        When False, appending such a batch (as `Batcher.flush` makes to report losses) succeeds;
+        when True, a batch with events may drop the oldest one. A smaller batch without events may
+        still be kept while this is True.
+        """
+        return self._needs_room(LOSS_BATCH_MAX_BYTES)
+
+    @property
+    def pending_sync(self) -> int:
+        """How many closed segments wait for `sync_closed`."""
+        return len(self._unsynced)
 
     def seqs_from(self, seq: int, limit: int) -> list[int]:
         """Numbers of at most `limit` kept batches numbered `seq` or more, ascending."""
@@ -261,15 +301,15 @@ class Spool:
         entry = _Entry(seq, 0, 0, _BODY.size + len(payload), events, dropped, malformed)
         frame = _frame(_BATCH, seq, events=events, dropped=dropped, malformed=malformed, payload=payload)
         oldest = self._entries[0].seq if self._entries else seq
-        floor = _frame(_FLOOR, oldest) if self._floor_dirty else b""
-        where = self._write_frames(floor + frame if floor else frame) if self.durable else None
+        pending = self._pending_frames(oldest)
+        where = self._write_frames(pending + frame) if self.durable else None
         self._entries.append(entry)
         self._bytes += entry.size
         if where is not None:
             segment, offset = where
-            entry.segment, entry.offset = segment.id, offset + len(floor)
+            entry.segment, entry.offset = segment.id, offset + len(pending)
             segment.live += 1
-            self._floor_dirty = False
+            self._pending_written()
             self._cache_put(seq, payload)
         else:
             self._memory[seq] = payload
@@ -292,35 +332,86 @@ class Spool:
             forgot = True
         if forgot:
             self._floor_dirty = True
-            self._persist_floor()
+            self._persist_pending()
         self._notify()
 
-    def renumber_from(self, first_seq: int) -> None:
+    def renumber_from(self, first_seq: int) -> bool:
         """Shift every number so the oldest kept batch (or the next one) is `first_seq`; mark synced.
 
-        On disk the shift is recorded in meta.json before this returns, and later batches go to a
-        new segment. If meta.json cannot be written the error is logged: this process numbers
-        correctly, but a restart would take the numbers for provisional again.
+        Returns True when the new numbering is in effect and, on disk, saved: the shift is recorded in
+        meta.json (fsynced) before this returns, and later batches go to a new segment. Returns False,
+        after logging, when meta.json cannot be written (disk full, I/O error): nothing is renumbered
+        then, so no batch may be sent under numbers a restart would not find; call again later.
+        Without a directory it always succeeds.
         """
         shift = first_seq - self.first_seq
-        for entry in self._entries:
-            entry.seq += shift
-        self.next_seq += shift
-        self._cache = OrderedDict((seq + shift, p) for seq, p in self._cache.items())
-        self._memory = {seq + shift: p for seq, p in self._memory.items()}
+        was_synced = self.synced
+        self._shift(shift)
         self.synced = True
         if self.durable:
             self._close_active()
             for segment in self._segments.values():
                 segment.shift += shift
-            self._write_meta()
+            if not self._write_meta():
+                for segment in self._segments.values():
+                    segment.shift -= shift
+                self._shift(-shift)
+                self.synced = was_synced
+                return False
         self._notify()
+        return True
+
+    def _shift(self, shift: int) -> None:
+        """Add `shift` to every number held in memory."""
+        for entry in self._entries:
+            entry.seq += shift
+        self.next_seq += shift
+        self._cache = OrderedDict((seq + shift, p) for seq, p in self._cache.items())
+        self._memory = {seq + shift: p for seq, p in self._memory.items()}
 
     def close(self) -> None:
-        """Persist the floor, fsync and close the segment being written. The spool stays usable."""
+        """Persist the floor and counted frames, close the segment being written and fsync every
+        closed segment not yet synced (in the calling thread). The spool stays usable."""
         if self.durable:
-            self._persist_floor()
+            self._persist_pending()
             self._close_active()
+            self.sync_closed()
+
+    def sync_closed(self) -> int:
+        """fsync the segments closed since the last call (and the directory); how many were synced.
+
+        Meant to run in a worker thread (`trio.to_thread.run_sync(spool.sync_closed)`) while the trio
+        thread goes on using the spool: it touches nothing else the spool holds. It may take as long
+        as writing back a whole segment. Errors are logged, never raised: a segment that cannot be
+        synced stays only as safe as the page cache (a power loss may lose it).
+        """
+        directory = self.directory
+        synced = 0
+        while True:
+            try:
+                path = self._unsynced.popleft()  # atomic: `close` may take from it at the same time
+            except IndexError:
+                break
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # deleted: none of its batches is kept
+            except OSError as exc:
+                log.error("spool: cannot open %s to sync it (%s); a power loss may lose it", path, exc)
+                continue
+            try:
+                _fsync(fd)
+                synced += 1
+            except OSError as exc:
+                log.error("spool: cannot sync %s (%s); a power loss may lose it", path, exc)
+            finally:
+                os.close(fd)
+        if synced and directory is not None:
+            try:
+                _fsync_dir(directory)
+            except OSError as exc:
+                log.error("spool: cannot sync %s (%s); a power loss may lose new segments", directory, exc)
+        return synced
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, seq: int) -> agent_pb2.EventBatch | None:
@@ -341,6 +432,9 @@ class Spool:
         if payload is None:
             log.error("spool: batch %d cannot be read back; counted as lost", seq)
             self._drop(entry)
+            if entry.segment in self._segments:  # its frame may still be read by a later load
+                self._marks.append(_counted_frame(entry.segment, entry.offset))
+            self._persist_pending()
             self._notify()
             return None
         batch = agent_pb2.EventBatch.FromString(payload)
@@ -445,18 +539,17 @@ class Spool:
             return
         with contextlib.suppress(OSError):
             os.ftruncate(segment.fd, segment.size)  # a torn tail left behind is detected on load
-        self._close_active(sync=False)
+        self._close_active()
 
-    def _close_active(self, *, sync: bool = True) -> None:
+    def _close_active(self) -> None:
+        """Close the segment being written and queue it for `sync_closed`; never syncs (hot path)."""
         segment, self._active = self._active, None
         if segment is None:
             return
-        if sync:
-            with contextlib.suppress(OSError):
-                os.fsync(segment.fd)
         with contextlib.suppress(OSError):
             os.close(segment.fd)
         segment.fd = -1
+        self._unsynced.append(segment.path)
         self._delete_dead()
 
     def _delete_dead(self) -> None:
@@ -480,33 +573,50 @@ class Spool:
         except OSError as exc:
             log.warning("spool: cannot delete %s: %s", segment.path, exc)
 
-    def _persist_floor(self) -> None:
-        """Write the floor frame if it changed since the last one; best effort."""
-        if (
-            self._floor_dirty
-            and self._segments
-            and self._write_frames(_frame(_FLOOR, self.first_seq)) is not None
-        ):
-            self._floor_dirty = False
+    def _pending_frames(self, floor: int) -> bytes:
+        """The floor (`floor`, if it changed) and counted frames to write before the next frame."""
+        frames = b"".join(self._marks)
+        return _frame(_FLOOR, floor) + frames if self._floor_dirty else frames
 
-    def _write_meta(self) -> None:
+    def _pending_written(self) -> None:
+        self._floor_dirty = False
+        self._marks.clear()
+
+    def _persist_pending(self) -> None:
+        """Write the floor frame if it changed since the last one, and the counted frames; best effort
+        (what cannot be written now goes with the next batch)."""
+        if (
+            (self._floor_dirty or self._marks)
+            and self._segments
+            and self._write_frames(self._pending_frames(self.first_seq)) is not None
+        ):
+            self._pending_written()
+
+    def _write_meta(self) -> bool:
+        """Write and fsync meta.json (temp file + rename); False, after logging, when it failed."""
         assert self.directory is not None
         meta = {
             "version": 1,
             "synced": self.synced,
             "shifts": {str(s.id): s.shift for s in self._segments.values() if s.shift},
         }
+        data = json.dumps(meta).encode()
         path = self.directory / META
         tmp = path.with_suffix(".tmp")
         try:
-            with tmp.open("w") as f:
-                json.dump(meta, f)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                if _write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+                _fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
             _fsync_dir(self.directory)
         except OSError as exc:
-            log.error("spool: cannot write %s (%s); a restart may renumber these batches", path, exc)
+            log.error("spool: cannot write %s (%s); the batches keep their numbers", path, exc)
+            return False
+        return True
 
     def _reset_memory_only(self) -> None:
         self.directory = None
@@ -518,11 +628,22 @@ class Spool:
         """Load what a previous process left in `directory`. Raises OSError if it is unusable."""
         directory.mkdir(parents=True, exist_ok=True)
         scan = _scan(directory)
-        for path, where in scan.damaged:
-            if where < 0:
-                log.error("spool: cannot read %s; skipped, one batch counted as lost", path)
+        for damage in scan.damaged:
+            if damage.offset < 0:
+                log.error("spool: cannot read %s; skipped, one batch counted as lost", damage.path)
+            elif damage.kind == _TORN:
+                log.warning(
+                    "spool: %s is damaged or torn at byte %d; the rest of it is unreadable, one batch "
+                    "counted as lost",
+                    damage.path,
+                    damage.offset,
+                )
             else:
-                log.warning("spool: %s is damaged or torn at byte %d; one batch counted as lost", path, where)
+                log.warning(
+                    "spool: %s holds a damaged frame at byte %d; skipped, one batch counted as lost",
+                    damage.path,
+                    damage.offset,
+                )
             self.counters.count_dropped_batch_counts(0, 0, 0)
         self._segments = {segment.id: segment for segment in scan.segments}
         self._next_segment = scan.next_segment
@@ -548,6 +669,11 @@ class Spool:
             )
         while self._entries and (self._bytes > self.max_bytes or len(self._entries) > self.capacity):
             self._drop(self._entries[0])
+        # Remember what was counted, so that the next load does not count it again.
+        self._marks = [
+            _counted_frame(d.segment, d.offset) for d in scan.damaged if d.segment in self._segments
+        ]
+        self._persist_pending()
 
 
 def read_spool(directory: Path) -> list[agent_pb2.EventBatch]:
@@ -567,12 +693,23 @@ def read_spool(directory: Path) -> list[agent_pb2.EventBatch]:
 
 
 @dataclass
+class _Damage:
+    """A place where loading found a damaged frame: one batch counted as lost."""
+
+    kind: int  # _SKIPPED or _TORN (the rest of the segment unread)
+    segment: int
+    path: Path
+    offset: int  # -1: the whole file is unreadable
+    before: int | None = None  # the number of the next intact batch written after it, if any
+
+
+@dataclass
 class _Scan:
     """What a spool directory holds, as found by reading it (nothing is changed)."""
 
     segments: list[_Segment]  # readable segments, oldest first
-    entries: list[_Entry]  # kept batches (at or above the floor), ascending
-    damaged: list[tuple[Path, int]]  # segments whose reading stopped early, and where (-1: unreadable)
+    entries: list[_Entry]  # kept batches (at or above the floor, not counted as lost), ascending
+    damaged: list[_Damage]  # losses not counted yet
     next_seq: int
     synced: bool
     next_segment: int
@@ -588,6 +725,9 @@ def _scan(directory: Path) -> _Scan:
     )
     scan = _Scan([], [], [], 1, False, max([*ids, *shifts, 0]) + 1)
     batches: list[_Entry] = []
+    damaged: list[_Damage] = []
+    waiting: list[_Damage] = []  # damaged frames not yet followed by an intact batch
+    counted: set[tuple[int, int]] = set()
     floor = highest = 0
     seen = False
     for sid in ids:
@@ -597,24 +737,35 @@ def _scan(directory: Path) -> _Scan:
         except FileNotFoundError:
             continue  # deleted by the agent using the directory
         except OSError:
-            scan.damaged.append((segment.path, -1))
+            damaged.append(_Damage(_TORN, sid, segment.path, -1))
             continue
         segment.size = len(data)
         scan.segments.append(segment)
-        found, torn = _parse(data, segment)
-        if torn:
-            scan.damaged.append((segment.path, torn))
+        found, marks = _parse(data, segment)
+        counted.update(marks)
         for kind, entry in found:
+            if kind in (_SKIPPED, _TORN):
+                damaged.append(_Damage(kind, sid, segment.path, entry.offset))
+                waiting.append(damaged[-1])
+                continue
             seen = True
             if kind == _FLOOR:
                 floor = max(floor, entry.seq)
             else:
                 highest = max(highest, entry.seq)
                 batches.append(entry)
+                for damage in waiting:
+                    damage.before = entry.seq
+                waiting.clear()
+    # Within and across segments batches were written in ascending order: a damaged frame written
+    # before a batch that is gone (below the floor) was gone too, or was not a batch.
+    scan.damaged = [
+        d for d in damaged if (d.segment, d.offset) not in counted and (d.before is None or d.before >= floor)
+    ]
     batches.sort(key=attrgetter("seq"))
     last = floor - 1
     for entry in batches:
-        if entry.seq > last:
+        if entry.seq > last and (entry.segment, entry.offset) not in counted:
             scan.entries.append(entry)
             last = entry.seq
     scan.next_seq = max(highest + 1, floor, 1) if seen else 1
@@ -646,26 +797,60 @@ def _read_payload(path: Path, entry: _Entry, fd: int = -1) -> bytes | None:
     return None
 
 
-def _parse(data: bytes, segment: _Segment) -> tuple[list[tuple[int, _Entry]], int]:
-    """Frames of one segment as (kind, entry); and the offset where a damaged frame stopped the
-    reading (0 when the whole segment was read)."""
+def _parse(data: bytes, segment: _Segment) -> tuple[list[tuple[int, _Entry]], list[tuple[int, int]]]:
+    """The frames of one segment in file order, as (kind, entry); and the positions (segment id,
+    offset) named by its counted frames.
+
+    A damaged frame comes as (_SKIPPED, an entry at its offset) when its declared length leads to an
+    intact frame, and reading goes on there; otherwise as (_TORN, ...), and the rest is not read. A
+    damaged length field that happens to lead to an intact frame hides the frames in between: they
+    are reported as one.
+    """
     found: list[tuple[int, _Entry]] = []
+    marks: list[tuple[int, int]] = []
     if not data.startswith(MAGIC):
-        return found, (1 if data else 0)
+        if data:
+            found.append((_TORN, _Entry(0, segment.id, 0, 0, 0, 0, 0)))
+        return found, marks
     pos = len(MAGIC)
     while pos < len(data):
-        if len(data) - pos < _HEAD.size:
-            return found, pos
-        length, crc = _HEAD.unpack_from(data, pos)
-        body = data[pos + _HEAD.size : pos + _HEAD.size + length]
-        if length < _BODY.size or len(body) < length or zlib.crc32(body) != crc:
-            return found, pos
-        kind, seq, events, dropped, malformed = _BODY.unpack_from(body)
-        entry = _Entry(seq + segment.shift, segment.id, pos, length, events, dropped, malformed)
+        size = _intact(data, pos)
+        if size is None:
+            after = pos + _HEAD.size + _HEAD.unpack_from(data, pos)[0] if len(data) - pos >= _HEAD.size else 0
+            skip = pos < after < len(data) and _intact(data, after) is not None
+            found.append((_SKIPPED if skip else _TORN, _Entry(0, segment.id, pos, 0, 0, 0, 0)))
+            if not skip:
+                break
+            pos = after
+            continue
+        length = size - _HEAD.size
+        kind, seq, events, dropped, malformed = _BODY.unpack_from(data, pos + _HEAD.size)
         if kind in (_BATCH, _FLOOR):
+            entry = _Entry(seq + segment.shift, segment.id, pos, length, events, dropped, malformed)
             found.append((kind, entry))
-        pos += _HEAD.size + length
-    return found, 0
+        elif kind == _COUNTED and length >= _BODY.size + _POSITION.size:
+            sid, offset = _POSITION.unpack_from(data, pos + _HEAD.size + _BODY.size)
+            marks.append((sid, offset))
+        pos += size
+    return found, marks
+
+
+def _intact(data: bytes, pos: int) -> int | None:
+    """The size of the frame at `pos` (head included) when it is whole and passes its CRC, else None."""
+    if len(data) - pos < _HEAD.size:
+        return None
+    length, crc = _HEAD.unpack_from(data, pos)
+    start = pos + _HEAD.size
+    if length < _BODY.size or len(data) - start < length:
+        return None
+    if zlib.crc32(memoryview(data)[start : start + length]) != crc:
+        return None
+    return _HEAD.size + int(length)
+
+
+def _counted_frame(segment: int, offset: int) -> bytes:
+    """A frame recording that the loss of the frame at (`segment`, `offset`) has been counted."""
+    return _frame(_COUNTED, 0, payload=_POSITION.pack(segment, offset))
 
 
 def _read_meta(path: Path) -> tuple[bool, dict[int, int]]:
@@ -683,6 +868,6 @@ def _read_meta(path: Path) -> tuple[bool, dict[int, int]]:
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        _fsync(fd)
     finally:
         os.close(fd)

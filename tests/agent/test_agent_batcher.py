@@ -10,6 +10,7 @@ import trio.testing
 
 from telltale.nodeagent import batcher as batcher_module
 from telltale.nodeagent.batcher import (
+    LOSS_BATCH_MAX_BYTES,
     MAX_BATCH_AGE_S,
     MAX_BATCH_EVENTS,
     U64_MAX,
@@ -356,3 +357,58 @@ def test_batches_reach_a_spool_on_disk_with_their_counts(tmp_path: Path) -> None
     reloaded = Spool(tmp_path / "spool", capacity=1)  # loading drops the two oldest, by their counts
     assert (reloaded.counters.dropped_batches, reloaded.counters.dropped) == (2, 4)
     assert reloaded.counters.unsent_malformed == 2, "the dropped batch's report is carried again"
+
+
+def test_a_spool_that_is_not_full_keeps_any_batch_of_losses_only() -> None:
+    """`full` agrees with what the spool accepts: while it is False, a batch of losses only is kept."""
+    largest = agent_pb2.EventBatch(dropped_records=U64_MAX, malformed_records=U64_MAX)
+    assert len(largest.SerializeToString()) == LOSS_BATCH_MAX_BYTES
+    not_full = 0
+    for held in range(960, 1001):
+        spool = Spool(max_bytes=1000)
+        assert spool.append_serialized(b"x" * held, events=1, dropped=0, malformed=0)
+        if not spool.full:
+            not_full += 1
+            losses = agent_pb2.EventBatch(dropped_records=U64_MAX, malformed_records=U64_MAX)
+            assert spool.append(losses), f"{held} bytes held: not full, yet refused"
+    assert not_full, "some of these spools have room"
+
+
+def test_losses_refused_by_a_nearly_full_spool_stay_pending() -> None:
+    spool = Spool(capacity=100, max_bytes=1000)
+    assert spool.append_serialized(b"x" * 999, events=1, dropped=0, malformed=0)
+    spool.counters.count_dropped(5)
+    batcher = Batcher(spool)
+    assert not batcher.due(1000.0), "no room for a batch of losses: not due"
+    batcher.flush()
+    assert (len(spool), spool.counters.unsent_dropped, spool.next_seq) == (1, 5, 2)
+
+
+class RefusingSpool:
+    """A sink that claims room but refuses every batch without events; `lost_meanwhile` records are
+    counted as dropped while it is asked."""
+
+    def __init__(self) -> None:
+        self.counters = Counters()
+        self.lost_meanwhile = 0
+
+    @property
+    def full(self) -> bool:
+        return False
+
+    def append_serialized(self, payload: bytes, *, events: int, dropped: int, malformed: int) -> bool:
+        self.counters.count_dropped(self.lost_meanwhile)
+        return bool(events)
+
+
+def test_losses_refused_by_the_sink_are_added_back_and_saturate() -> None:
+    sink = RefusingSpool()
+    sink.counters.count_dropped(7)
+    sink.counters.count_malformed(2)
+    batcher = Batcher(sink)
+    batcher.flush()
+    assert (sink.counters.unsent_dropped, sink.counters.unsent_malformed) == (7, 2)
+    sink.lost_meanwhile = U64_MAX - 3
+    batcher.flush()
+    assert sink.counters.unsent_dropped == U64_MAX, "held at the uint64 maximum"
+    assert sink.counters.unsent_malformed == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -281,6 +282,171 @@ def test_a_refused_batch_keeps_no_number() -> None:
     assert (refused.seq, spool.next_seq) == (0, 2)
 
 
+def frame_bounds(segment: Path, n: int) -> list[int]:
+    """Offsets of the `n` equally sized batch frames of a segment written by `filled`, and its end."""
+    size = segment.stat().st_size
+    step = (size - len(spool_module.MAGIC)) // n
+    return [len(spool_module.MAGIC) + i * step for i in range(n + 1)]
+
+
+def damage(segment: Path, offset: int) -> None:
+    data = bytearray(segment.read_bytes())
+    data[offset] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
+def test_a_damaged_frame_is_skipped_and_the_batches_after_it_are_kept(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 5)
+    [segment] = segments(directory)
+    bounds = frame_bounds(segment, 5)
+    damage(segment, bounds[2] - 3)  # in the payload of batch 2
+    again = Spool(directory)
+    assert pids(again) == [1, 3, 4, 5]
+    assert (again.counters.dropped_batches, again.counters.dropped) == (1, 0), "its events are unknown"
+
+
+def test_a_damaged_length_stops_the_reading_of_its_segment_and_counts_one_batch(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 5)
+    [segment] = segments(directory)
+    damage(segment, frame_bounds(segment, 5)[1] + 1)  # the length field of batch 2
+    again = Spool(directory)
+    assert pids(again) == [1]
+    assert again.counters.dropped_batches == 1
+
+
+def test_each_damaged_frame_is_counted(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 6)
+    [segment] = segments(directory)
+    bounds = frame_bounds(segment, 6)
+    damage(segment, bounds[2] - 3)
+    damage(segment, bounds[4] - 3)
+    again = Spool(directory)
+    assert (pids(again), again.counters.dropped_batches) == ([1, 3, 5, 6], 2)
+
+
+def test_a_damaged_frame_already_acknowledged_is_no_loss(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = filled(directory, 4)
+    spool.renumber_from(1)
+    spool.ack(2)
+    [first, *_] = segments(directory)
+    damage(first, frame_bounds(first, 4)[1] - 3)  # batch 1, acknowledged
+    again = Spool(directory)
+    assert (pids(again), again.counters.dropped_batches) == ([3, 4], 0)
+
+
+def test_a_torn_segment_with_live_batches_is_counted_once_across_restarts(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 3)
+    [segment] = segments(directory)
+    segment.write_bytes(segment.read_bytes()[:-7])
+    assert Spool(directory).counters.dropped_batches == 1
+    for _ in range(2):
+        again = Spool(directory)
+        assert (pids(again), again.counters.dropped_batches) == ([1, 2], 0)
+
+
+def test_a_damaged_frame_is_counted_once_across_restarts(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 4)
+    [segment] = segments(directory)
+    damage(segment, frame_bounds(segment, 4)[2] - 3)
+    assert Spool(directory).counters.dropped_batches == 1
+    again = Spool(directory)
+    assert (pids(again), again.counters.dropped_batches) == ([1, 3, 4], 0)
+
+
+def test_a_batch_dropped_when_read_back_is_not_counted_again_after_a_restart(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    filled(directory, 3)
+    again = Spool(directory)  # nothing cached: reads go to the disk
+    [segment] = segments(directory)
+    damage(segment, frame_bounds(segment, 3)[2] - 3)
+    assert again.read(2) is None
+    assert again.counters.dropped_batches == 1
+    third = Spool(directory)
+    assert (pids(third), third.counters.dropped_batches) == ([1, 3], 0)
+
+
+def test_a_batch_dropped_on_a_read_error_does_not_come_back_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch counted as lost is never delivered later: the frame was readable again, yet stays gone."""
+    directory = tmp_path / "spool"
+    filled(directory, 3)
+    again = Spool(directory)
+    monkeypatch.setattr(spool_module, "_read_payload", lambda *args: None)  # EIO, once
+    assert again.read(2) is None
+    monkeypatch.undo()
+    assert again.counters.dropped_batches == 1
+    third = Spool(directory)
+    assert (pids(third), third.counters.dropped_batches) == ([1, 3], 0)
+    assert [b.events[0].process.pid for b in spool_module.read_spool(directory)] == [1, 3]
+
+
+def test_a_renumbering_that_cannot_be_saved_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "spool"
+    spool = filled(directory, 2)
+    real_write = spool_module._write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_write", full_disk)
+    assert spool.renumber_from(10) is False
+    assert (seqs(spool), spool.next_seq, spool.synced) == ([1, 2], 3, False)
+    assert spool.append(batch(3))
+    assert seqs(spool) == [1, 2, 3]
+
+    monkeypatch.setattr(spool_module, "_write", real_write)
+    assert spool.renumber_from(10) is True
+    assert (seqs(spool), spool.synced) == ([10, 11, 12], True)
+    again = Spool(directory)
+    assert (seqs(again)[:2], again.synced) == ([10, 11], True), "a restart finds the saved numbering"
+
+
+def test_appending_never_syncs_and_closed_segments_wait_for_sync_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    monkeypatch.setattr(spool_module, "_fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    directory = tmp_path / "spool"
+    spool = Spool(directory, max_bytes=2**20)  # segments of 64 KiB
+    spool.renumber_from(1)
+    synced.clear()  # meta.json is synced when written
+    for pid in range(1, 301):
+        assert spool.append(batch(pid, pad=500))
+    *closed, last = [str(p) for p in segments(directory)]
+    assert len(closed) >= 2
+    assert synced == [], "no fsync while batches are appended"
+    assert spool.pending_sync == len(closed)
+    assert spool.sync_closed() == len(closed)
+    assert synced == [*closed, str(directory)]
+    assert (spool.pending_sync, spool.sync_closed()) == (0, 0)
+    synced.clear()
+    spool.close()
+    assert synced == [last, str(directory)], "close syncs the segment being written"
+
+
+@trio.testing.trio_test
+async def test_sync_closed_runs_in_a_worker_thread_while_batches_are_appended(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory, max_bytes=2**20)
+    synced = 0
+    for pid in range(1, 601):
+        assert spool.append(batch(pid, pad=500))
+        if pid % 50 == 0:
+            synced += await trio.to_thread.run_sync(spool.sync_closed)
+    spool.close()
+    assert synced >= 3
+    assert pids(Spool(directory, max_bytes=2**20)) == list(range(1, 601))
+
+
 # -- the daemon across restarts ----------------------------------------------------------------
 
 
@@ -380,3 +546,39 @@ async def test_a_full_spool_is_sent_in_a_window_not_all_at_once(tmp_path: Path) 
             session.push(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=200)))
             await eventually(lambda: len(agent.state.spool) == 0, "the spool to empty")
         nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_an_agent_sends_nothing_under_numbers_it_could_not_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With meta.json unwritable, the link is left and retried; batches go out only once the new
+    numbering is saved, so a restart cannot number them differently."""
+    connector = MemoryConnector()
+    controller = connector.controller(CTL)
+    agent = Agent(agent_config(tmp_path), connector=connector)
+    spool_batch(agent, 1)
+    spool_batch(agent, 2)
+    real_write = spool_module._write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_write", full_disk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            first = await controller.wait_session()
+            await first.wait_for("hello")
+            first.push(welcome(last_seq=10))
+            await eventually(lambda: first.closed or bool(first.batches), "the agent to leave or send")
+            assert first.batches == [], "sent under numbers a restart would not find"
+            await first.wait_closed()
+            monkeypatch.setattr(spool_module, "_write", real_write)
+            second = await controller.wait_session(2)
+            await second.wait_for("hello")
+            second.push(welcome(last_seq=10))
+            await second.wait_for("batch", 2)
+        assert [b.seq for b in second.batches] == [11, 12]
+        nursery.cancel_scope.cancel()
+    assert [b.seq for b in spool_module.read_spool(tmp_path / "state" / "spool")] == [11, 12]
