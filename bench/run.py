@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
 BENCHMARKS = (
     ("evaluate", "policy evaluation throughput"),
     ("shim_overhead", "shim overhead per call"),
+    ("shim_real", "shim cost in a real server and at startup"),
     ("decode", "record decoder throughput"),
     ("intake", "agent intake throughput"),
     ("latency", "end-to-end alert latency"),

@@ -19,6 +19,7 @@ from typing import Any
 import aetcd
 import grpc
 
+from telltale.controller.coverage import gaps_by_workload, record_workload
 from telltale.controller.errors import ControllerError, Unavailable, status_of
 from telltale.controller.ingest import apply_batch, apply_node_state, workloads_of
 from telltale.controller.policies import PolicyView
@@ -240,10 +241,13 @@ class _Session:
         await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=batch.seq)))
 
     async def _record_workloads(self, batch: agent_pb2.EventBatch) -> None:
+        """Record each workload once per stream, and again when the batch reports coverage gaps
+        of it (the stored gaps are kept)."""
+        gaps = gaps_by_workload(batch)
         for workload in workloads_of(batch, self.hello.node_id).values():
-            if workload.id in self.known_workloads:
+            if workload.id in self.known_workloads and workload.id not in gaps:
                 continue
             if len(self.known_workloads) >= MAX_KNOWN_WORKLOADS:
                 self.known_workloads.clear()
             self.known_workloads.add(workload.id)
-            await self.store.put_workload(workload)
+            await record_workload(self.store, workload, gaps.get(workload.id, ()))

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,17 @@ class EmbeddedEtcd:
             self.process.wait()
 
 
-def spawn_embedded_etcd(data_dir: Path, *, client_port: int = 0) -> EmbeddedEtcd:
+def _free_port_except(avoid: Collection[int]) -> int:
+    """A free loopback port that is none of `avoid` (the controller's own port, picked but not yet
+    bound, must not go to its etcd)."""
+    while (port := free_tcp_port()) in avoid:
+        continue
+    return port
+
+
+def spawn_embedded_etcd(
+    data_dir: Path, *, client_port: int = 0, avoid_ports: Collection[int] = ()
+) -> EmbeddedEtcd:
     """Start a single-member etcd on loopback with its data under `data_dir/etcd`.
 
     Call from a long-lived thread: the child is tied to it and receives SIGTERM if the
@@ -87,8 +98,8 @@ def spawn_embedded_etcd(data_dir: Path, *, client_port: int = 0) -> EmbeddedEtcd
     if stop_stale(pid_file, str(etcd_dir)):
         log.warning("stopped an etcd left running on %s by a previous controller", etcd_dir)
     log_path = data_dir / "etcd.log"
-    client_port = client_port or free_tcp_port()
-    peer_port = free_tcp_port()
+    client_port = client_port or _free_port_except(avoid_ports)
+    peer_port = _free_port_except({*avoid_ports, client_port})
     client_url = f"http://127.0.0.1:{client_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
     cmd = [

@@ -393,6 +393,14 @@ class EtcdStore:
     async def put_workload(self, workload: common_pb2.Workload) -> None:
         await self._client.put(self._key("workloads", key_name(workload.id)), workload.SerializeToString())
 
+    async def get_workload(self, workload_id: str) -> common_pb2.Workload | None:
+        kv = await self._client.get(self._key("workloads", key_name(workload_id)))
+        if kv is None:
+            return None
+        workload = common_pb2.Workload()
+        workload.ParseFromString(kv.value)
+        return workload
+
     async def list_workloads(self) -> list[common_pb2.Workload]:
         result = await self._client.get_prefix(self._key("workloads") + b"/")
         workloads = []

@@ -15,6 +15,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
+from telltale.controller.coverage import add_node_gaps
 from telltale.controller.errors import Unavailable
 from telltale.controller.store import MAX_BATCH_ALERTS, Conflict, Store, Versioned
 from telltale.engine.alerts import coalesce, merge
@@ -79,7 +80,8 @@ def evaluate_batch(
 
 
 def advance_node(node: inventory_pb2.Node, batch: agent_pb2.EventBatch, now_ns: int) -> inventory_pb2.Node:
-    """The node record after recording `batch`: sequence, gaps and loss counters (a new message)."""
+    """The node record after recording `batch`: sequence, gaps, loss counters and the coverage
+    gaps its events report (a new message)."""
     updated = inventory_pb2.Node()
     updated.CopyFrom(node)
     if updated.last_seq and batch.seq > updated.last_seq + 1:
@@ -89,6 +91,9 @@ def advance_node(node: inventory_pb2.Node, batch: agent_pb2.EventBatch, now_ns: 
     updated.last_seq = batch.seq
     updated.dropped_records = saturating_add(updated.dropped_records, batch.dropped_records)
     updated.malformed_records = saturating_add(updated.malformed_records, batch.malformed_records)
+    coverage_gaps = add_node_gaps(updated.coverage_gaps, batch)
+    if coverage_gaps is not None:
+        updated.coverage_gaps[:] = coverage_gaps
     updated.last_seen.FromNanoseconds(now_ns)
     return updated
 

@@ -434,6 +434,11 @@ class MemoryStore:
         key = _WORKLOADS + key_name(workload.id)
         self._txn([], [(key, workload.SerializeToString())])
 
+    async def get_workload(self, workload_id: str) -> common_pb2.Workload | None:
+        await asyncio.sleep(0)
+        entry = self._kv.get(_WORKLOADS + key_name(workload_id))
+        return None if entry is None else _parsed(common_pb2.Workload, entry.value)
+
     async def list_workloads(self) -> list[common_pb2.Workload]:
         await asyncio.sleep(0)
         return [_parsed(common_pb2.Workload, entry.value) for _, entry in self._range(_WORKLOADS)]

@@ -142,7 +142,8 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
             endpoint = config.etcd_endpoints[0].removeprefix("http://")
         else:
             config.data_dir.mkdir(parents=True, exist_ok=True)
-            embedded = spawn_embedded_etcd(config.data_dir)  # from the main thread: tied to it
+            # From the main thread: tied to it. Its ports must not take the one we are about to serve on.
+            embedded = spawn_embedded_etcd(config.data_dir, avoid_ports={split_host_port(config.listen)[1]})
             stack.callback(embedded.stop)
             await asyncio.to_thread(wait_ready, embedded)
             endpoint = embedded.endpoint

@@ -207,6 +207,10 @@ class Store(Protocol):
         """Record a workload."""
         ...
 
+    async def get_workload(self, workload_id: str) -> common_pb2.Workload | None:
+        """Read one workload."""
+        ...
+
     async def list_workloads(self) -> list[common_pb2.Workload]:
         """Every workload."""
         ...

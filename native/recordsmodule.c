@@ -36,6 +36,9 @@
 #define KIND_PROC_START 1
 #define KIND_MAX 15
 #define TAG_MAX 27
+#define TAG_CAPABILITIES 33 /* CREDENTIALS of capset: not encoded here */
+#define TAG_CALLER 40       /* every kind: Event.caller_module */
+#define CALLER_MAX 512
 #define OUT_SIZE 16384
 #define BATCH 64
 
@@ -284,6 +287,7 @@ static int encode_record(const uint8_t *m, size_t n, Out *o, uint32_t hdr[4]) {
 
     Fields f;
     memset(f, 0, sizeof f);
+    Field caller = {0};
     size_t off = HEADER_SIZE;
     while (off < n) {
         if (n - off < 4) return 0;
@@ -296,6 +300,12 @@ static int encode_record(const uint8_t *m, size_t n, Out *o, uint32_t hdr[4]) {
             if (FIXED_SIZE[tag] && flen != FIXED_SIZE[tag]) return 0;
             f[tag].p = m + off;
             f[tag].n = (uint16_t)flen;
+        } else if (tag == TAG_CALLER) {
+            if (caller.p || flen == 0 || flen > CALLER_MAX) return 0; /* the reference decides */
+            caller.p = m + off;
+            caller.n = (uint16_t)flen;
+        } else if (tag == TAG_CAPABILITIES && kind == K_CREDENTIALS) {
+            return 0; /* capset's capability sets: left to the reference decoder */
         }
         off += flen;
     }
@@ -324,6 +334,7 @@ static int encode_record(const uint8_t *m, size_t n, Out *o, uint32_t hdr[4]) {
     put_uint(&s, 3, tid);
     put_sub(o, 4, &s);
     put_uint(o, 5, count ? count : 1);
+    if (!put_text(o, 9, &caller)) return 0;
     put_uint(o, 6, flags & 1);
     if (f[T_RESULT].p) {
         s.len = 0;

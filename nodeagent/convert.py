@@ -8,7 +8,7 @@ serialized record-specific part and the prefix carries what the agent knows beyo
 
 from __future__ import annotations
 
-from telltale.nodeagent.records import Record, RecordFlag, RecordKind
+from telltale.nodeagent.records import GapReason, LibraryFlag, Record, RecordFlag, RecordKind
 from telltale.v1 import common_pb2
 
 # Plain ints: testing an IntFlag member costs an enum construction per record.
@@ -32,6 +32,11 @@ _KINDS = {
     RecordKind.PTRACE: common_pb2.EVENT_KIND_PTRACE,
     RecordKind.PRCTL: common_pb2.EVENT_KIND_PRCTL,
     RecordKind.MEMFD: common_pb2.EVENT_KIND_MEMFD,
+    RecordKind.UNSAFE_CALL: common_pb2.EVENT_KIND_UNSAFE_CALL,
+    RecordKind.CRYPTO: common_pb2.EVENT_KIND_CRYPTO,
+    RecordKind.LIBRARY_LOAD: common_pb2.EVENT_KIND_LIBRARY_LOAD,
+    RecordKind.MEMORY_PROTECT: common_pb2.EVENT_KIND_MEMORY_PROTECT,
+    RecordKind.COVERAGE_GAP: common_pb2.EVENT_KIND_COVERAGE_GAP,
 }
 _SOCKET_KINDS = frozenset(
     {
@@ -49,6 +54,9 @@ _O_ACCMODE = 0o3
 _O_WRITE_FLAGS = 0o100 | 0o1000 | 0o2000  # O_CREAT, O_TRUNC, O_APPEND
 
 _FILE_KINDS = frozenset({RecordKind.FILE_OPEN, RecordKind.FILE_CHANGE})
+_CODE_KINDS = frozenset({RecordKind.LIBRARY_LOAD, RecordKind.MEMORY_PROTECT})
+_AT_START = int(LibraryFlag.AT_START)
+_WRITABLE_DIR = int(LibraryFlag.WRITABLE_DIR)
 _PRIVILEGE_KINDS = frozenset({RecordKind.CREDENTIALS, RecordKind.PTRACE, RecordKind.PRCTL, RecordKind.MEMFD})
 
 
@@ -73,6 +81,8 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
     proc.pid, proc.ppid, proc.tid = record.pid, record.ppid, record.tid
     if record.kind == RecordKind.PROC_START:
         fill_process(proc, record)
+    if record.caller is not None:
+        event.caller_module = record.caller
     if record.result is not None:
         event.result.known = True
         event.result.return_value, event.result.error_number = record.result
@@ -103,7 +113,71 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         _fill_privilege(event, record)
     elif record.kind in _FILE_KINDS:
         _fill_file(event, record)
+    elif record.kind in _CODE_KINDS:
+        _fill_code(event, record)
+    elif record.kind == RecordKind.COVERAGE_GAP:
+        _fill_coverage_gap(event, record)
+    elif record.kind in _CALL_KINDS:
+        _fill_call(event, record)
     return event
+
+
+_CALL_KINDS = frozenset({RecordKind.UNSAFE_CALL, RecordKind.CRYPTO})
+
+
+def _fill_call(event: common_pb2.Event, record: Record) -> None:
+    """The detail of an UNSAFE_CALL or CRYPTO record (set even when empty)."""
+    if record.kind == RecordKind.UNSAFE_CALL:
+        event.call.SetInParent()
+        event.call.function = record.function or ""
+        return
+    crypto = event.crypto
+    crypto.SetInParent()
+    crypto.algorithm = record.algorithm or ""
+    crypto.protocol_version = record.protocol or ""
+    crypto.library = record.library or ""
+    crypto.purpose = record.purpose or ""
+
+
+# GAP_REASONS bits, in bit order, and the reasons they stand for.
+_GAP_REASONS = (
+    (GapReason.STATIC, common_pb2.COVERAGE_GAP_REASON_STATIC),
+    (GapReason.GO, common_pb2.COVERAGE_GAP_REASON_GO),
+    (GapReason.SETUID, common_pb2.COVERAGE_GAP_REASON_SETUID),
+    (GapReason.SETGID, common_pb2.COVERAGE_GAP_REASON_SETGID),
+    (GapReason.FILE_CAPABILITIES, common_pb2.COVERAGE_GAP_REASON_FILE_CAPABILITIES),
+    (GapReason.ENVIRONMENT_STRIPPED, common_pb2.COVERAGE_GAP_REASON_ENVIRONMENT_STRIPPED),
+)
+
+
+def _fill_coverage_gap(event: common_pb2.Event, record: Record) -> None:
+    """The detail of a COVERAGE_GAP record (set even when empty); unknown reason bits are left out."""
+    gap = event.coverage_gap
+    gap.SetInParent()
+    gap.path = record.path or ""
+    bits = int(record.gap_reasons or 0)
+    gap.reasons.extend(reason for bit, reason in _GAP_REASONS if bits & bit)
+    if record.variant is not None:
+        gap.variant = common_pb2.ExecVariant.ValueType(int(record.variant))
+
+
+def _fill_code(event: common_pb2.Event, record: Record) -> None:
+    """The detail of a LIBRARY_LOAD or MEMORY_PROTECT record (set even when all zero)."""
+    if record.kind == RecordKind.LIBRARY_LOAD:
+        lib = event.library
+        lib.SetInParent()
+        lib.path = record.path or ""
+        bits = int(record.lib_flags or 0)
+        lib.at_start = bool(bits & _AT_START)
+        lib.writable_dir = bool(bits & _WRITABLE_DIR)
+        lib.requested = record.requested or ""
+    else:
+        mem = event.memory
+        mem.SetInParent()
+        mem.function = record.function or ""
+        mem.protection = record.protection or 0
+        mem.flags = record.map_flags or 0
+        mem.length = record.length or 0
 
 
 def _fill_file(event: common_pb2.Event, record: Record) -> None:
@@ -138,6 +212,8 @@ def _fill_privilege(event: common_pb2.Event, record: Record) -> None:
         elif cred.function.endswith("gid"):
             cred.gids.extend(ids)
         cred.groups.extend(record.groups or ())
+        if record.capabilities is not None:
+            cred.capabilities_effective, cred.capabilities_permitted, _inheritable = record.capabilities
     elif record.kind == RecordKind.PTRACE:
         event.ptrace.SetInParent()
         event.ptrace.request = record.request or 0
@@ -162,6 +238,12 @@ def fill_process(proc: common_pb2.ProcessInfo, record: Record) -> None:
         ruid, euid, _suid, rgid, egid, _sgid = record.creds
         proc.uid, proc.euid, proc.gid, proc.egid = ruid, euid, rgid, egid
     proc.forked = bool(int(record.flags) & _FORKED)
+    if record.capabilities is not None:
+        proc.capabilities_effective, proc.capabilities_permitted, _inheritable = record.capabilities
+    del proc.ld_preload[:]
+    proc.ld_preload.extend(record.ld_preload or ())
+    del proc.ld_library_path[:]
+    proc.ld_library_path.extend(record.ld_library_path or ())
 
 
 def _varint(value: int) -> bytes:

@@ -23,6 +23,8 @@ __all__ = [
     "ExecVariant",
     "FieldTag",
     "FileChange",
+    "GapReason",
+    "LibraryFlag",
     "Record",
     "RecordError",
     "RecordFlag",
@@ -46,6 +48,7 @@ _U64: Final = struct.Struct("<Q")
 _I32: Final = struct.Struct("<i")
 _I32X2: Final = struct.Struct("<ii")
 _I32X3: Final = struct.Struct("<iii")
+_U64X3: Final = struct.Struct("<3Q")
 _U32X6: Final = struct.Struct("<6I")
 _FAMILY: Final = struct.Struct("<H")
 
@@ -72,6 +75,12 @@ class RecordKind(enum.IntEnum):
     PTRACE = 13
     PRCTL = 14
     MEMFD = 15
+    LIBRARY_LOAD = 16
+    MEMORY_PROTECT = 17
+    # Kinds 16-19 belong to other parts of the format.
+    UNSAFE_CALL = 18
+    CRYPTO = 19
+    COVERAGE_GAP = 20
 
 
 class RecordFlag(enum.IntFlag):
@@ -113,6 +122,25 @@ class FieldTag(enum.IntEnum):
     FILE_MODE = 25
     CHANGE = 26
     NEW_PATH = 27
+    # Tags 28-35 are known only in the kinds that carry them (_KIND_PARSERS); elsewhere they are
+    # skipped like unknown tags.
+    REQUESTED = 28
+    LIB_FLAGS = 29
+    PROTECTION = 30
+    MAP_FLAGS = 31
+    LENGTH = 32
+    CAPABILITIES = 33
+    LD_PRELOAD = 34
+    LD_LIBRARY_PATH = 35
+    # Tags 28-49 belong to other parts of the format.
+    # Tag 40 is known in every kind; 41-45 only in UNSAFE_CALL and CRYPTO (_KIND_PARSERS).
+    CALLER = 40
+    CALL_SITE = 41
+    ALGORITHM = 42
+    PROTOCOL = 43
+    LIBRARY = 44
+    PURPOSE = 45
+    GAP_REASONS = 50  # COVERAGE_GAP only (_KIND_PARSERS)
 
 
 class ExecVariant(enum.IntEnum):
@@ -129,6 +157,15 @@ class ExecVariant(enum.IntEnum):
     EXECVEAT = 9
     POSIX_SPAWN = 10
     POSIX_SPAWNP = 11
+    SYSTEM = 12
+    POPEN = 13
+
+
+class LibraryFlag(enum.IntFlag):
+    """LIB_FLAGS of a LIBRARY_LOAD record."""
+
+    AT_START = 1
+    WRITABLE_DIR = 2
 
 
 class FileChange(enum.IntEnum):
@@ -137,6 +174,17 @@ class FileChange(enum.IntEnum):
     CHMOD = 1
     RENAME = 2
     UNLINK = 3
+
+
+class GapReason(enum.IntFlag):
+    """Why a COVERAGE_GAP's program is not observed (bits of GAP_REASONS; unknown bits kept)."""
+
+    STATIC = 1
+    GO = 2
+    SETUID = 4
+    SETGID = 8
+    FILE_CAPABILITIES = 16
+    ENVIRONMENT_STRIPPED = 32
 
 
 class RecordError(ValueError):
@@ -208,6 +256,21 @@ class Record:
     file_mode: int | None = None
     change: FileChange | None = None
     new_path: str | None = None
+    requested: str | None = None
+    lib_flags: LibraryFlag | None = None
+    protection: int | None = None
+    map_flags: int | None = None
+    length: int | None = None
+    capabilities: tuple[int, int, int] | None = None
+    ld_preload: tuple[str, ...] | None = None
+    ld_library_path: tuple[str, ...] | None = None
+    gap_reasons: GapReason | None = None
+    caller: str | None = None
+    call_site: int | None = None
+    algorithm: str | None = None
+    protocol: str | None = None
+    library: str | None = None
+    purpose: str | None = None
 
 
 _KINDS: Final[dict[int, RecordKind]] = {k.value: k for k in RecordKind}
@@ -293,6 +356,21 @@ class _RecordBuilder:
         self.file_mode: int | None = None
         self.change: FileChange | None = None
         self.new_path: str | None = None
+        self.requested: str | None = None
+        self.lib_flags: LibraryFlag | None = None
+        self.protection: int | None = None
+        self.map_flags: int | None = None
+        self.length: int | None = None
+        self.capabilities: tuple[int, int, int] | None = None
+        self.ld_preload: tuple[str, ...] | None = None
+        self.ld_library_path: tuple[str, ...] | None = None
+        self.gap_reasons: GapReason | None = None
+        self.caller: str | None = None
+        self.call_site: int | None = None
+        self.algorithm: str | None = None
+        self.protocol: str | None = None
+        self.library: str | None = None
+        self.purpose: str | None = None
 
     def build(self) -> Record:
         self.__class__ = Record  # type: ignore[assignment]
@@ -466,11 +544,108 @@ def _new_path(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
     r.new_path = str(mv[off : off + flen], "utf-8", "backslashreplace")
 
 
+def _requested(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    if flen > _PATH_MAX:
+        raise RecordError("bad_field", f"field REQUESTED has {flen} bytes, at most {_PATH_MAX}")
+    r.requested = str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+def _lib_flags(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.LIB_FLAGS, flen, 1)
+    bits = mv[off]
+    if bits & ~_LIB_FLAGS_KNOWN:
+        raise RecordError("bad_field", f"unknown library flags {bits:#x}")
+    r.lib_flags = LibraryFlag(bits)
+
+
+def _protection(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.PROTECTION, flen, 4)
+    (r.protection,) = _I32.unpack_from(mv, off)
+
+
+def _map_flags(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.MAP_FLAGS, flen, 4)
+    (r.map_flags,) = _I32.unpack_from(mv, off)
+
+
+def _length(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.LENGTH, flen, 8)
+    (r.length,) = _U64.unpack_from(mv, off)
+
+
+def _capabilities(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.CAPABILITIES, flen, 24)
+    effective, permitted, inheritable = _U64X3.unpack_from(mv, off)
+    r.capabilities = (effective, permitted, inheritable)
+
+
+def _ld_preload(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    """Each entry is followed by a NUL (a cut-off last entry has none); an entry is never empty."""
+    if flen > _PATH_MAX:
+        raise RecordError("bad_field", f"field LD_PRELOAD has {flen} bytes, at most {_PATH_MAX}")
+    parts = bytes(mv[off : off + flen]).split(b"\0")
+    if not parts[-1]:
+        parts.pop()
+    if not parts or b"" in parts:
+        raise RecordError("bad_field", "field LD_PRELOAD holds an empty entry")
+    r.ld_preload = tuple([p.decode("utf-8", "backslashreplace") for p in parts])
+
+
+def _ld_library_path(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    """The value verbatim, split as the loader does (at ':' and ';'); empty entries are kept."""
+    if not 0 < flen <= _PATH_MAX:
+        raise RecordError("bad_field", f"field LD_LIBRARY_PATH has {flen} bytes, expected 1 to {_PATH_MAX}")
+    text = str(mv[off : off + flen], "utf-8", "backslashreplace")
+    r.ld_library_path = tuple(text.replace(";", ":").split(":"))
+
+
+def _gap_reasons(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.GAP_REASONS, flen, 4)
+    (bits,) = _U32.unpack_from(mv, off)
+    r.gap_reasons = GapReason(bits)
+
+
+def _caller(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.caller = _bounded_text(FieldTag.CALLER, mv, off, flen, _CALLER_MAX)
+
+
+def _call_site(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    _sized(FieldTag.CALL_SITE, flen, 8)
+    (r.call_site,) = _U64.unpack_from(mv, off)
+
+
+def _algorithm(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.algorithm = _bounded_text(FieldTag.ALGORITHM, mv, off, flen, _CRYPTO_WORD_MAX)
+
+
+def _protocol(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.protocol = _bounded_text(FieldTag.PROTOCOL, mv, off, flen, _CRYPTO_WORD_MAX)
+
+
+def _library(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.library = _bounded_text(FieldTag.LIBRARY, mv, off, flen, _CALLER_MAX)
+
+
+def _purpose(r: _RecordBuilder, mv: memoryview, off: int, flen: int) -> None:
+    r.purpose = _bounded_text(FieldTag.PURPOSE, mv, off, flen, _CRYPTO_WORD_MAX)
+
+
+def _bounded_text(tag: FieldTag, mv: memoryview, off: int, flen: int, limit: int) -> str:
+    """A byte-string field of 1 to `limit` bytes."""
+    if not 0 < flen <= limit:
+        raise RecordError("bad_field", f"field {tag.name} has {flen} bytes, expected 1 to {limit}")
+    return str(mv[off : off + flen], "utf-8", "backslashreplace")
+
+
+_CALLER_MAX: Final = 512
+_CRYPTO_WORD_MAX: Final = 32
 _NAME_MAX: Final = 256
 _ADDRESSES_MAX: Final = 1024
 _FUNCTION_MAX: Final = 16
 _GROUPS_MAX: Final = 64
 _MEMFD_NAME_MAX: Final = 256
+_PATH_MAX: Final = 1024
+_LIB_FLAGS_KNOWN: Final = int(LibraryFlag.AT_START | LibraryFlag.WRITABLE_DIR)
 
 _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.EXE: _exe,
@@ -500,6 +675,34 @@ _PARSERS: Final[dict[int, _Parser]] = {
     FieldTag.FILE_MODE: _file_mode,
     FieldTag.CHANGE: _change,
     FieldTag.NEW_PATH: _new_path,
+    FieldTag.CALLER: _caller,
+}
+# Tags known only in some kinds: each such kind parses them on top of _PARSERS.
+_KIND_PARSERS: Final[dict[RecordKind, dict[int, _Parser]]] = {
+    RecordKind.PROC_START: {
+        **_PARSERS,
+        FieldTag.CAPABILITIES: _capabilities,
+        FieldTag.LD_PRELOAD: _ld_preload,
+        FieldTag.LD_LIBRARY_PATH: _ld_library_path,
+    },
+    RecordKind.CREDENTIALS: {**_PARSERS, FieldTag.CAPABILITIES: _capabilities},
+    RecordKind.LIBRARY_LOAD: {**_PARSERS, FieldTag.REQUESTED: _requested, FieldTag.LIB_FLAGS: _lib_flags},
+    RecordKind.UNSAFE_CALL: {**_PARSERS, FieldTag.CALL_SITE: _call_site},
+    RecordKind.CRYPTO: {
+        **_PARSERS,
+        FieldTag.CALL_SITE: _call_site,
+        FieldTag.ALGORITHM: _algorithm,
+        FieldTag.PROTOCOL: _protocol,
+        FieldTag.LIBRARY: _library,
+        FieldTag.PURPOSE: _purpose,
+    },
+    RecordKind.COVERAGE_GAP: {**_PARSERS, FieldTag.GAP_REASONS: _gap_reasons},
+    RecordKind.MEMORY_PROTECT: {
+        **_PARSERS,
+        FieldTag.PROTECTION: _protection,
+        FieldTag.MAP_FLAGS: _map_flags,
+        FieldTag.LENGTH: _length,
+    },
 }
 # Decoded addresses, shared (SockAddr is immutable): REPEAT summaries and busy services send the
 # same few addresses over and over.
@@ -549,7 +752,7 @@ def decode(buf: bytes | bytearray | memoryview) -> Record:
     seen = 0
     off = HEADER_SIZE
     unpack_field = _FIELD.unpack_from
-    parsers = _PARSERS
+    parsers = _KIND_PARSERS.get(record_kind, _PARSERS)
     while off < n:
         if n - off < 4:
             raise RecordError("field_overrun", f"{n - off} stray bytes at offset {off}")

@@ -5,8 +5,12 @@
  * which carries the port the kernel chose); identity for dedup: kind + socket type + address bytes.
  * The others are described at their hooks.
  *
- * Cost on a repeat: one or two system calls (getsockopt, getpeername), a hash and an atomic
- * increment.
+ * The socket type comes from the descriptor table (fdtable.c) when it knows the descriptor, else
+ * from getsockopt(SO_TYPE), which is then stored there. A cached type only keys the dedup lookup:
+ * before a first occurrence is reported its type is read again with getsockopt (verify_type).
+ *
+ * Cost on a repeat of connect, bind or a datagram send: a table load, a hash and an atomic
+ * increment, no system call. accept adds getpeername, listen getsockname.
  */
 #include "shim.h"
 
@@ -36,6 +40,7 @@ void hooks_net_resolve(void)
     (void)SHIM_RESOLVE(sendto);
     (void)SHIM_RESOLVE(sendmsg);
     (void)SHIM_RESOLVE(getaddrinfo);
+    hooks_fd_resolve();
 }
 
 /* How many bytes of the program's address we may read: none if the kernel could not read them
@@ -65,7 +70,9 @@ struct net_call {
     int fd;             /* socket to read SOCKINFO from, unless info_given */
     int info_given;     /* SOCKINFO is `info` */
     int32_t info[3];
-    int type;           /* SO_TYPE, already read for the identity */
+    int type;           /* socket type for the identity */
+    int cached;         /* `type` came from the descriptor table: verify before reporting */
+    int dgram_only;     /* report only if the socket is a datagram socket */
     const void *addr;   /* SOCKADDR bytes */
     size_t alen;
     int has_result;
@@ -124,24 +131,104 @@ static __attribute__((noinline)) void net_first(const struct net_call *c, uint64
     pthread_setcancelstate(cancel, NULL);
 }
 
-/* Reports `c` unless its identity (kind, type, then `id` bytes) was seen before. */
-static void net_report(const struct net_call *c, const void *id, size_t idlen)
+/* The identity of a network behaviour: kind, socket type, then `id` bytes. A 16-byte id (an IPv4
+ * address, or AF_UNSPEC) is the common case of a repeat: its two words are multiplied in parallel
+ * rather than one after the other, a shorter dependency chain on the hit path; other lengths use
+ * hash_mem. Either way the result goes through hash_final, a bijection. */
+typedef uint64_t unaligned_u64 __attribute__((may_alias, aligned(1)));
+
+static __attribute__((noinline)) uint64_t net_key_bytes(uint64_t head, const void *id, size_t idlen)
 {
-    uint64_t key = ((uint64_t)c->kind << 32) | (uint32_t)c->type;
-    key = hash_final(hash_mem(key, idlen ? id : "", idlen));
+    return hash_final(hash_mem(head, idlen ? id : "", idlen));
+}
+
+static inline uint64_t net_key(unsigned kind, int type, const void *id, size_t idlen)
+{
+    uint64_t head = ((uint64_t)kind << 32) | (uint32_t)type;
+    if (SHIM_LIKELY(idlen == 16)) {
+        uint64_t w0 = ((const unaligned_u64 *)id)[0];
+        uint64_t w1 = ((const unaligned_u64 *)id)[1];
+        uint64_t h = (head * HASH_MUL) ^ (w0 * 0xD6E8FEB86659FD93ULL) ^
+                     ((w1 * 0xA0761D6478BD642FULL) >> 7 | (w1 * 0xA0761D6478BD642FULL) << 57);
+        return hash_final(h);
+    }
+    return net_key_bytes(head, id, idlen);
+}
+
+/* The socket type of fd from the kernel (getsockopt), stored in the table unless the entry changed
+ * since it was `seen`. */
+static __attribute__((noinline)) int learn_type(int fd, uint32_t seen)
+{
+    unsigned epoch = fdtab_epoch();
+    int type = sockopt_int(fd, SO_TYPE);
+    fdtab_learn(fd, seen, epoch, type);
+    return type;
+}
+
+/* 1 when the table's entry `seen` may key a dedup lookup: it knows a type, and the call did not
+ * just say that its descriptor is no socket. */
+static inline int usable_entry(uint32_t seen, int ret, int err)
+{
+    return SHIM_LIKELY(fdtab_type(seen) != 0) && !(ret < 0 && (err == EBADF || err == ENOTSOCK));
+}
+
+/* Before a first occurrence keyed by a cached type: the type as the kernel has it now (the table is
+ * corrected if it was stale). */
+static __attribute__((noinline)) int verify_type(int fd)
+{
+    unsigned epoch = fdtab_epoch();
+    uint32_t seen = fdtab_get(fd);
+    int type = sockopt_int(fd, SO_TYPE);
+    if (type != fdtab_type(seen))
+        fdtab_learn(fd, seen, epoch, type);
+    return type;
+}
+
+/* 1 when `key` was seen before (the repeat is counted). */
+static inline int net_seen(uint64_t key)
+{
     dedup_tick();
-    if (SHIM_LIKELY(dedup_hit(key)))
-        return;
+    return dedup_hit(key);
+}
+
+/* A behaviour not in the table under `key`: verifies a cached type, then reports. */
+static __attribute__((noinline)) void net_miss(const struct net_call *c, const void *id,
+                                               size_t idlen, uint64_t key)
+{
+    if (c->cached) {
+        int type = verify_type(c->fd);
+        if (SHIM_UNLIKELY(type != c->type)) { /* stale entry: this is another behaviour */
+            if (c->dgram_only && type != SOCK_DGRAM)
+                return;
+            struct net_call fixed = *c;
+            fixed.type = type;
+            fixed.cached = 0;
+            key = net_key(c->kind, type, id, idlen);
+            if (dedup_hit(key))
+                return;
+            net_first(&fixed, key);
+            return;
+        }
+    }
     net_first(c, key);
 }
 
-static void net_event(unsigned kind, int fd, const void *addr, size_t alen, int ret, int err,
-                      int has_backlog, int backlog)
+/* Reports `c` unless its identity (kind, type, then `id` bytes) was seen before. */
+static void net_report(const struct net_call *c, const void *id, size_t idlen)
+{
+    uint64_t key = net_key(c->kind, c->type, id, idlen);
+    if (SHIM_LIKELY(net_seen(key)))
+        return;
+    net_miss(c, id, idlen, key);
+}
+
+static __attribute__((noinline)) void net_event_miss(unsigned kind, int fd, int type, int cached,
+                                                    uint64_t key, const void *addr, size_t alen,
+                                                    int ret, int err, int has_backlog, int backlog)
 {
     struct net_call c = {
         .kind = kind,
         .fd = fd,
-        .type = sockopt_int(fd, SO_TYPE),
         .addr = addr,
         .alen = alen,
         .has_result = 1,
@@ -149,8 +236,24 @@ static void net_event(unsigned kind, int fd, const void *addr, size_t alen, int 
         .err = err,
         .has_backlog = has_backlog,
         .backlog = backlog,
+        .type = type,
+        .cached = cached,
     };
-    net_report(&c, addr, alen);
+    net_miss(&c, addr, alen, key);
+}
+
+/* connect, bind, listen: the dedup lookup inline, the rest out of line. */
+static inline __attribute__((always_inline)) void net_event(unsigned kind, int fd, const void *addr,
+                                                            size_t alen, int ret, int err,
+                                                            int has_backlog, int backlog)
+{
+    uint32_t seen = fdtab_get(fd);
+    int cached = usable_entry(seen, ret, err);
+    int type = cached ? fdtab_type(seen) : learn_type(fd, seen);
+    uint64_t key = net_key(kind, type, addr, alen);
+    if (SHIM_LIKELY(net_seen(key)))
+        return;
+    net_event_miss(kind, fd, type, cached, key, addr, alen, ret, err, has_backlog, backlog);
 }
 
 SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
@@ -206,6 +309,8 @@ SHIM_EXPORT int socket(int domain, int type, int protocol)
     int ret = real_socket(domain, type, protocol);
     int err = errno;
     int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (ret >= 0)
+        fdtab_set(ret, base);
     if ((base == SOCK_RAW || base == SOCK_PACKET || domain == AF_PACKET) && shim_enter()) {
         struct net_call c = {
             .kind = KIND_SOCKET,
@@ -250,10 +355,13 @@ static void accept_event(int fd)
     size_t alen = 0;
     if (getpeername(fd, (struct sockaddr *)&peer, &plen) == 0)
         alen = plen > sizeof peer ? sizeof peer : plen;
+    uint32_t seen = fdtab_get(fd);
+    int cached = usable_entry(seen, 0, 0);
     struct net_call c = {
         .kind = KIND_ACCEPT,
         .fd = fd,
-        .type = sockopt_int(fd, SO_TYPE),
+        .type = cached ? fdtab_type(seen) : learn_type(fd, seen),
+        .cached = cached,
         .addr = &peer,
         .alen = alen,
     };
@@ -266,6 +374,8 @@ SHIM_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
     SHIM_REAL_OR_FAIL(accept, -1);
     int ret = real_accept(fd, addr, len);
     int err = errno;
+    if (ret >= 0)
+        fdtab_set(ret, fdtab_type(fdtab_get(fd))); /* the listening socket's type, if known */
     if (ret >= 0 && shim_enter()) {
         accept_event(ret);
         shim_leave();
@@ -279,6 +389,8 @@ SHIM_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags
     SHIM_REAL_OR_FAIL(accept4, -1);
     int ret = real_accept4(fd, addr, len, flags);
     int err = errno;
+    if (ret >= 0)
+        fdtab_set(ret, fdtab_type(fdtab_get(fd))); /* the listening socket's type, if known */
     if (ret >= 0 && shim_enter()) {
         accept_event(ret);
         shim_leave();
@@ -292,13 +404,19 @@ SHIM_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags
  * type and the destination bytes. */
 static void send_event(int fd, const void *addr, size_t alen, ssize_t ret, int err)
 {
-    int type = sockopt_int(fd, SO_TYPE);
+    /* Only a cached SOCK_DGRAM is trusted here (and verified before a first report): a cached
+     * other type could hide a datagram socket's sends, so that answer is asked of the kernel. */
+    uint32_t seen = fdtab_get(fd);
+    int cached = fdtab_type(seen) == SOCK_DGRAM && usable_entry(seen, ret < 0 ? -1 : 0, err);
+    int type = cached ? SOCK_DGRAM : learn_type(fd, seen);
     if (type != SOCK_DGRAM)
         return;
     struct net_call c = {
         .kind = KIND_SEND,
         .fd = fd,
         .type = type,
+        .cached = cached,
+        .dgram_only = 1,
         .addr = addr,
         .alen = alen,
         .has_result = 1,

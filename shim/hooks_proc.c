@@ -13,6 +13,7 @@
  * the kernel would refuse with EFAULT, can fault inside the shim instead.
  */
 #include "shim.h"
+#include "coverage.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -157,13 +158,16 @@ static void exec_before_fd(unsigned variant, int fd, char *const argv[])
 SHIM_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
     SHIM_REAL_OR_FAIL(execve, -1);
+    SHIM_ENV_REPAIR(env, envp);
+    coverage_check_path(VAR_EXECVE, AT_FDCWD, path, 0, env_plan.stripped);
     exec_before_path(VAR_EXECVE, path, argv);
-    return real_execve(path, argv, envp);
+    return real_execve(path, argv, env);
 }
 
 SHIM_EXPORT int execv(const char *path, char *const argv[])
 {
     SHIM_REAL_OR_FAIL(execv, -1);
+    coverage_check_path(VAR_EXECV, AT_FDCWD, path, 0, 0);
     exec_before_path(VAR_EXECV, path, argv);
     return real_execv(path, argv);
 }
@@ -171,6 +175,7 @@ SHIM_EXPORT int execv(const char *path, char *const argv[])
 SHIM_EXPORT int execvp(const char *file, char *const argv[])
 {
     SHIM_REAL_OR_FAIL(execvp, -1);
+    coverage_check_path(VAR_EXECVP, AT_FDCWD, file, 1, 0);
     exec_before_path(VAR_EXECVP, file, argv);
     return real_execvp(file, argv);
 }
@@ -178,26 +183,34 @@ SHIM_EXPORT int execvp(const char *file, char *const argv[])
 SHIM_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     SHIM_REAL_OR_FAIL(execvpe, -1);
+    SHIM_ENV_REPAIR(env, envp);
+    coverage_check_path(VAR_EXECVPE, AT_FDCWD, file, 1, env_plan.stripped);
     exec_before_path(VAR_EXECVPE, file, argv);
-    return real_execvpe(file, argv, envp);
+    return real_execvpe(file, argv, env);
 }
 
 SHIM_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     SHIM_REAL_OR_FAIL(fexecve, -1);
+    SHIM_ENV_REPAIR(env, envp);
+    coverage_check_fd(VAR_FEXECVE, fd, env_plan.stripped);
     exec_before_fd(VAR_FEXECVE, fd, argv);
-    return real_fexecve(fd, argv, envp);
+    return real_fexecve(fd, argv, env);
 }
 
 SHIM_EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
                          int flags)
 {
     SHIM_REAL_OR_FAIL(execveat, -1);
-    if (path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH))
+    SHIM_ENV_REPAIR(env, envp);
+    if (path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
+        coverage_check_fd(VAR_EXECVEAT, dirfd, env_plan.stripped);
         exec_before_fd(VAR_EXECVEAT, dirfd, argv);
-    else
+    } else {
+        coverage_check_path(VAR_EXECVEAT, dirfd, path, 0, env_plan.stripped);
         exec_before_path(VAR_EXECVEAT, path, argv);
-    return real_execveat(dirfd, path, argv, envp, flags);
+    }
+    return real_execveat(dirfd, path, argv, env, flags);
 }
 
 /* ---- execl, execlp, execle: collect the variadic arguments ------------------------------------ */
@@ -274,6 +287,7 @@ SHIM_EXPORT int execl(const char *path, const char *arg, ...)
     (void)unused_envp;
     if (argv == NULL)
         return -1;
+    coverage_check_path(VAR_EXECL, AT_FDCWD, path, 0, 0);
     exec_before_path(VAR_EXECL, path, argv);
     int ret = real_execve(path, argv, environ);
     arg_array_put(&arr);
@@ -289,6 +303,7 @@ SHIM_EXPORT int execlp(const char *file, const char *arg, ...)
     (void)unused_envp;
     if (argv == NULL)
         return -1;
+    coverage_check_path(VAR_EXECLP, AT_FDCWD, file, 1, 0);
     exec_before_path(VAR_EXECLP, file, argv);
     int ret = real_execvp(file, argv);
     arg_array_put(&arr);
@@ -303,8 +318,10 @@ SHIM_EXPORT int execle(const char *path, const char *arg, ...)
     char **argv = COLLECT_ARGS(arr, arg, 1, envp);
     if (argv == NULL)
         return -1;
+    SHIM_ENV_REPAIR(env, envp);
+    coverage_check_path(VAR_EXECLE, AT_FDCWD, path, 0, env_plan.stripped);
     exec_before_path(VAR_EXECLE, path, argv);
-    int ret = real_execve(path, argv, envp);
+    int ret = real_execve(path, argv, env);
     arg_array_put(&arr);
     return ret;
 }
@@ -329,11 +346,14 @@ SHIM_EXPORT int posix_spawn(pid_t *restrict pid, const char *restrict path,
                             const posix_spawnattr_t *restrict attrp, char *const argv[restrict],
                             char *const envp[restrict])
 {
+    SHIM_NOTE_CALLER();
     if (!SHIM_RESOLVE(posix_spawn))
         return ENOSYS;
     pid_t local = 0;
     pid_t *out = pid ? pid : &local;
-    int ret = real_posix_spawn(out, path, file_actions, attrp, argv, envp);
+    SHIM_ENV_REPAIR(env, envp);
+    coverage_check_path(VAR_POSIX_SPAWN, AT_FDCWD, path, 0, env_plan.stripped);
+    int ret = real_posix_spawn(out, path, file_actions, attrp, argv, env);
     int err = errno;
     spawn_after(VAR_POSIX_SPAWN, path, argv, ret, *out);
     errno = err;
@@ -345,13 +365,30 @@ SHIM_EXPORT int posix_spawnp(pid_t *restrict pid, const char *restrict file,
                              const posix_spawnattr_t *restrict attrp, char *const argv[restrict],
                              char *const envp[restrict])
 {
+    SHIM_NOTE_CALLER();
     if (!SHIM_RESOLVE(posix_spawnp))
         return ENOSYS;
     pid_t local = 0;
     pid_t *out = pid ? pid : &local;
-    int ret = real_posix_spawnp(out, file, file_actions, attrp, argv, envp);
+    SHIM_ENV_REPAIR(env, envp);
+    coverage_check_path(VAR_POSIX_SPAWNP, AT_FDCWD, file, 1, env_plan.stripped);
+    int ret = real_posix_spawnp(out, file, file_actions, attrp, argv, env);
     int err = errno;
     spawn_after(VAR_POSIX_SPAWNP, file, argv, ret, *out);
     errno = err;
     return ret;
+}
+
+/* ---- system, popen (hooks_shell.c): what they run, as /bin/sh -c command ---------------------- */
+
+void exec_report_shell(unsigned variant, const char *command)
+{
+    int saved = errno;
+    if (shim_enter()) {
+        char *argv[] = {"sh", "-c", (char *)command, NULL};
+        struct exec_event e = {.variant = variant, .path = "/bin/sh", .path_len = 7, .argv = argv};
+        exec_report(&e, 0);
+        shim_leave();
+    }
+    errno = saved;
 }

@@ -254,6 +254,32 @@ void report_reset_child(void)
 
 void report_first(uint8_t *buf, size_t len, int foreign, int slot)
 {
+    report_first_caller(buf, len, foreign, slot, NULL, 0);
+}
+
+void report_first_caller(uint8_t *buf, size_t len, int foreign, int slot, const char *caller,
+                         size_t caller_len)
+{
+    /* The record with CALLER appended (cut to the room left; left out when none is known), in a
+     * buffer no larger than needed: hooks may run on a signal handler's small stack. */
+    size_t cap = len + 4 + CALLER_MAX + 1 < REC_MAX ? len + 4 + CALLER_MAX + 1 : REC_MAX;
+    uint8_t out[cap];
+    char name[CALLER_MAX + 1]; /* one more: a longer path is cut and flagged */
+    if (caller == NULL) {
+        uintptr_t base;
+        caller = name;
+        caller_len = shim_caller ? shim_module_of(shim_caller, name, sizeof name, &base) : 0;
+    }
+    if (caller_len > 0 && len <= cap) {
+        struct rec r = {.buf = out, .len = len, .cap = cap};
+        memcpy(out, buf, len);
+        if (len + 4 + (caller_len < CALLER_MAX ? caller_len : CALLER_MAX) <= cap)
+            rec_put_bytes(&r, TAG_CALLER, caller, caller_len, CALLER_MAX);
+        else
+            rec_add_flags(&r, FLAG_TRUNCATED); /* a full record: CALLER left out, not cut */
+        buf = out;
+        len = r.len;
+    }
     if (foreign) {
         report_send_detached(buf, len);
         return;

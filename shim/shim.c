@@ -105,6 +105,7 @@ size_t shim_build_start(uint8_t *buf, size_t cap, int pid, unsigned flags)
         rec_put_bytes(&r, TAG_CWD, path, strlen(path), PATH_FIELD_MAX);
     else if (errno == ERANGE)
         rec_add_flags(&r, FLAG_TRUNCATED);
+    procinfo_put_start(&r);
     put_cmdline(&r); /* last: it takes whatever room is left */
     return r.len;
 }

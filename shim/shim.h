@@ -113,6 +113,8 @@ enum exec_variant {
     VAR_EXECVEAT = 9,
     VAR_POSIX_SPAWN = 10,
     VAR_POSIX_SPAWNP = 11,
+    VAR_SYSTEM = 12,
+    VAR_POPEN = 13,
 };
 
 /* Header offsets. */
@@ -141,6 +143,48 @@ enum {
     MEMFD_NAME_MAX = 256,  /* MEMFD_NAME */
 };
 
+/* Library loads, W+X memory, capset, loader environment (hooks_lib.c, hooks_mem.c, procinfo.c). */
+enum {
+    KIND_LIBRARY_LOAD = 16,
+    KIND_MEMORY_PROTECT = 17,
+};
+
+enum {
+    TAG_REQUESTED = 28,       /* LIBRARY_LOAD: the name given to dlopen, when not PATH */
+    TAG_LIB_FLAGS = 29,       /* LIBRARY_LOAD: u8 LIB_* */
+    TAG_PROTECTION = 30,      /* MEMORY_PROTECT: i32 PROT_* */
+    TAG_MAP_FLAGS = 31,       /* MEMORY_PROTECT: i32 MAP_* (mmap) */
+    TAG_LENGTH = 32,          /* MEMORY_PROTECT: u64 */
+    TAG_CAPABILITIES = 33,    /* PROC_START, CREDENTIALS (capset): 3 x u64 eff, perm, inh */
+    TAG_LD_PRELOAD = 34,      /* PROC_START: entries other than the shim, each NUL-ended */
+    TAG_LD_LIBRARY_PATH = 35, /* PROC_START: the value, verbatim */
+};
+
+enum {
+    LIB_AT_START = 1u << 0,     /* loaded with the program */
+    LIB_WRITABLE_DIR = 1u << 1, /* its directory is writable by the process's user */
+};
+
+/* Library-call observation (calls.c, hooks_calls.c, hooks_crypto.c, modules.c). */
+enum {
+    KIND_UNSAFE_CALL = 18,
+    KIND_CRYPTO = 19,
+};
+
+enum {
+    TAG_CALLER = 40,    /* module that made the hooked call (every first occurrence) */
+    TAG_CALL_SITE = 41, /* u64: return address relative to that module's load address */
+    TAG_ALGORITHM = 42, /* CRYPTO: weak algorithm */
+    TAG_PROTOCOL = 43,  /* CRYPTO: old protocol version allowed */
+    TAG_LIBRARY = 44,   /* CRYPTO: library providing the function */
+    TAG_PURPOSE = 45,   /* CRYPTO: digest, cipher or tls */
+};
+
+enum {
+    CALLER_MAX = 512,     /* CALLER, LIBRARY */
+    CRYPTO_WORD_MAX = 32, /* ALGORITHM, PROTOCOL, PURPOSE */
+};
+
 /* ---- real functions -------------------------------------------------------------------------- */
 
 /* Declares the typed pointer to the next definition of `name` (the one the hook wraps). */
@@ -155,6 +199,7 @@ enum {
  * (set errno to ENOSYS and return `failval`). Never crashes on a missing symbol. */
 #define SHIM_REAL_OR_FAIL(name, failval)                                                     \
     do {                                                                                     \
+        SHIM_NOTE_CALLER();                                                                  \
         if (SHIM_UNLIKELY(!SHIM_RESOLVE(name))) {                                            \
             errno = ENOSYS;                                                                  \
             return failval;                                                                  \
@@ -166,6 +211,7 @@ void hooks_net_resolve(void);
 void hooks_proc_resolve(void);
 void hooks_priv_resolve(void);
 void hooks_file_resolve(void);
+void hooks_fd_resolve(void); /* called by hooks_net_resolve */
 
 /* Stores dlsym(RTLD_NEXT, name) into *slot; returns 0 if the symbol does not exist. errno is
  * preserved. */
@@ -179,6 +225,18 @@ extern int shim_init_state;   /* INIT_*; atomic */
 extern int shim_active;       /* 1 when TELLTALE_SOCKET is set and usable; fixed after init */
 extern int shim_cached_pid;   /* pid of the process that owns the dedup table; atomic */
 extern __thread int shim_busy __attribute__((tls_model("initial-exec")));
+
+/* Return address of the hooked call this thread is handling (the program's or library's call
+ * site), noted by SHIM_REAL_OR_FAIL at a hook's entry unless the shim is already busy on this
+ * thread; report_first names the module it lies in (CALLER). A hook that can send a record without
+ * going through SHIM_REAL_OR_FAIL must call SHIM_NOTE_CALLER() itself on entry, or its records
+ * name the caller of the thread's previous hooked call. */
+extern __thread const void *shim_caller __attribute__((tls_model("initial-exec")));
+#define SHIM_NOTE_CALLER()                                                                   \
+    do {                                                                                     \
+        if (SHIM_LIKELY(!shim_busy))                                                         \
+            shim_caller = __builtin_return_address(0);                                       \
+    } while (0)
 
 /* Completes initialisation when a hook runs before the constructor; returns 1 when done. */
 int shim_init_lazy(void);
@@ -305,13 +363,41 @@ uint64_t rec_now_ns(void);
  * does not fit and dropping the fields after it (TRUNCATED set). Returns the copied length. */
 size_t rec_copy_fit(uint8_t *dst, size_t cap, const uint8_t *src, size_t len);
 
+/* Adds what PROC_START carries beyond shim.c's fields (procinfo.c): CAPABILITIES, LD_PRELOAD,
+ * LD_LIBRARY_PATH. Reads the process state only, so a vfork child may call it. */
+void procinfo_put_start(struct rec *r);
+
+/* Reports that system or popen (`variant`) is about to run `command` through /bin/sh -c, as an
+ * EXEC record (hooks_proc.c). errno is preserved. */
+void exec_report_shell(unsigned variant, const char *command);
+
 /* ---- dedup table (dedup.c) ------------------------------------------------------------------- */
 
 enum { DEDUP_SLOTS = 256, DEDUP_REC_MAX = 1024 };
 enum { DEDUP_HIT = 0, DEDUP_CLAIMED = 1, DEDUP_FULL = 2 };
 
-/* Counts a repeat and returns 1 when `key` is already in the table; 0 otherwise. Lock-free. */
-int dedup_hit(uint64_t key);
+struct dedup_meta {
+    uint64_t key;     /* identity hash; 0 = empty */
+    uint32_t pending; /* repeats not yet reported */
+    uint16_t state;   /* SLOT_* of dedup.c */
+    uint16_t len;     /* length of the stored record */
+};
+/* dedup.c's table; outside dedup.c only dedup_hit reads it. */
+extern struct dedup_meta shim_dedup_meta[DEDUP_SLOTS];
+/* dedup_hit past its key's first slot. */
+int dedup_hit_probe(uint64_t key);
+
+/* Counts a repeat and returns 1 when `key` is already in the table; 0 otherwise. Lock-free. The
+ * common case, a key found in its first slot, is inline. */
+static inline int dedup_hit(uint64_t key)
+{
+    struct dedup_meta *m = &shim_dedup_meta[(unsigned)key & (DEDUP_SLOTS - 1)];
+    if (SHIM_LIKELY(__atomic_load_n(&m->key, __ATOMIC_ACQUIRE) == key)) {
+        __atomic_fetch_add(&m->pending, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return dedup_hit_probe(key);
+}
 /* Claims a slot for `key`: DEDUP_CLAIMED (then *slot is set and the caller must dedup_store),
  * DEDUP_HIT (another thread stored it meanwhile; the repeat is counted), or DEDUP_FULL. */
 int dedup_claim(uint64_t key, int *slot);
@@ -319,10 +405,53 @@ int dedup_claim(uint64_t key, int *slot);
 void dedup_store(int slot, const uint8_t *rec, size_t len);
 /* Sends a REPEAT summary for every slot with unreported repeats. */
 void dedup_flush(void);
-/* Flushes when at least a second has passed since the last flush (cheap otherwise). */
-void dedup_tick(void);
+/* Flushes when at least a second has passed since the last flush. A thread that calls it more than
+ * about once a millisecond reads the clock only every DEDUP_TICK_EVERY calls (dedup.c). */
+enum { DEDUP_TICK_EVERY = 16 };
+extern __thread unsigned shim_tick_skip __attribute__((tls_model("initial-exec")));
+void dedup_tick_check(void);
+static inline void dedup_tick(void)
+{
+    if (SHIM_LIKELY(shim_tick_skip != 0)) {
+        shim_tick_skip--;
+        return;
+    }
+    dedup_tick_check();
+}
 /* Forgets every entry (fork child). */
 void dedup_reset(void);
+
+/* ---- socket types by descriptor (fdtable.c) -------------------------------------------------- */
+
+/* One word per descriptor number: SOCK_* type in the low 8 bits (0: unknown), a version above.
+ * A cached type may be stale (fdtable.c says when): use it to key a dedup lookup only, and re-read
+ * the type with getsockopt before reporting a first occurrence. */
+enum { FDTAB_SIZE = 65536 };
+extern uint32_t shim_fdtab[FDTAB_SIZE];
+
+/* The entry of fd (type and version), 0 when fd is out of the table's range. Lock-free. */
+static inline uint32_t fdtab_get(int fd)
+{
+    if (SHIM_UNLIKELY((unsigned)fd >= FDTAB_SIZE))
+        return 0;
+    return __atomic_load_n(&shim_fdtab[fd], __ATOMIC_ACQUIRE);
+}
+
+static inline int fdtab_type(uint32_t entry)
+{
+    return (int)(entry & 0xff);
+}
+
+/* A socket of `type` was just created on fd (a type outside 1..255 is stored as unknown). */
+void fdtab_set(int fd, int type);
+/* fd was closed or now refers to something else. */
+void fdtab_forget(int fd);
+/* To read, with the entry `seen`, before a getsockopt whose type goes to fdtab_learn. */
+unsigned fdtab_epoch(void);
+/* Stores `type`, just read with getsockopt, unless the entry changed since it read `seen` or a
+ * close_range/closefrom ran since fdtab_epoch gave `epoch`; a type ≤ 0 (getsockopt failed)
+ * forgets the entry. */
+void fdtab_learn(int fd, uint32_t seen, unsigned epoch, int type);
 
 /* ---- transport (report.c) -------------------------------------------------------------------- */
 
@@ -341,5 +470,28 @@ void report_send_detached(uint8_t *buf, size_t len);
 void report_first(uint8_t *buf, size_t len, int foreign, int slot);
 /* Fork child: closes the inherited connection and resets counters. */
 void report_reset_child(void);
+
+/* ---- caller modules (modules.c) and library calls (calls.c) ---------------------------------- */
+
+/* Names the loaded module (program or shared library) whose code contains `addr`: copies its
+ * path, cut to `cap` bytes, into out and returns its length, and its load address into *base;
+ * returns 0 (*base = 0) when no module contains it. Allocates nothing; takes the loader's
+ * lock briefly (dl_iterate_phdr) to notice modules loaded or unloaded since the last call. */
+size_t shim_module_of(const void *addr, char *out, size_t cap, uintptr_t *base);
+/* Brings the module table up to date with the loader's list (cheap when nothing changed): for a
+ * dlopen/dlclose hook to call after the real call. */
+void shim_modules_refresh(void);
+/* Forgets the module tables (fork child: a rebuild another thread had begun never finishes). */
+void shim_modules_reset(void);
+
+/* Sends a first occurrence like report_first, adding CALLER: the module of shim_caller when
+ * `caller` is NULL, else the given name (none when caller_len is 0: the record has its own). */
+void report_first_caller(uint8_t *buf, size_t len, int foreign, int slot, const char *caller,
+                         size_t caller_len);
+
+/* Sends REPEAT summaries of the library-call sites with unreported repeats (dedup_flush). */
+void calls_flush(void);
+/* Forgets every call site (with dedup_reset). */
+void calls_reset(void);
 
 #endif /* TELLTALE_SHIM_H */

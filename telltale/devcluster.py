@@ -41,11 +41,15 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+# Asks for the agent service by name: etcd serves the health service too, for the empty name, and a
+# stray etcd on the port must not pass for a controller.
+HEALTH_REQUEST = health_pb2.HealthCheckRequest(service="telltale.v1.AgentService")
 _HEALTH_CHECK = """
 import sys, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 with grpc.insecure_channel(sys.argv[1]) as channel:
-    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    request = health_pb2.HealthCheckRequest(service="telltale.v1.AgentService")
+    answer = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1)
 sys.exit(0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1)
 """
 
@@ -62,7 +66,7 @@ def _healthy_in(netns: str, address: str) -> bool:
 def _healthy(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            response = health_pb2_grpc.HealthStub(channel).Check(HEALTH_REQUEST, timeout=1)
         except grpc.RpcError:
             return False
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

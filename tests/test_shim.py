@@ -48,6 +48,16 @@ HOOKS = {
     "sendto",
     "sendmsg",
     "getaddrinfo",
+    "close",
+    "close_range",
+    "closefrom",
+    "fclose",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "fcntl64",
+    "socketpair",
     "execve",
     "execv",
     "execvp",
@@ -84,6 +94,44 @@ HOOKS = {
     "renameat",
     "unlink",
     "unlinkat",
+    # library loads, W+X memory, capset, system, popen (tests/test_shim_libmem.py)
+    "dlopen",
+    "dlmopen",
+    "mmap",
+    "mmap64",
+    "mprotect",
+    "pkey_mprotect",
+    "capset",
+    "system",
+    "popen",
+    # unsafe C library functions and OpenSSL entry points (tests/test_shim_calls.py)
+    "gets",
+    "strcpy",
+    "strcat",
+    "stpcpy",
+    "sprintf",
+    "vsprintf",
+    "getwd",
+    "mktemp",
+    "tmpnam",
+    "tempnam",
+    "EVP_md4",
+    "EVP_md5",
+    "EVP_sha1",
+    "MD5",
+    "MD5_Init",
+    "SHA1",
+    "SHA1_Init",
+    "EVP_des_ecb",
+    "EVP_des_cbc",
+    "EVP_des_ede3_cbc",
+    "EVP_rc4",
+    "EVP_MD_fetch",
+    "EVP_CIPHER_fetch",
+    "SSL_CTX_ctrl",
+    "SSL_ctrl",
+    "TLSv1_method",
+    "TLSv1_1_method",
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
@@ -239,6 +287,9 @@ def shim_env(
     socket_path: Path | str | None, workload: str | None = "app=test", **extra: str
 ) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_PRELOAD": str(shim_path())}
+    # The inventory of libraries loaded with each program is left out unless a test asks for it
+    # (tests/test_shim_libmem.py): these tests count every record a process sends.
+    env["TELLTALE_START_LIBRARIES"] = "0"
     if socket_path is not None:
         env["TELLTALE_SOCKET"] = str(socket_path)
     if workload is not None:
@@ -345,6 +396,7 @@ def test_process_start_describes_the_process(agent: Agent, programs: dict[str, P
         cwd=str(tmp_path),
         creds=(*os.getresuid(), *os.getresgid()),
         workload="app=shop;component=web;v=1.2",
+        capabilities=rec.capabilities,  # checked in tests/test_shim_libmem.py
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import telltale
-from telltale.cli import alerts, catalog, nodes, policy
+from telltale.cli import alerts, catalog, nodes, policy, workloads
 from telltale.cli.client import CliError
 from telltale.nodeagent import config as agent_config
 from telltale.nodeagent.defaults import DEFAULT_SOCKET
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_commands(sub)
     catalog.add_commands(sub)
     nodes.add_commands(sub)
+    workloads.add_commands(sub)
     return parser
 
 

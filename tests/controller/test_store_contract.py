@@ -241,6 +241,10 @@ def test_workloads_are_recorded_and_listed(run: Run) -> None:
             ("w-1", "shop", "api"),
             ("w-2", "blog", ""),
         ]
+        got = await h.store.get_workload("w-1")
+        assert got is not None
+        assert got.component == "api"
+        assert await h.store.get_workload("w-3") is None
 
     run(body)
 

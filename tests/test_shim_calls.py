@@ -1,0 +1,436 @@
+"""Library calls observed by the shim: unsafe C library functions and weak cryptography, keyed by
+call site, and the module that made each call.
+
+The C programs in tests/shim/calls/ are built with -fno-builtin (an optimising compiler otherwise
+replaces strcpy and friends with inline code that no hook can see) and run with the shim preloaded
+against the agent of tests/test_shim.py.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from helpers import eventually
+from test_shim import Agent, Run, run, shim_env
+
+from telltale.engine.builtin import load_builtin_policies
+from telltale.engine.evaluate import CompiledPolicy
+from telltale.nodeagent import workload as descriptor
+from telltale.nodeagent.batcher import Counters
+from telltale.nodeagent.convert import to_event
+from telltale.nodeagent.intake import Intake, Workloads
+from telltale.nodeagent.records import (
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    FieldTag,
+    Record,
+    RecordError,
+    RecordFlag,
+    RecordKind,
+    decode,
+)
+from telltale.v1 import common_pb2
+
+SOURCES = Path(__file__).parent / "shim" / "calls"
+NO_FLAGS = RecordFlag(0)
+HAVE_OPENSSL_HEADERS = Path("/usr/include/openssl/evp.h").exists()
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path / "agent.sock")
+    yield a
+    a.close()
+    assert a.errors == []
+
+
+def _gcc(*args: str) -> None:
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-g",
+            "-fno-builtin",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-deprecated-declarations",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The programs of tests/shim/calls/, built once per module (crypto_evp only with OpenSSL's
+    headers)."""
+    out = tmp_path_factory.mktemp("shim-calls")
+    built = {}
+    for name in ("unsafe_calls", "bench_strcpy"):
+        _gcc("-o", str(out / name), str(SOURCES / f"{name}.c"))
+        built[name] = out / name
+    lib = out / "libttcaller.so"
+    _gcc("-shared", "-fPIC", "-o", str(lib), str(SOURCES / "caller_lib.c"))
+    built["libttcaller.so"] = lib
+    main = out / "caller_main"
+    _gcc("-o", str(main), str(SOURCES / "caller_main.c"), f"-L{out}", "-lttcaller", f"-Wl,-rpath,{out}")
+    built["caller_main"] = main
+    if HAVE_OPENSSL_HEADERS:
+        _gcc("-o", str(out / "crypto_evp"), str(SOURCES / "crypto_evp.c"), "-lcrypto")
+        built["crypto_evp"] = out / "crypto_evp"
+    return built
+
+
+def of_kind(records: list[Record], kind: RecordKind) -> list[Record]:
+    return [r for r in records if r.kind == kind]
+
+
+def calls_of(records: list[Record]) -> list[tuple[str | None, RecordFlag, int, str | None]]:
+    """(function, flags, count, caller) of every UNSAFE_CALL, in arrival order."""
+    return [(r.function, r.flags, r.count, r.caller) for r in of_kind(records, RecordKind.UNSAFE_CALL)]
+
+
+# ---- unsafe calls ------------------------------------------------------------------------------
+
+
+def test_two_call_sites_send_two_records(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """strcpy from two call sites yields one UNSAFE_CALL per site, named after the program."""
+    exe = str(programs["unsafe_calls"])
+    run(programs["unsafe_calls"], "two", env=shim_env(agent.path), cwd=tmp_path)
+    records = agent.records()
+    assert calls_of(records) == [("strcpy", NO_FLAGS, 1, exe), ("strcpy", NO_FLAGS, 1, exe)]
+    first, second = of_kind(records, RecordKind.UNSAFE_CALL)
+    assert first.call_site is not None
+    assert second.call_site is not None
+    assert 0 < first.call_site < second.call_site < first.call_site + 256  # module offsets, nearby
+    assert first.seq < second.seq
+
+
+def test_repeats_from_one_call_site_are_counted(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """1000 strcpy calls from one site: one record, then one REPEAT summary of the 999 others."""
+    exe = str(programs["unsafe_calls"])
+    run(programs["unsafe_calls"], "loop", "1000", env=shim_env(agent.path), cwd=tmp_path)
+    records = agent.records()
+    assert calls_of(records) == [("strcpy", NO_FLAGS, 1, exe), ("strcpy", RecordFlag.REPEAT, 999, exe)]
+    first, summary = of_kind(records, RecordKind.UNSAFE_CALL)
+    assert first.call_site == summary.call_site
+
+
+def test_every_unsafe_function_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """Each hooked unsafe function called once is reported once, by name."""
+    run(programs["unsafe_calls"], "each", env=shim_env(agent.path), cwd=tmp_path)
+    names = [r.function for r in of_kind(agent.records(), RecordKind.UNSAFE_CALL)]
+    assert names == [
+        "strcpy",
+        "strcat",
+        "stpcpy",
+        "sprintf",
+        "vsprintf",
+        "gets",
+        "getwd",
+        "mktemp",
+        "tmpnam",
+        "tempnam",
+    ]
+
+
+def test_errno_is_kept_across_a_first_occurrence(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Reporting a first call (a send to the agent) leaves the program's errno as it was."""
+    run(programs["unsafe_calls"], "errno", env=shim_env(agent.path), cwd=tmp_path)
+    assert len(of_kind(agent.records(), RecordKind.UNSAFE_CALL)) == 2
+
+
+def test_calls_are_not_reported_without_an_agent(programs: dict[str, Path], tmp_path: Path) -> None:
+    """With the shim inert the hooked functions work as usual."""
+    res = run(programs["unsafe_calls"], "loop", "100000", env=shim_env(None), cwd=tmp_path)
+    assert res.stdout == "again\n"
+
+
+def test_the_caller_is_the_module_that_made_the_call(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A call made by a shared library names the library; one made by the program names the program."""
+    run(programs["caller_main"], env=shim_env(agent.path), cwd=tmp_path)
+    callers = [r.caller for r in of_kind(agent.records(), RecordKind.UNSAFE_CALL)]
+    assert callers == [str(programs["caller_main"]), str(programs["libttcaller.so"])]
+
+
+def test_other_records_name_their_caller_too(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """CALLER is on every first occurrence: a connect made by Python's socket module names it."""
+    code = "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(('127.0.0.1', 9))\n"
+    run(Path(sys.executable), "-S", "-c", code, env=shim_env(agent.path), cwd=tmp_path)
+    (conn,) = of_kind(agent.records(), RecordKind.CONNECT)
+    assert conn.caller is not None
+    assert Path(conn.caller).name.startswith("_socket"), conn.caller
+
+
+# ---- weak cryptography -------------------------------------------------------------------------
+
+
+def crypto_of(records: list[Record]) -> list[tuple[str | None, str | None, str | None, str | None, int]]:
+    """(function, algorithm, protocol, purpose, count) of every CRYPTO record, in arrival order."""
+    return [
+        (r.function, r.algorithm, r.protocol, r.purpose, r.count) for r in of_kind(records, RecordKind.CRYPTO)
+    ]
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
+def test_weak_crypto_from_a_program(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """Weak digests and ciphers are reported once per call site; strong and non-security fetches
+    are not."""
+    exe = str(programs["crypto_evp"])
+    run(programs["crypto_evp"], env=shim_env(agent.path), cwd=tmp_path)
+    records = agent.records()
+    assert crypto_of(records) == [
+        ("EVP_md5", "MD5", None, "digest", 1),
+        ("EVP_sha1", "SHA1", None, "digest", 1),
+        ("MD5", "MD5", None, "digest", 1),
+        ("EVP_MD_fetch", "MD5", None, "digest", 1),
+        ("EVP_des_ede3_cbc", "3DES", None, "cipher", 1),
+        ("EVP_sha1", "SHA1", None, "digest", 1),  # the second call: a REPEAT summary at exit
+    ]
+    crypto = of_kind(records, RecordKind.CRYPTO)
+    assert crypto[-1].flags == RecordFlag.REPEAT
+    assert {r.caller for r in crypto} == {exe}
+    library = crypto[0].library
+    assert library is not None
+    assert Path(library).name.startswith("libcrypto.so")
+
+
+@pytest.mark.skipif(ctypes.util.find_library("ssl") is None, reason="needs OpenSSL")
+def test_weak_crypto_from_python(agent: Agent, tmp_path: Path) -> None:
+    """Python's hashlib.md5 and an SSL context allowing TLS 1.0 are reported, named after the
+    extension modules that asked; hashlib's own probes (usedforsecurity=False) and libssl's
+    internal fetches are not."""
+    code = (
+        "import hashlib, ssl, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "hashlib.md5(b'x').hexdigest()\n"
+        "hashlib.sha256(b'x').hexdigest()\n"
+        "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n"
+        "ctx.minimum_version = ssl.TLSVersion.TLSv1\n"
+    )
+    run(Path(sys.executable), "-c", code, env=shim_env(agent.path), cwd=tmp_path)
+    records = of_kind(agent.records(), RecordKind.CRYPTO)
+    assert crypto_of(records) == [
+        ("EVP_MD_fetch", "MD5", None, "digest", 1),
+        ("SSL_CTX_ctrl", None, "TLSv1.0", "tls", 1),
+    ]
+    digest, tls = records
+    assert Path(digest.caller or "").name.startswith("_hashlib")
+    assert Path(tls.caller or "").name.startswith("_ssl")
+    assert Path(tls.library or "").name.startswith("libssl.so")
+
+
+def test_the_engine_raises_the_matching_alerts(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Converted UNSAFE_CALL and CRYPTO events raise call.unsafe_function, call.weak_crypto and
+    call.old_tls under the Max Alert policy."""
+    run(programs["unsafe_calls"], "two", env=shim_env(agent.path), cwd=tmp_path)
+    code = (
+        "import ssl, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "ssl.SSLContext().minimum_version = ssl.TLSVersion.TLSv1_1\n"
+    )
+    run(Path(sys.executable), "-c", code, env=shim_env(agent.path), cwd=tmp_path)
+    records = agent.records()
+    policy = CompiledPolicy.compile(load_builtin_policies()["Max Alert"])
+    workload = common_pb2.Workload(id="w-1", application="shop", component="api")
+    found = set()
+    for rec in of_kind(records, RecordKind.UNSAFE_CALL) + of_kind(records, RecordKind.CRYPTO):
+        for finding in policy.evaluate(to_event(rec, "w-1", None), workload, 1):
+            found.add((finding.alert_type, finding.subject))
+    exe = str(programs["unsafe_calls"])
+    assert (("call.unsafe_function", f"strcpy in {exe}")) in found
+    assert ("call.old_tls", "TLSv1.1") in found
+    digest = to_event(
+        Record(
+            kind=RecordKind.CRYPTO,
+            flags=NO_FLAGS,
+            pid=1,
+            ppid=0,
+            tid=1,
+            count=1,
+            time_ns=1,
+            dropped=0,
+            seq=1,
+            function="EVP_md5",
+            algorithm="MD5",
+            purpose="digest",
+            library="/usr/lib/libcrypto.so.3",
+        ),
+        "w-1",
+        None,
+    )
+    (weak,) = policy.evaluate(digest, workload, 1)
+    assert (weak.alert_type, weak.subject) == ("call.weak_crypto", "MD5 (digest)")
+
+
+# ---- speed ---------------------------------------------------------------------------------------
+
+
+def test_a_repeated_call_site_costs_little(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """strcpy from a known call site costs a few nanoseconds more than without the shim."""
+    bench = programs["bench_strcpy"]
+    plain_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    plain, shimmed = [], []
+    for _ in range(3):  # interleaved, best of three
+        plain.append(float(run(bench, "2000000", env=plain_env, cwd=tmp_path).stdout))
+        shimmed.append(float(run(bench, "2000000", env=shim_env(agent.path), cwd=tmp_path).stdout))
+    assert min(shimmed) - min(plain) < 25.0, (plain, shimmed)
+
+
+# ---- decoding and conversion -----------------------------------------------------------------------
+
+
+def fld(tag: int, body: bytes) -> bytes:
+    return struct.pack("<HH", tag, len(body)) + body
+
+
+def message(kind: int, *fields: bytes) -> bytes:
+    body = b"".join(fields)
+    length = HEADER_SIZE + len(body)
+    return struct.pack("<HBBHHIIIIQII", MAGIC, VERSION, kind, length, 0, 10, 9, 10, 1, 5, 0, 2) + body
+
+
+SITE = fld(FieldTag.CALL_SITE, struct.pack("<Q", 0x1234))
+CALLER = fld(FieldTag.CALLER, b"/usr/lib/libold.so.1")
+
+
+def test_unsafe_call_record_decodes_and_converts() -> None:
+    """UNSAFE_CALL carries the function, call site and caller; the Event has CallDetail and
+    caller_module."""
+    rec = decode(message(18, fld(FieldTag.FUNCTION, b"strcpy"), SITE, CALLER))
+    assert (rec.kind, rec.function, rec.call_site, rec.caller) == (
+        RecordKind.UNSAFE_CALL,
+        "strcpy",
+        0x1234,
+        "/usr/lib/libold.so.1",
+    )
+    event = to_event(rec, "w-1", None)
+    assert event.kind == common_pb2.EVENT_KIND_UNSAFE_CALL
+    assert event.call.function == "strcpy"
+    assert event.caller_module == "/usr/lib/libold.so.1"
+
+
+def test_crypto_record_decodes_and_converts() -> None:
+    """CRYPTO carries algorithm or protocol version, library and purpose into CryptoDetail."""
+    rec = decode(
+        message(
+            19,
+            fld(FieldTag.FUNCTION, b"SSL_CTX_ctrl"),
+            fld(FieldTag.PROTOCOL, b"TLSv1.0"),
+            fld(FieldTag.LIBRARY, b"/usr/lib/libssl.so.3"),
+            fld(FieldTag.PURPOSE, b"tls"),
+            CALLER,
+        )
+    )
+    event = to_event(rec, "w-1", None)
+    assert event.kind == common_pb2.EVENT_KIND_CRYPTO
+    assert event.crypto == common_pb2.CryptoDetail(
+        protocol_version="TLSv1.0", library="/usr/lib/libssl.so.3", purpose="tls"
+    )
+    assert event.caller_module == "/usr/lib/libold.so.1"
+
+
+def test_caller_is_decoded_for_every_kind() -> None:
+    """CALLER on an existing kind becomes the Event's caller_module."""
+    sockaddr = fld(FieldTag.SOCKADDR, struct.pack("<H", 2) + bytes(14))
+    event = to_event(decode(message(int(RecordKind.CONNECT), sockaddr, CALLER)), "w-1", None)
+    assert event.caller_module == "/usr/lib/libold.so.1"
+    assert to_event(decode(message(int(RecordKind.CONNECT), sockaddr)), "w-1", None).caller_module == ""
+
+
+def test_call_site_is_only_known_in_call_kinds() -> None:
+    """CALL_SITE and the crypto tags elsewhere are skipped like unknown tags."""
+    bad = fld(FieldTag.CALL_SITE, b"\x01")
+    assert decode(message(int(RecordKind.CONNECT), bad)).call_site is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "reason"),
+    [
+        (18, fld(FieldTag.CALL_SITE, b"\x01\x02\x03\x04"), "bad_field"),
+        (19, fld(FieldTag.CALL_SITE, bytes(9)), "bad_field"),
+        (18, fld(FieldTag.CALLER, b""), "bad_field"),
+        (3, fld(FieldTag.CALLER, b"x" * 513), "bad_field"),
+        (19, fld(FieldTag.ALGORITHM, b"M" * 33), "bad_field"),
+        (19, fld(FieldTag.PROTOCOL, b""), "bad_field"),
+        (19, fld(FieldTag.PURPOSE, b"p" * 33), "bad_field"),
+        (19, fld(FieldTag.LIBRARY, b"l" * 513), "bad_field"),
+        (18, CALLER + CALLER, "duplicate_field"),
+        (19, fld(FieldTag.ALGORITHM, b"MD5") + fld(FieldTag.ALGORITHM, b"SHA1"), "duplicate_field"),
+        (18, fld(FieldTag.CALLER, b"/lib/x")[:-1], "field_overrun"),
+    ],
+)
+def test_malformed_call_records_are_rejected(kind: int, field: bytes, reason: str) -> None:
+    """Wrong sizes, empty or oversized text, and repeated fields raise RecordError."""
+    with pytest.raises(RecordError) as err:
+        decode(message(kind, field))
+    assert err.value.reason == reason
+
+
+@trio.testing.trio_test
+async def test_call_events_arrive_through_the_native_intake(tmp_path: Path) -> None:
+    """A real shim's UNSAFE_CALL records reach the sink of an Intake using the native decoder."""
+    pytest.importorskip("telltale._native._records")
+    out = tmp_path / "unsafe_calls"
+    _gcc("-o", str(out), str(SOURCES / "unsafe_calls.c"))
+    events: list[common_pb2.Event] = []
+
+    def sink(batch: list[bytes], workload: common_pb2.Workload | None) -> None:
+        events.extend(common_pb2.Event.FromString(data) for data in batch)
+
+    def calls() -> list[common_pb2.Event]:
+        return [e for e in events if e.kind == common_pb2.EVENT_KIND_UNSAFE_CALL]
+
+    def workload() -> Run:
+        return run(out, "two", env=shim_env(sock, workload=descriptor.encode(shop)), cwd=tmp_path)
+
+    sock = tmp_path / "agent.sock"
+    shop = common_pb2.Workload(id="w-shop", application="shop", component="api")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Intake(sock, sink, Counters(), Workloads(), native=True).run)
+        await trio.to_thread.run_sync(workload)
+        await eventually(lambda: len(calls()) == 2, "two UNSAFE_CALL events")
+        nursery.cancel_scope.cancel()
+    seen = [(e.call.function, e.caller_module, e.workload_id) for e in calls()]
+    assert seen == [("strcpy", str(out), "w-shop")] * 2
+
+
+def test_call_kinds_take_the_reference_path_natively() -> None:
+    """The native fast path hands UNSAFE_CALL and CRYPTO records back to the reference decoder."""
+    native = pytest.importorskip("telltale._native._records")
+    for kind in (18, 19):
+        raw = message(kind, fld(FieldTag.FUNCTION, b"strcpy"), SITE, CALLER)
+        assert native.encode(raw) == raw
+
+
+def test_caller_of_existing_kinds_survives_the_native_path() -> None:
+    """A CONNECT with CALLER encoded natively names its caller like the reference path."""
+    native = pytest.importorskip("telltale._native._records")
+    sockaddr = fld(FieldTag.SOCKADDR, struct.pack("<H", 2) + bytes(14))
+    raw = message(int(RecordKind.CONNECT), sockaddr, CALLER)
+    item = native.encode(raw)
+    assert isinstance(item, tuple)
+    assert common_pb2.Event.FromString(item[4]).caller_module == "/usr/lib/libold.so.1"

@@ -1,0 +1,289 @@
+"""Coverage of a workload's children: the shim keeps itself in every program the workload runs, and
+reports the programs it cannot observe (static, Go, secure execution, an environment it could not
+restore) as COVERAGE_GAP records.
+
+The agent side and the helpers are those of test_shim.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import test_shim
+from test_shim import Agent, Received, run, shim_env
+
+from telltale._native import shim_path
+from telltale.nodeagent.records import ExecVariant, GapReason, Record, RecordFlag, RecordKind
+
+COVERAGE_SOURCES = Path(__file__).parent / "shim" / "coverage"
+NOBODY = 65534
+ENV = shutil.which("env") or "/usr/bin/env"
+
+agent = test_shim.agent
+programs = test_shim.programs
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Programs to run, in a directory every user may enter."""
+
+    dir: Path
+    dynamic: Path
+    static: Path
+    go: Path
+
+
+@pytest.fixture(scope="module")
+def targets() -> Iterator[Targets]:
+    """hello built dynamic, static and as a fake Go program (a C program with Go's build-id note)."""
+    where = Path(tempfile.mkdtemp(prefix="telltale-coverage-"))
+    where.chmod(0o755)
+    src = str(COVERAGE_SOURCES / "hello.c")
+    builds = {"dynamic": [], "static": ["-static"], "go": ["-DGO_NOTE"]}
+    for name, flags in builds.items():
+        subprocess.run(["gcc", "-O1", *flags, "-o", str(where / name), src], check=True, capture_output=True)
+    yield Targets(where, where / "dynamic", where / "static", where / "go")
+    shutil.rmtree(where)
+
+
+def gaps(records: list[Record]) -> list[Record]:
+    """First occurrences of COVERAGE_GAP records."""
+    return [r for r in records if r.kind == RecordKind.COVERAGE_GAP and not r.flags & RecordFlag.REPEAT]
+
+
+def starts_of(received: list[Received], exe: str) -> list[Record]:
+    return [r.record for r in received if r.record.kind == RecordKind.PROC_START and r.record.exe == exe]
+
+
+def env_lines(stdout: str) -> list[str]:
+    return stdout.splitlines()
+
+
+# ---- propagation -----------------------------------------------------------------------------
+
+ENV_VARIANTS = ["execve", "execvpe", "execle", "fexecve", "execveat", "posix_spawn", "posix_spawnp"]
+
+
+@pytest.mark.parametrize("variant", ENV_VARIANTS)
+def test_clean_environment_keeps_the_shim(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, variant: str
+) -> None:
+    """A program given an environment without telltale's variables still runs under the shim: they
+    are appended after its own entries, which keep their order."""
+    res = run(programs["exec_env"], variant, ENV, "1", "B=2", "A=1", env=shim_env(agent.path), cwd=tmp_path)
+    assert env_lines(res.stdout) == [
+        "B=2",
+        "A=1",
+        f"LD_PRELOAD={shim_path()}",
+        f"TELLTALE_SOCKET={agent.path}",
+        "TELLTALE_WORKLOAD=app=test",
+    ]
+    received = agent.settle()
+    [child] = starts_of(received, os.path.realpath(ENV))
+    assert child.workload == "app=test"
+    assert gaps([r.record for r in received]) == []
+
+
+def test_existing_preload_keeps_its_entries(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """An LD_PRELOAD without the shim gets the shim first; its own entries stay, in place."""
+    entries = ["LD_PRELOAD=libm.so.6", "X=1"]
+    res = run(programs["exec_env"], "execve", ENV, "1", *entries, env=shim_env(agent.path), cwd=tmp_path)
+    assert env_lines(res.stdout)[:2] == [f"LD_PRELOAD={shim_path()} libm.so.6", "X=1"]
+    assert len(starts_of(agent.settle(), os.path.realpath(ENV))) == 1
+
+
+def test_complete_environment_is_passed_unchanged(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An environment that already carries the shim and both variables is not touched, even with
+    values of its own."""
+    given = [
+        "TELLTALE_WORKLOAD=app=other",
+        f"LD_PRELOAD=libm.so.6:{shim_path()}",
+        f"TELLTALE_SOCKET={agent.path}",
+    ]
+    res = run(programs["exec_env"], "execve", ENV, "1", *given, env=shim_env(agent.path), cwd=tmp_path)
+    assert env_lines(res.stdout) == given
+    [child] = starts_of(agent.settle(), os.path.realpath(ENV))
+    assert child.workload == "app=other"
+
+
+def test_oversized_environment_is_passed_as_is_and_reported(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Beyond the bounds of the stack copy the program's environment goes through unchanged and the
+    exec is reported as a gap: environment stripped."""
+    entries = [f"V{i}=x" for i in range(2100)]
+    res = run(programs["exec_env"], "execve", ENV, "1", *entries, env=shim_env(agent.path), cwd=tmp_path)
+    assert env_lines(res.stdout) == entries
+    received = agent.settle()
+    assert starts_of(received, os.path.realpath(ENV)) == []
+    [gap] = gaps([r.record for r in received])
+    assert gap.path == ENV
+    assert gap.gap_reasons == GapReason.ENVIRONMENT_STRIPPED
+    assert gap.variant == ExecVariant.EXECVE
+
+
+# ---- coverage self-audit ---------------------------------------------------------------------
+
+
+def test_static_binary_is_reported_once(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
+    """A static program found through PATH is reported with its resolved path, once per process
+    however often it is spawned; it runs unobserved."""
+    env = shim_env(agent.path, PATH=f"{targets.dir}:/usr/bin:/bin")
+    res = run(programs["exec_env"], "posix_spawnp", "static", "3", "inherit", env=env, cwd=tmp_path)
+    assert res.stdout == "hello world\n" * 3
+    records = agent.records()
+    [gap] = gaps(records)
+    assert gap.pid == res.pid
+    assert gap.path == str(targets.static)
+    assert gap.gap_reasons == GapReason.STATIC
+    assert gap.variant == ExecVariant.POSIX_SPAWNP
+    assert gap.workload is None  # the workload is the process's, from its PROC_START
+    repeats = [r for r in records if r.kind == RecordKind.COVERAGE_GAP and r.flags & RecordFlag.REPEAT]
+    assert sum(r.count for r in repeats) == 2
+    assert [r.pid for r in records if r.kind == RecordKind.PROC_START] == [res.pid]
+
+
+def test_go_program_is_reported(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
+    """A dynamically linked Go program (build-id note) is a gap of its own: its calls bypass libc."""
+    env = shim_env(agent.path)
+    res = run(programs["exec_env"], "execve", str(targets.go), "1", "inherit", env=env, cwd=tmp_path)
+    assert res.stdout == "hello world\n"
+    [gap] = gaps(agent.records())
+    assert (gap.path, gap.gap_reasons) == (str(targets.go), GapReason.GO)
+
+
+def test_ordinary_program_is_not_a_gap(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
+    """A dynamically linked C program is observed, and not reported."""
+    env = shim_env(agent.path)
+    run(programs["exec_env"], "execve", str(targets.dynamic), "1", "inherit", env=env, cwd=tmp_path)
+    received = agent.settle()
+    assert gaps([r.record for r in received]) == []
+    assert len(starts_of(received, str(targets.dynamic))) == 1
+
+
+def setid_copy(targets: Targets, name: str, uid: int, mode: int) -> Path:
+    copy = targets.dir / name
+    shutil.copy(targets.dynamic, copy)
+    os.chown(copy, uid, uid)
+    copy.chmod(mode)
+    return copy
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create set-id programs")
+
+
+@needs_root
+def test_setuid_program_of_another_user_is_reported(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
+    """Root running a program set-user-ID to another user: secure execution, the loader drops
+    LD_PRELOAD (the child indeed never reports), and the shim says so."""
+    target = setid_copy(targets, "setuid-nobody", NOBODY, 0o4755)
+    env = shim_env(agent.path)
+    res = run(programs["exec_env"], "execve", str(target), "1", "inherit", env=env, cwd=tmp_path)
+    assert res.stdout == "hello world\n"
+    received = agent.settle()
+    [gap] = gaps([r.record for r in received])
+    assert (gap.path, gap.gap_reasons) == (str(target), GapReason.SETUID)
+    assert starts_of(received, str(target)) == []
+
+
+@needs_root
+def test_setuid_root_program_run_by_root_is_observed(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
+    """A set-user-ID-root program run by root does not change the effective user: the kernel does
+    not make the exec secure, the shim stays loaded, and nothing is reported."""
+    target = setid_copy(targets, "setuid-root", 0, 0o4755)
+    env = shim_env(agent.path)
+    run(programs["exec_env"], "execve", str(target), "1", "inherit", env=env, cwd=tmp_path)
+    received = agent.settle()
+    assert gaps([r.record for r in received]) == []
+    assert len(starts_of(received, str(target))) == 1
+
+
+@needs_root
+def test_file_capabilities_for_a_non_root_user_are_reported(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
+    """A program with file capabilities run by an ordinary user is a secure exec: reported."""
+    target = targets.dir / "with-caps"
+    shutil.copy(targets.dynamic, target)
+    target.chmod(0o755)
+    setcap = shutil.which("setcap")
+    if setcap is None or subprocess.run([setcap, "cap_net_raw+ep", str(target)], check=False).returncode:
+        pytest.skip("cannot set file capabilities here")
+    dropper = targets.dir / "drop_exec"
+    shutil.copy(programs["drop_exec"], dropper)
+    res = run(dropper, str(NOBODY), str(target), env=shim_env(agent.path), cwd=targets.dir)
+    assert res.stdout == "hello world\n"
+    received = agent.settle()
+    [gap] = gaps([r.record for r in received])
+    assert (gap.path, gap.gap_reasons) == (str(target), GapReason.FILE_CAPABILITIES)
+    assert starts_of(received, str(target)) == []
+
+
+# ---- real programs run unchanged -------------------------------------------------------------
+
+
+def outcome(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+SUBPROCESS_PROGRAM = """\
+import subprocess, sys
+r = subprocess.run(["/bin/echo", "from", "a", "clean", "child"], env={}, capture_output=True, text=True)
+print(r.returncode, r.stdout, end="")
+sys.exit(5)
+"""
+
+
+def scenarios(targets: Targets, setuid: Path | None) -> dict[str, list[str]]:
+    runs = {
+        "bash pipeline": ["bash", "-c", "printf 'b\\na\\nc\\n' | sort | tr a-z A-Z; exit 3"],
+        "python subprocess with env={}": [sys.executable, "-c", SUBPROCESS_PROGRAM],
+        "static binary": ["sh", "-c", f"exec {targets.static} static"],
+    }
+    if setuid is not None:
+        runs["setuid binary"] = ["sh", "-c", f"{setuid} setuid; exit 4"]
+    return runs
+
+
+def test_real_programs_run_unchanged(agent: Agent, targets: Targets, tmp_path: Path) -> None:
+    """Output and exit status are the same without the shim, with it, and with it but no agent;
+    the clean-environment child still reports when the agent runs."""
+    setuid = setid_copy(targets, "setuid-other", NOBODY, 0o4755) if os.geteuid() == 0 else None
+    plain = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    for name, args in scenarios(targets, setuid).items():
+        without = outcome(args, plain, tmp_path)
+        with_agent = outcome(args, shim_env(agent.path), tmp_path)
+        no_agent = outcome(args, shim_env(tmp_path / "nobody-listens.sock"), tmp_path)
+        assert with_agent == without, name
+        assert no_agent == without, name
+    received = agent.settle()
+    echo = os.path.realpath("/bin/echo")
+    [child] = starts_of(received, echo)
+    assert child.workload == "app=test"
+    reasons = {(r.path, r.gap_reasons) for r in gaps([r.record for r in received])}
+    assert (str(targets.static), GapReason.STATIC) in reasons
+    if setuid is not None:
+        assert (str(setuid), GapReason.SETUID) in reasons
