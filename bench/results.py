@@ -3,9 +3,10 @@ statistics shared by the benchmarks."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -71,3 +72,11 @@ def rate(per_second: float) -> str:
 def goal(met: bool) -> str:
     """The verdict cell of a goal."""
     return "met" if met else "not met"
+
+
+def run_alone(run: Callable[[bool], Section], doc: str | None, quick_help: str) -> None:
+    """Runs one benchmark as a program of its own (`python -m bench.NAME [--quick]`): `doc`, the
+    module's docstring, is the --help text, kept as written; `quick_help` says what --quick cuts."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    run(parser.parse_args().quick)

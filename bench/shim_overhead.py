@@ -19,7 +19,6 @@ Run alone: `python -m bench.shim_overhead [--quick]`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import selectors
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.cbuild import compile_program
-from bench.results import Section, Table, goal, median, say
+from bench.results import Section, Table, goal, median, run_alone, say
 from telltale._native import shim_path
 
 VARIANTS = {
@@ -372,11 +371,7 @@ def run(quick: bool = False) -> Section:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repetitions")
-    run(parser.parse_args().quick)
+    run_alone(run, __doc__, "fewer calls and repetitions")
 
 
 if __name__ == "__main__":

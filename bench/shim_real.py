@@ -14,7 +14,6 @@ Run alone: `python -m bench.shim_real [--quick]`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -27,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.results import Section, Table, goal, median, percentile, rate, say
+from bench.results import Section, Table, goal, median, percentile, rate, run_alone, say
 from bench.shim_overhead import Drain
 from telltale._native import shim_path
 
@@ -288,11 +287,7 @@ def run(quick: bool = False) -> Section:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
-    run(parser.parse_args().quick)
+    run_alone(run, __doc__, "fewer rounds and requests")
 
 
 if __name__ == "__main__":

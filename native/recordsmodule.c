@@ -368,7 +368,11 @@ static int encode_record(const uint8_t *m, size_t n, Out *o, uint32_t hdr[4]) {
     case K_RESOLVE:
         if (!put_text(&s, 1, &f[T_NAME])) return 0;
         if (f[T_ADDRESSES].p && !put_nul_list(&s, 2, &f[T_ADDRESSES], 1)) return 0;
-        put_len(&s, 3, (const uint8_t *)"getaddrinfo", 11);
+        if (f[T_FUNCTION].p && f[T_FUNCTION].n) { /* the gethostbyname family names itself */
+            if (!put_text(&s, 3, &f[T_FUNCTION])) return 0;
+        } else {
+            put_len(&s, 3, (const uint8_t *)"getaddrinfo", 11);
+        }
         put_sub(o, 22, &s);
         break;
     case K_FILE_OPEN: {

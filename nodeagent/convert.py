@@ -108,7 +108,7 @@ def to_event(record: Record, workload_id: str, process: common_pb2.ProcessInfo |
         res = event.resolve
         res.name = record.name or ""
         res.addresses.extend(record.addresses or ())
-        res.function = "getaddrinfo"
+        res.function = record.function or "getaddrinfo"
     elif record.kind in _PRIVILEGE_KINDS:
         _fill_privilege(event, record)
     elif record.kind in _FILE_KINDS:

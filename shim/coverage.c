@@ -205,21 +205,12 @@ static size_t search_path(const char *file, char *out, size_t cap)
 /* Reports one gap: dedup by (target, reasons) unless this process shares its parent's memory. */
 static void gap_report(unsigned variant, const char *target, size_t len, unsigned reasons)
 {
-    int cancel, pid, slot = -1;
+    int cancel, pid, foreign, slot = -1;
     unsigned flags = 0;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    int foreign = shim_foreign_process(&pid);
-    if (foreign) {
-        flags = FLAG_NODEDUP;
-    } else {
-        uint64_t key = hash_mem(((uint64_t)KIND_COVERAGE_GAP << 32) | reasons, target, len);
-        key = hash_final(key);
-        int claim = dedup_hit(key) ? DEDUP_HIT : dedup_claim(key, &slot);
-        if (claim == DEDUP_HIT)
-            goto out;
-        if (claim == DEDUP_FULL)
-            flags = FLAG_NODEDUP;
-    }
+    uint64_t key = hash_mem(((uint64_t)KIND_COVERAGE_GAP << 32) | reasons, target, len);
+    if (!dedup_first(hash_final(key), 0, &pid, &foreign, &slot, &flags))
+        goto out;
     uint8_t buf[GAP_REC_MAX];
     struct rec r;
     rec_begin(&r, buf, sizeof buf, KIND_COVERAGE_GAP, pid);
@@ -268,17 +259,8 @@ void coverage_check_fd(unsigned variant, int fd, int env_stripped)
         errno = saved;
         return;
     }
-    char link[32] = "/proc/self/fd/";
-    char digits[12];
-    size_t nd = 0, at = strlen(link);
-    unsigned v = (unsigned)fd;
-    do {
-        digits[nd++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v && nd < sizeof digits);
-    while (nd)
-        link[at++] = digits[--nd];
-    link[at] = '\0';
+    char link[FD_LINK_SIZE];
+    size_t at = shim_fd_link(fd, link);
     unsigned reasons = target_reasons(AT_FDCWD, link);
     if (env_stripped)
         reasons |= GAP_ENV_STRIPPED;

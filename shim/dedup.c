@@ -64,6 +64,23 @@ int dedup_claim(uint64_t key, int *slot)
     return DEDUP_FULL;
 }
 
+int dedup_first(uint64_t key, int tick, int *pid, int *foreign, int *slot, unsigned *flags)
+{
+    *foreign = shim_foreign_process(pid);
+    if (*foreign) {
+        *flags |= FLAG_NODEDUP;
+        return 1;
+    }
+    if (tick)
+        dedup_tick();
+    int claim = dedup_hit(key) ? DEDUP_HIT : dedup_claim(key, slot);
+    if (claim == DEDUP_HIT)
+        return 0;
+    if (claim == DEDUP_FULL)
+        *flags |= FLAG_NODEDUP;
+    return 1;
+}
+
 void dedup_store(int slot, const uint8_t *rec, size_t len)
 {
     size_t n = rec_copy_fit(stored[slot], DEDUP_REC_MAX, rec, len);

@@ -1,5 +1,5 @@
-/* File hooks: opens of sensitive paths (open, open64, openat, openat64, creat, fopen, fopen64)
- * and changes to files (chmod, fchmodat, rename, renameat, unlink, unlinkat).
+/* File hooks: opens of sensitive paths (open, open64, openat, openat64, creat, fopen, fopen64,
+ * freopen, freopen64) and changes to files (chmod, fchmodat, rename, renameat, unlink, unlinkat).
  *
  * Each calls the real function first, then reports with the call's RESULT:
  *   FILE_OPEN    PATH (absolute), FILE_FLAGS (O_* flags; for fopen, those its mode string
@@ -34,6 +34,8 @@ SHIM_REAL(openat64);
 SHIM_REAL(creat);
 SHIM_REAL(fopen);
 SHIM_REAL(fopen64);
+SHIM_REAL(freopen);
+SHIM_REAL(freopen64);
 SHIM_REAL(chmod);
 SHIM_REAL(fchmodat);
 SHIM_REAL(rename);
@@ -50,6 +52,8 @@ void hooks_file_resolve(void)
     (void)SHIM_RESOLVE(creat);
     (void)SHIM_RESOLVE(fopen);
     (void)SHIM_RESOLVE(fopen64);
+    (void)SHIM_RESOLVE(freopen);
+    (void)SHIM_RESOLVE(freopen64);
     (void)SHIM_RESOLVE(chmod);
     (void)SHIM_RESOLVE(fchmodat);
     (void)SHIM_RESOLVE(rename);
@@ -126,19 +130,10 @@ static const char *absolute(int dirfd, const char *path, char *buf, size_t cap, 
             return NULL;
         base = strlen(buf);
     } else {
-        char link[32] = "/proc/self/fd/";
-        char digits[12];
-        size_t nd = 0, at = strlen(link);
-        unsigned v = (unsigned)dirfd;
+        char link[FD_LINK_SIZE];
         if (dirfd < 0)
             return NULL;
-        do {
-            digits[nd++] = (char)('0' + v % 10);
-            v /= 10;
-        } while (v && nd < sizeof digits);
-        while (nd)
-            link[at++] = digits[--nd];
-        link[at] = '\0';
+        shim_fd_link(dirfd, link);
         ssize_t n = readlink(link, buf, cap);
         if (n <= 0 || (size_t)n >= cap || buf[0] != '/')
             return NULL;
@@ -193,22 +188,11 @@ static uint64_t file_key(const struct file_call *c)
 
 static void file_report(const struct file_call *c)
 {
-    int cancel, pid, slot = -1;
+    int cancel, pid, foreign, slot = -1;
     unsigned flags = 0;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-
-    int foreign = shim_foreign_process(&pid);
-    if (foreign) {
-        flags |= FLAG_NODEDUP;
-    } else {
-        uint64_t key = file_key(c);
-        dedup_tick();
-        int claim = dedup_hit(key) ? DEDUP_HIT : dedup_claim(key, &slot);
-        if (claim == DEDUP_HIT)
-            goto out;
-        if (claim == DEDUP_FULL)
-            flags |= FLAG_NODEDUP;
-    }
+    if (!dedup_first(file_key(c), 1, &pid, &foreign, &slot, &flags))
+        goto out;
 
     uint8_t buf[REC_HEADER_SIZE + 12 + 8 + 8 + 5 + 4 + FUNCTION_MAX_FIELD + 2 * (4 + PATH_FIELD_MAX)];
     struct rec r;
@@ -405,6 +389,28 @@ SHIM_EXPORT FILE *fopen64(const char *path, const char *mode)
     FILE *f = real_fopen64(path, mode);
     int err = errno;
     fopen_event("fopen64", path, mode, f, err);
+    errno = err;
+    return f;
+}
+
+/* freopen, freopen64: reported like fopen when given a path (a NULL path only changes the mode of
+ * the stream's file, which is not reported). */
+SHIM_EXPORT FILE *freopen(const char *path, const char *mode, FILE *stream)
+{
+    SHIM_REAL_OR_FAIL(freopen, NULL);
+    FILE *f = real_freopen(path, mode, stream);
+    int err = errno;
+    fopen_event("freopen", path, mode, f, err);
+    errno = err;
+    return f;
+}
+
+SHIM_EXPORT FILE *freopen64(const char *path, const char *mode, FILE *stream)
+{
+    SHIM_REAL_OR_FAIL(freopen64, NULL);
+    FILE *f = real_freopen64(path, mode, stream);
+    int err = errno;
+    fopen_event("freopen64", path, mode, f, err);
     errno = err;
     return f;
 }

@@ -61,31 +61,26 @@ struct mem_call {
     uint64_t caps[3];
 };
 
+static uint64_t mem_key(unsigned kind, const struct mem_call *c)
+{
+    uint64_t h = (uint64_t)kind << 32;
+    h = hash_mem(h, c->function, strlen(c->function));
+    if (kind == KIND_MEMORY_PROTECT) {
+        h = hash_mem(h, &c->prot, sizeof c->prot);
+        h = hash_mem(h, &c->map_flags, sizeof c->map_flags);
+    } else {
+        h = hash_mem(h, c->caps, c->has_caps ? sizeof c->caps : 0);
+    }
+    return hash_final(h);
+}
+
 static __attribute__((noinline)) void mem_report(unsigned kind, const struct mem_call *c)
 {
-    int cancel, pid, slot = -1;
+    int cancel, pid, foreign, slot = -1;
     unsigned flags = 0;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    int foreign = shim_foreign_process(&pid);
-    if (foreign) {
-        flags |= FLAG_NODEDUP;
-    } else {
-        uint64_t h = (uint64_t)kind << 32;
-        h = hash_mem(h, c->function, strlen(c->function));
-        if (kind == KIND_MEMORY_PROTECT) {
-            h = hash_mem(h, &c->prot, sizeof c->prot);
-            h = hash_mem(h, &c->map_flags, sizeof c->map_flags);
-        } else {
-            h = hash_mem(h, c->caps, c->has_caps ? sizeof c->caps : 0);
-        }
-        uint64_t key = hash_final(h);
-        dedup_tick();
-        int claim = dedup_hit(key) ? DEDUP_HIT : dedup_claim(key, &slot);
-        if (claim == DEDUP_HIT)
-            goto out;
-        if (claim == DEDUP_FULL)
-            flags |= FLAG_NODEDUP;
-    }
+    if (!dedup_first(mem_key(kind, c), 1, &pid, &foreign, &slot, &flags))
+        goto out;
 
     uint8_t buf[REC_HEADER_SIZE + 12 + 4 + 16 + 3 * 8 + 4 * 4 + 8 + 32];
     struct rec r;

@@ -1,4 +1,5 @@
-/* Network hooks: connect, bind, listen, socket, accept, accept4, sendto, sendmsg, getaddrinfo.
+/* Network hooks: connect, bind, listen, socket, accept, accept4, sendto, sendmsg (name
+ * resolution is in hooks_resolve.c).
  *
  * Each calls the real function first, then reports. connect, bind and listen send RESULT, SOCKINFO
  * and SOCKADDR (the address the program passed; for listen, the local address from getsockname,
@@ -14,8 +15,6 @@
  */
 #include "shim.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 
@@ -27,7 +26,6 @@ SHIM_REAL(accept);
 SHIM_REAL(accept4);
 SHIM_REAL(sendto);
 SHIM_REAL(sendmsg);
-SHIM_REAL(getaddrinfo);
 
 void hooks_net_resolve(void)
 {
@@ -39,7 +37,6 @@ void hooks_net_resolve(void)
     (void)SHIM_RESOLVE(accept4);
     (void)SHIM_RESOLVE(sendto);
     (void)SHIM_RESOLVE(sendmsg);
-    (void)SHIM_RESOLVE(getaddrinfo);
     hooks_fd_resolve();
 }
 
@@ -456,80 +453,6 @@ SHIM_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
             send_event(fd, msg->msg_name, alen, ret, err);
             shim_leave();
         }
-    }
-    errno = err;
-    return ret;
-}
-
-/* getaddrinfo: RESULT (the EAI_* code; errno only for EAI_SYSTEM), NAME (the node asked for) and,
- * when it succeeded, ADDRESSES: the distinct textual addresses of the result, each followed by a
- * NUL. Identity: the name. A call without a node name (a passive lookup of a service) is not
- * reported. The shim counts as busy during the real call, so the sockets the resolver opens,
- * connects and sends on are not reported as the program's. */
-static __attribute__((noinline)) void resolve_first(uint64_t key, const char *node, size_t nlen,
-                                                    const struct addrinfo *res, int ret, int err)
-{
-    int cancel, pid, slot, foreign;
-    unsigned flags;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    if (first_claim(key, &pid, &slot, &flags, &foreign)) {
-        uint8_t buf[REC_HEADER_SIZE + 3 * 4 + 8 + NAME_MAX_FIELD + ADDRESSES_MAX];
-        char addrs[ADDRESSES_MAX];
-        size_t used = 0;
-        int cut = 0;
-        for (const struct addrinfo *ai = ret == 0 ? res : NULL; ai != NULL; ai = ai->ai_next) {
-            char text[INET6_ADDRSTRLEN];
-            const void *src;
-            if (ai->ai_family == AF_INET && ai->ai_addr != NULL)
-                src = &((const struct sockaddr_in *)ai->ai_addr)->sin_addr;
-            else if (ai->ai_family == AF_INET6 && ai->ai_addr != NULL)
-                src = &((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
-            else
-                continue;
-            if (inet_ntop(ai->ai_family, src, text, sizeof text) == NULL)
-                continue;
-            size_t tlen = strlen(text) + 1;
-            int seen = 0;
-            for (size_t off = 0; off < used && !seen; off += strlen(addrs + off) + 1)
-                seen = strcmp(addrs + off, text) == 0;
-            if (seen)
-                continue;
-            if (used + tlen > sizeof addrs) {
-                cut = 1;
-                break;
-            }
-            memcpy(addrs + used, text, tlen);
-            used += tlen;
-        }
-        struct rec r;
-        rec_begin(&r, buf, sizeof buf, KIND_RESOLVE, pid);
-        rec_add_flags(&r, flags | (cut ? FLAG_TRUNCATED : 0));
-        int32_t result[2] = {ret, ret == EAI_SYSTEM ? err : 0};
-        rec_put(&r, TAG_RESULT, result, sizeof result);
-        rec_put_bytes(&r, TAG_NAME, node, nlen, NAME_MAX_FIELD);
-        if (ret == 0)
-            rec_put_bytes(&r, TAG_ADDRESSES, addrs, used, ADDRESSES_MAX);
-        report_first(buf, r.len, foreign, slot);
-    }
-    pthread_setcancelstate(cancel, NULL);
-}
-
-SHIM_EXPORT int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
-                            struct addrinfo **res)
-{
-    SHIM_REAL_OR_FAIL(getaddrinfo, EAI_SYSTEM);
-    int saved = errno; /* a success leaves errno alone: the shim's own setup must not show */
-    int entered = node != NULL && shim_enter();
-    errno = saved;
-    int ret = real_getaddrinfo(node, service, hints, res);
-    int err = errno;
-    if (entered) {
-        size_t nlen = strnlen(node, NAME_MAX_FIELD + 1); /* one more: a cut is flagged */
-        uint64_t key = hash_final(hash_mem((uint64_t)KIND_RESOLVE << 32, node, nlen));
-        dedup_tick();
-        if (!dedup_hit(key))
-            resolve_first(key, node, nlen, ret == 0 && res != NULL ? *res : NULL, ret, err);
-        shim_leave();
     }
     errno = err;
     return ret;

@@ -103,7 +103,7 @@ static uint64_t priv_key(const struct priv_call *c, uint32_t *groups, size_t ngr
 
 static __attribute__((noinline)) void priv_report(const struct priv_call *c)
 {
-    int cancel, pid, slot = -1;
+    int cancel, pid, foreign, slot = -1;
     unsigned flags = 0;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 
@@ -117,18 +117,8 @@ static __attribute__((noinline)) void priv_report(const struct priv_call *c)
             flags |= FLAG_TRUNCATED;
     }
 
-    int foreign = shim_foreign_process(&pid);
-    if (foreign) {
-        flags |= FLAG_NODEDUP;
-    } else {
-        uint64_t key = priv_key(c, groups, ngroups);
-        dedup_tick();
-        int claim = dedup_hit(key) ? DEDUP_HIT : dedup_claim(key, &slot);
-        if (claim == DEDUP_HIT)
-            goto out;
-        if (claim == DEDUP_FULL)
-            flags |= FLAG_NODEDUP;
-    }
+    if (!dedup_first(priv_key(c, groups, ngroups), 1, &pid, &foreign, &slot, &flags))
+        goto out;
 
     uint8_t buf[REC_HEADER_SIZE + 12 + 4 + 16 + 4 + 24 + 4 + 4 * GROUPS_MAX_FIELD + 4 +
                 MEMFD_NAME_MAX + 32];

@@ -65,22 +65,11 @@ static uint64_t exec_key(const struct exec_event *e)
 /* Reports an exec or spawn; `before_exec` flushes the process's repeat counts too. */
 static void exec_report(const struct exec_event *e, int before_exec)
 {
-    int cancel, pid, slot = -1;
+    int cancel, pid, foreign, slot = -1;
     unsigned flags = 0;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    int foreign = shim_foreign_process(&pid);
-    if (foreign) {
-        flags = FLAG_NODEDUP;
-    } else {
-        uint64_t key = exec_key(e);
-        if (!before_exec)
-            dedup_tick();
-        int claim = dedup_hit(key) ? DEDUP_HIT : dedup_claim(key, &slot);
-        if (claim == DEDUP_HIT)
-            goto out;
-        if (claim == DEDUP_FULL)
-            flags = FLAG_NODEDUP;
-    }
+    if (!dedup_first(exec_key(e), !before_exec, &pid, &foreign, &slot, &flags))
+        goto out;
 
     uint8_t buf[REC_MAX];
     struct rec r;
@@ -125,19 +114,10 @@ static void exec_before_path(unsigned variant, const char *path, char *const arg
 /* The file a descriptor refers to (readlink of /proc/self/fd/N); -1 if unknown. */
 static ssize_t fd_target(int fd, char *out, size_t cap)
 {
-    char link[32] = "/proc/self/fd/";
-    char digits[12];
-    size_t nd = 0, at = strlen(link);
-    unsigned v = (unsigned)fd;
+    char link[FD_LINK_SIZE];
     if (fd < 0)
         return -1;
-    do {
-        digits[nd++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v && nd < sizeof digits);
-    while (nd)
-        link[at++] = digits[--nd];
-    link[at] = '\0';
+    shim_fd_link(fd, link);
     return readlink(link, out, cap);
 }
 

@@ -153,6 +153,7 @@ static void atfork_child(void)
 static void configure(void)
 {
     hooks_net_resolve();
+    hooks_resolve_resolve();
     hooks_proc_resolve();
     hooks_priv_resolve();
     hooks_file_resolve();

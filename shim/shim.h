@@ -208,6 +208,7 @@ enum {
 
 /* Resolve every hook's real function (called once at initialisation). */
 void hooks_net_resolve(void);
+void hooks_resolve_resolve(void);
 void hooks_proc_resolve(void);
 void hooks_priv_resolve(void);
 void hooks_file_resolve(void);
@@ -272,6 +273,27 @@ static inline int shim_foreign_process(int *pid_out)
     int pid = (int)getpid();
     *pid_out = pid;
     return pid != __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED);
+}
+
+enum { FD_LINK_SIZE = 32 };
+
+/* Writes "/proc/self/fd/<fd>" (fd >= 0), the link naming the file open on fd, into out; returns
+ * its length. Allocates nothing and makes no system call. */
+static inline size_t shim_fd_link(int fd, char out[FD_LINK_SIZE])
+{
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    size_t nd = 0, at = sizeof prefix - 1;
+    unsigned v = (unsigned)fd;
+    memcpy(out, prefix, at);
+    do {
+        digits[nd++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && nd < sizeof digits);
+    while (nd)
+        out[at++] = digits[--nd];
+    out[at] = '\0';
+    return at;
 }
 
 
@@ -401,6 +423,13 @@ static inline int dedup_hit(uint64_t key)
 /* Claims a slot for `key`: DEDUP_CLAIMED (then *slot is set and the caller must dedup_store),
  * DEDUP_HIT (another thread stored it meanwhile; the repeat is counted), or DEDUP_FULL. */
 int dedup_claim(uint64_t key, int *slot);
+/* Decides whether a hook sends the behaviour `key` as a first occurrence. Returns 0 when it is a
+ * repeat (counted; nothing to send). Otherwise returns 1 with *pid and *foreign set for
+ * report_first, *slot set when a slot was claimed (left as is otherwise), and FLAG_NODEDUP added
+ * to *flags when the record goes undeduplicated: the caller is a process sharing our memory
+ * (whose table is not touched), or the table is full. With `tick`, a process owning the table
+ * runs dedup_tick first. */
+int dedup_first(uint64_t key, int tick, int *pid, int *foreign, int *slot, unsigned *flags);
 /* Stores the first record of a claimed slot (cut to DEDUP_REC_MAX) and publishes the slot. */
 void dedup_store(int slot, const uint8_t *rec, size_t len);
 /* Sends a REPEAT summary for every slot with unreported repeats. */

@@ -5,21 +5,26 @@ from __future__ import annotations
 import struct
 
 import pytest
+import recordkit
+from recordkit import fld
 
 from telltale.nodeagent.convert import to_event
 from telltale.nodeagent.records import ExecVariant, GapReason, RecordError, RecordKind, decode
 from telltale.v1 import common_pb2
 
 
-def field(tag: int, body: bytes) -> bytes:
-    return struct.pack("<HH", tag, len(body)) + body
-
-
 def gap_record(reasons: int, path: bytes = b"/usr/bin/foo", variant: int = 1) -> bytes:
-    fields = field(10, bytes([variant])) + field(50, struct.pack("<I", reasons)) + field(9, path)
-    length = 40 + len(fields)
-    header = struct.pack("<HBBHHIIIIQII", 0x5454, 1, 20, length, 0, 42, 1, 42, 1, 5_000_000_000, 0, 3)
-    return header + fields
+    return recordkit.rec(
+        fld(10, bytes([variant])),
+        fld(50, struct.pack("<I", reasons)),
+        fld(9, path),
+        kind=20,
+        pid=42,
+        ppid=1,
+        tid=42,
+        time_ns=5_000_000_000,
+        seq=3,
+    )
 
 
 def test_gap_record_is_decoded() -> None:
@@ -33,7 +38,7 @@ def test_gap_record_is_decoded() -> None:
 
 def test_gap_reasons_of_the_wrong_size_are_refused() -> None:
     """GAP_REASONS is a u32."""
-    bad = gap_record(1).replace(field(50, struct.pack("<I", 1)), field(50, b"\x01\x00"))
+    bad = gap_record(1).replace(fld(50, struct.pack("<I", 1)), fld(50, b"\x01\x00"))
     bad = bad[:4] + struct.pack("<H", len(bad)) + bad[6:]
     with pytest.raises(RecordError) as err:
         decode(bad)

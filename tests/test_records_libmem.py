@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from test_records import fld, reason, rec
+from recordkit import fld, reason, rec
 
 from telltale.nodeagent.convert import to_event
 from telltale.nodeagent.records import ExecVariant, FieldTag, LibraryFlag, RecordKind, decode

@@ -9,35 +9,27 @@ from __future__ import annotations
 
 import errno
 import os
-import selectors
-import shutil
 import socket
-import struct
 import subprocess
-import threading
 import time
-from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import shimkit
+from shimkit import NO_FLAGS, Agent, by_pid, header, inet, needs_gcc, run, shim_env
 
 from telltale._native import shim_path
 from telltale.nodeagent.records import (
     ExecVariant,
     FileChange,
     Record,
-    RecordError,
     RecordFlag,
     RecordKind,
-    SockAddr,
-    decode,
 )
 
-SOURCES = Path(__file__).parent / "shim"
 TRUE = os.path.realpath("/bin/true")
-NO_FLAGS = RecordFlag(0)
+
 HOOKS = {
     "connect",
     "bind",
@@ -48,6 +40,10 @@ HOOKS = {
     "sendto",
     "sendmsg",
     "getaddrinfo",
+    "gethostbyname",
+    "gethostbyname2",
+    "gethostbyname_r",
+    "gethostbyname2_r",
     "close",
     "close_range",
     "closefrom",
@@ -88,6 +84,8 @@ HOOKS = {
     "creat",
     "fopen",
     "fopen64",
+    "freopen",
+    "freopen64",
     "chmod",
     "fchmodat",
     "rename",
@@ -134,223 +132,11 @@ HOOKS = {
     "TLSv1_1_method",
 }
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+pytestmark = needs_gcc
 
-
-# ---- agent side ------------------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    """One record and the connection it came on."""
-
-    conn: int  # accept order, from 0
-    peer_pid: int  # SO_PEERCRED of the connection: the process that connected
-    record: Record
-
-
-@dataclass
-class Agent:
-    """A SOCK_SEQPACKET listener that accepts every connection and decodes every message on a
-    background thread."""
-
-    path: Path
-    received: list[Received] = field(default_factory=list)
-    errors: list[RecordError] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._sock.bind(str(self.path))
-        self._sock.listen(128)
-        self._sock.setblocking(False)
-        self._lock = threading.Lock()
-        self._iteration = 0
-        self._last_idle = -1
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self._sock, selectors.EVENT_READ)
-        open_conns: dict[socket.socket, tuple[int, int]] = {}
-        accepted = 0
-        while not self._stop.is_set():
-            with self._lock:
-                iteration = self._iteration
-                self._iteration += 1
-            events = sel.select(timeout=0.02)
-            for key, _ in events:
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is self._sock:
-                    conn, _ = self._sock.accept()
-                    conn.setblocking(False)
-                    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-                    open_conns[conn] = (accepted, struct.unpack("3i", creds)[0])
-                    accepted += 1
-                    sel.register(conn, selectors.EVENT_READ)
-                    continue
-                if self._drain(sock, *open_conns[sock]):
-                    sel.unregister(sock)
-                    del open_conns[sock]
-                    sock.close()
-            if not events and not open_conns:
-                with self._lock:
-                    self._last_idle = iteration
-        for sock in open_conns:
-            sock.close()
-        sel.close()
-
-    def _drain(self, sock: socket.socket, conn: int, peer_pid: int) -> bool:
-        """Reads every queued message; True at end of stream."""
-        while True:
-            try:
-                msg = sock.recv(65536)
-            except BlockingIOError:
-                return False
-            if not msg:
-                return True
-            try:
-                rec = decode(msg)
-            except RecordError as exc:
-                with self._lock:
-                    self.errors.append(exc)
-                continue
-            with self._lock:
-                self.received.append(Received(conn, peer_pid, rec))
-
-    def settle(self, timeout: float = 10.0) -> list[Received]:
-        """Everything received once every connection made so far has been drained and closed.
-
-        Call it after the workload (and every process it started) has exited."""
-        with self._lock:
-            target = self._iteration  # the idle pass must start after this call
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._last_idle >= target:
-                    assert self.errors == [], self.errors
-                    return list(self.received)
-            self._stop.wait(0.005)
-        raise AssertionError("agent connections still open after the workload exited")
-
-    def records(self, timeout: float = 10.0) -> list[Record]:
-        return [r.record for r in self.settle(timeout)]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(tmp_path / "agent.sock")
-    yield a
-    a.close()
-    assert a.errors == []
-
-
-# ---- workload side ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every tests/shim/*.c compiled once per session."""
-    out = tmp_path_factory.mktemp("shim-programs")
-    sources = sorted(SOURCES.glob("*.c"))
-
-    def build(src: Path) -> tuple[str, Path]:
-        exe = out / src.stem
-        subprocess.run(
-            ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(exe), str(src)],
-            check=True,
-            capture_output=True,
-        )
-        return src.stem, exe
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return dict(pool.map(build, sources))
-
-
-@dataclass
-class Run:
-    pid: int
-    returncode: int
-    stdout: str
-    stderr: str
-    elapsed: float
-
-
-def shim_env(
-    socket_path: Path | str | None, workload: str | None = "app=test", **extra: str
-) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_PRELOAD": str(shim_path())}
-    # The inventory of libraries loaded with each program is left out unless a test asks for it
-    # (tests/test_shim_libmem.py): these tests count every record a process sends.
-    env["TELLTALE_START_LIBRARIES"] = "0"
-    if socket_path is not None:
-        env["TELLTALE_SOCKET"] = str(socket_path)
-    if workload is not None:
-        env["TELLTALE_WORKLOAD"] = workload
-    env.update(extra)
-    return env
-
-
-def run(
-    program: Path,
-    *args: str,
-    env: Mapping[str, str],
-    cwd: Path,
-    timeout: float = 30.0,
-    check: bool = True,
-) -> Run:
-    start = time.monotonic()
-    with subprocess.Popen(
-        [str(program), *args],
-        env=dict(env),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise AssertionError(f"{program.name} still running after {timeout} s") from None
-    result = Run(proc.pid, proc.returncode, out, err, time.monotonic() - start)
-    if check:
-        assert result.returncode == 0, result
-    return result
-
-
-def inet(address: str, port: int) -> SockAddr:
-    raw = struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(address) + bytes(8)
-    return SockAddr("inet", address, port, raw)
-
-
-def by_pid(received: list[Received]) -> dict[int, list[Record]]:
-    """Records per process, in the order their connections were accepted and sent."""
-    out: dict[int, list[Record]] = {}
-    for r in sorted(received, key=lambda r: r.conn):
-        out.setdefault(r.record.pid, []).append(r.record)
-    return out
-
-
-def header(rec: Record) -> tuple[RecordKind, RecordFlag, int, int, int]:
-    return rec.kind, rec.flags, rec.count, rec.seq, rec.dropped
-
-
-@pytest.fixture
-def udp_port() -> Iterator[int]:
-    """A loopback UDP port held open by the test (a real address to connect to)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]
+agent = shimkit.agent
+programs = shimkit.programs
+udp_port = shimkit.udp_port
 
 
 # ---- tests -----------------------------------------------------------------------------------
@@ -542,6 +328,32 @@ def test_failed_name_lookup_is_reported_without_addresses(
     assert resolve.result[0] < 0
 
 
+def test_older_resolver_calls_are_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """Each gethostbyname* call is one RESOLVE naming its function, with the addresses found or the
+    h_errno code; a repeated name is counted, a retry after ERANGE is not seen, and the program's
+    output (errno and h_errno included) is the same without the shim."""
+    without = run(programs["hostbyname"], env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path)
+    res = run(programs["hostbyname"], env=shim_env(agent.path), cwd=tmp_path)
+    assert res.stdout == without.stdout
+    lines = [line.split() for line in res.stdout.splitlines()]
+    failed_herr = int(lines[-1][1])
+    assert failed_herr > 0
+    recs = agent.records()
+    assert [header(r) for r in recs] == [
+        (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0),
+        *[(RecordKind.RESOLVE, NO_FLAGS, 1, seq, 0) for seq in range(2, 7)],
+        (RecordKind.RESOLVE, RecordFlag.REPEAT, 1, 7, 0),
+    ]
+    assert [(r.function, r.name, r.result, r.addresses) for r in recs[1:]] == [
+        ("gethostbyname", "localhost", (0, 0), tuple(lines[0][3:])),
+        ("gethostbyname2", "127.0.0.2", (0, 0), ("127.0.0.2",)),
+        ("gethostbyname_r", "127.0.0.3", (0, 0), ("127.0.0.3",)),
+        ("gethostbyname2_r", "::1", (0, 0), ("::1",)),
+        ("gethostbyname", "no such host", (failed_herr, 0), None),
+        ("gethostbyname", "localhost", (0, 0), tuple(lines[0][3:])),
+    ]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a raw socket needs CAP_NET_RAW (run as root)")
 def test_raw_socket_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
     """Two raw ICMP sockets: one SOCKET (type without SOCK_CLOEXEC) and a REPEAT; the ordinary UDP
@@ -640,6 +452,18 @@ def test_fopen_of_a_sensitive_file_is_reported(
     _start, opened = agent.records()
     assert header(opened) == (RecordKind.FILE_OPEN, NO_FLAGS, 1, 2, 0)
     assert (opened.path, opened.function, opened.file_flags) == ("/etc/hostname", "fopen", os.O_RDONLY)
+    assert opened.result == (int(res.stdout), 0)
+
+
+def test_freopen_of_a_sensitive_file_is_reported(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """freopen onto a sensitive path is reported like fopen; the stream's first, ordinary file is not."""
+    res = run(programs["file_open"], str(tmp_path), "freopen", env=shim_env(agent.path), cwd=tmp_path)
+    _start, opened = agent.records()
+    assert header(opened) == (RecordKind.FILE_OPEN, NO_FLAGS, 1, 2, 0)
+    assert (opened.path, opened.function) == ("/etc/hostname", "freopen")
+    assert opened.file_flags == os.O_RDONLY | os.O_CLOEXEC
     assert opened.result == (int(res.stdout), 0)
 
 

@@ -3,25 +3,25 @@ call site, and the module that made each call.
 
 The C programs in tests/shim/calls/ are built with -fno-builtin (an optimising compiler otherwise
 replaces strcpy and friends with inline code that no hook can see) and run with the shim preloaded
-against the agent of tests/test_shim.py.
+against the agent of tests/shimkit.py.
 """
 
 from __future__ import annotations
 
 import ctypes.util
 import os
-import shutil
 import struct
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import recordkit
+import shimkit
 import trio
 import trio.testing
 from helpers import eventually
-from test_shim import Agent, Run, run, shim_env
+from recordkit import fld
+from shimkit import NO_FLAGS, Agent, Run, gcc, needs_gcc, run, shim_env
 
 from telltale.engine.builtin import load_builtin_policies
 from telltale.engine.evaluate import CompiledPolicy
@@ -30,9 +30,6 @@ from telltale.nodeagent.batcher import Counters
 from telltale.nodeagent.convert import to_event
 from telltale.nodeagent.intake import Intake, Workloads
 from telltale.nodeagent.records import (
-    HEADER_SIZE,
-    MAGIC,
-    VERSION,
     FieldTag,
     Record,
     RecordError,
@@ -43,36 +40,15 @@ from telltale.nodeagent.records import (
 from telltale.v1 import common_pb2
 
 SOURCES = Path(__file__).parent / "shim" / "calls"
-NO_FLAGS = RecordFlag(0)
 HAVE_OPENSSL_HEADERS = Path("/usr/include/openssl/evp.h").exists()
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+pytestmark = needs_gcc
 
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(tmp_path / "agent.sock")
-    yield a
-    a.close()
-    assert a.errors == []
+agent = shimkit.agent
 
 
 def _gcc(*args: str) -> None:
-    subprocess.run(
-        [
-            "gcc",
-            "-O2",
-            "-g",
-            "-fno-builtin",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-Wno-deprecated-declarations",
-            *args,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    gcc("-O2", "-fno-builtin", "-Wno-deprecated-declarations", *args)
 
 
 @pytest.fixture(scope="module")
@@ -303,14 +279,8 @@ def test_a_repeated_call_site_costs_little(agent: Agent, programs: dict[str, Pat
 # ---- decoding and conversion -----------------------------------------------------------------------
 
 
-def fld(tag: int, body: bytes) -> bytes:
-    return struct.pack("<HH", tag, len(body)) + body
-
-
 def message(kind: int, *fields: bytes) -> bytes:
-    body = b"".join(fields)
-    length = HEADER_SIZE + len(body)
-    return struct.pack("<HBBHHIIIIQII", MAGIC, VERSION, kind, length, 0, 10, 9, 10, 1, 5, 0, 2) + body
+    return recordkit.rec(*fields, kind=kind, pid=10, ppid=9, tid=10, time_ns=5, seq=2)
 
 
 SITE = fld(FieldTag.CALL_SITE, struct.pack("<Q", 0x1234))

@@ -2,7 +2,7 @@
 reports the programs it cannot observe (static, Go, secure execution, an environment it could not
 restore) as COVERAGE_GAP records.
 
-The agent side and the helpers are those of test_shim.py.
+The agent side and the helpers are those of tests/shimkit.py.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import test_shim
-from test_shim import Agent, Received, run, shim_env
+import shimkit
+from shimkit import Agent, Received, needs_gcc, run, shim_env
 
 from telltale._native import shim_path
 from telltale.nodeagent.records import ExecVariant, GapReason, Record, RecordFlag, RecordKind
@@ -27,10 +27,10 @@ COVERAGE_SOURCES = Path(__file__).parent / "shim" / "coverage"
 NOBODY = 65534
 ENV = shutil.which("env") or "/usr/bin/env"
 
-agent = test_shim.agent
-programs = test_shim.programs
+agent = shimkit.agent
+programs = shimkit.programs
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+pytestmark = needs_gcc
 
 
 @dataclass(frozen=True)
@@ -256,24 +256,72 @@ print(r.returncode, r.stdout, end="")
 sys.exit(5)
 """
 
+# Four client threads each exchange a line with a listener thread over loopback TCP while a
+# subprocess runs; every wait is bounded.
+THREADS_SOCKETS_PROGRAM = """\
+import socket, subprocess, sys, threading
 
-def scenarios(targets: Targets, setuid: Path | None) -> dict[str, list[str]]:
+listener = socket.create_server(("127.0.0.1", 0))
+listener.settimeout(20)
+port = listener.getsockname()[1]
+
+def read_all(s):
+    data = b""
+    while chunk := s.recv(64):
+        data += chunk
+    return data
+
+def serve():
+    for _ in range(4):
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(20)
+            conn.sendall(read_all(conn).upper())
+
+def ask(i, replies):
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(f"hello {i}".encode())
+        s.shutdown(socket.SHUT_WR)
+        replies[i] = read_all(s).decode()
+
+server = threading.Thread(target=serve)
+server.start()
+replies = [""] * 4
+clients = [threading.Thread(target=ask, args=(i, replies)) for i in range(4)]
+for t in clients:
+    t.start()
+sort = subprocess.run(["sort"], input="c\\nb\\na\\n", capture_output=True, text=True, timeout=20)
+for t in [*clients, server]:
+    t.join(20)
+listener.close()
+print(replies, sort.returncode, sort.stdout.split())
+sys.exit(6)
+"""
+
+
+def scenarios(targets: Targets, setuid: Path | None, programs: dict[str, Path]) -> dict[str, list[str]]:
     runs = {
         "bash pipeline": ["bash", "-c", "printf 'b\\na\\nc\\n' | sort | tr a-z A-Z; exit 3"],
         "python subprocess with env={}": [sys.executable, "-c", SUBPROCESS_PROGRAM],
         "static binary": ["sh", "-c", f"exec {targets.static} static"],
+        "python threads, sockets and a subprocess": [sys.executable, "-c", THREADS_SOCKETS_PROGRAM],
+        "threaded C program": [str(programs["busy_threads"]), "8", "100"],
+        "forking server": [str(programs["fork_server"]), "6"],
     }
     if setuid is not None:
         runs["setuid binary"] = ["sh", "-c", f"{setuid} setuid; exit 4"]
     return runs
 
 
-def test_real_programs_run_unchanged(agent: Agent, targets: Targets, tmp_path: Path) -> None:
+def test_real_programs_run_unchanged(
+    agent: Agent, programs: dict[str, Path], targets: Targets, tmp_path: Path
+) -> None:
     """Output and exit status are the same without the shim, with it, and with it but no agent;
-    the clean-environment child still reports when the agent runs."""
+    the clean-environment child, the threaded program and the forking server's processes still
+    report when the agent runs."""
     setuid = setid_copy(targets, "setuid-other", NOBODY, 0o4755) if os.geteuid() == 0 else None
     plain = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    for name, args in scenarios(targets, setuid).items():
+    for name, args in scenarios(targets, setuid, programs).items():
         without = outcome(args, plain, tmp_path)
         with_agent = outcome(args, shim_env(agent.path), tmp_path)
         no_agent = outcome(args, shim_env(tmp_path / "nobody-listens.sock"), tmp_path)
@@ -283,6 +331,11 @@ def test_real_programs_run_unchanged(agent: Agent, targets: Targets, tmp_path: P
     echo = os.path.realpath("/bin/echo")
     [child] = starts_of(received, echo)
     assert child.workload == "app=test"
+    [threaded] = starts_of(received, str(programs["busy_threads"]))
+    kinds = {r.record.kind for r in received if r.record.pid == threaded.pid}
+    assert {RecordKind.CONNECT, RecordKind.FILE_OPEN} <= kinds
+    server = starts_of(received, str(programs["fork_server"]))
+    assert any(r.flags & RecordFlag.FORKED for r in server)  # the client, a fork child
     reasons = {(r.path, r.gap_reasons) for r in gaps([r.record for r in received])}
     assert (str(targets.static), GapReason.STATIC) in reasons
     if setuid is not None:

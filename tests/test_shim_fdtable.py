@@ -2,7 +2,7 @@
 never keyed, nor reported, with its old type, however the number was freed and taken again; and a
 dedup hit makes no system call of its own.
 
-Runs tests/shim/fd_reuse.c and tests/shim/repeat_connect.c against the agent of tests/test_shim.py.
+Runs tests/shim/fd_reuse.c and tests/shim/repeat_connect.c against the agent of tests/shimkit.py.
 """
 
 from __future__ import annotations
@@ -15,47 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_shim import Agent, inet, run, shim_env
+import shimkit
+from shimkit import Agent, inet, needs_gcc, run, shim_env
 
 from telltale.nodeagent.records import Record, RecordFlag, RecordKind, SockAddr
 
-SOURCES = Path(__file__).parent / "shim"
 UDP = (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
 TCP = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build test programs")
+pytestmark = needs_gcc
 
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(tmp_path / "agent.sock")
-    yield a
-    a.close()
-    assert a.errors == []
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("shim-fdtable")
-    built = {}
-    for name in ("fd_reuse", "repeat_connect"):
-        subprocess.run(
-            [
-                "gcc",
-                "-O1",
-                "-g",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-o",
-                str(out / name),
-                str(SOURCES / f"{name}.c"),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        built[name] = out / name
-    return built
+agent = shimkit.agent
+programs = shimkit.programs
 
 
 @pytest.fixture

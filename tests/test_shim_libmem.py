@@ -1,5 +1,5 @@
 """Library loads, writable-and-executable memory, capset, system and popen, observed by the shim
-from real processes (harness of tests/test_shim.py); the events they become through both intake
+from real processes (harness of tests/shimkit.py); the events they become through both intake
 paths; and the alerts the engine raises from them."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import test_shim
+import shimkit
 import trio
 import trio.testing
 from helpers import eventually
-from test_shim import NO_FLAGS, Agent, by_pid, header, run, shim_env
+from shimkit import NO_FLAGS, Agent, by_pid, header, run, shim_env
 
 from telltale._native import shim_path
 from telltale.engine.evaluate import CompiledPolicy
@@ -30,8 +30,8 @@ try:
 except ImportError:
     native_records = None  # type: ignore[assignment]
 
-agent = test_shim.agent
-programs = test_shim.programs
+agent = shimkit.agent
+programs = shimkit.programs
 
 LIB = RecordKind.LIBRARY_LOAD
 MEM = RecordKind.MEMORY_PROTECT

@@ -42,6 +42,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def labelled(lines: Sequence[tuple[str, str]]) -> str:
+    """Lines of a label and a value, the values aligned after the longest label and made safe for a
+    terminal (`clean`); the labels are the program's own and are not cleaned."""
+    width = max((len(label) for label, _ in lines), default=0)
+    return "\n".join(f"{label:<{width}}  {clean(value)}" for label, value in lines)
+
+
 def when(ts: Timestamp) -> str:
     """A timestamp as local-agnostic UTC text, or '-' when unset."""
     if not ts.seconds and not ts.nanos:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from telltale.cli.client import add_api_options, api_channel, every_page
-from telltale.cli.format import clean, table, to_json, when
+from telltale.cli.format import clean, labelled, table, to_json, when
 from telltale.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
 
 _LIVENESS: dict[int, str] = {
@@ -93,9 +93,7 @@ def show_node(args: argparse.Namespace) -> int:
     lines.extend(("coverage gap", gap) for gap in n.coverage_gaps)
     if n.addresses:
         lines.append(("addresses", ", ".join(n.addresses)))
-    width = max(len(label) for label, _ in lines)
-    for label, value in lines:
-        print(f"{label:<{width}}  {clean(value)}")
+    print(labelled(lines))
     return 0
 
 

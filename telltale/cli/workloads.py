@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from telltale.cli.client import CliError, add_api_options, api_channel, every_page
-from telltale.cli.format import clean, table, to_json, when
+from telltale.cli.format import clean, labelled, table, to_json, when
 from telltale.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
 
 
@@ -68,9 +68,7 @@ def show_workload(args: argparse.Namespace) -> int:
     lines.extend(("coverage gap", gap) for gap in w.coverage_gaps)
     if not w.coverage_gaps:
         lines.append(("coverage gap", "none"))
-    width = max(len(label) for label, _ in lines)
-    for label, value in lines:
-        print(f"{label:<{width}}  {clean(value)}")
+    print(labelled(lines))
     return 0
 
 

@@ -177,6 +177,13 @@ def test_resolve_carries_name_addresses_and_function() -> None:
     )
 
 
+def test_resolve_names_the_older_resolver_call() -> None:
+    """A RESOLVE record with FUNCTION (a gethostbyname* call) keeps that name in the event."""
+    record = rec(RecordKind.RESOLVE, name="db.internal", function="gethostbyname_r", result=(1, 0))
+    event = to_event(record, "w-1", None)
+    assert (event.resolve.function, event.result.return_value) == ("gethostbyname_r", 1)
+
+
 @pytest.mark.parametrize(
     ("function", "uids", "gids"),
     [

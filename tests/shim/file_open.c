@@ -1,6 +1,8 @@
 /* file_open DIR MODE: MODE "open" opens /etc/hostname for reading twice with open(), then creates
- * DIR/plain (not a sensitive path); MODE "fopen" opens /etc/hostname with fopen(.., "r").
- * Successful calls must leave errno untouched. Prints the descriptor of the first open. */
+ * DIR/plain (not a sensitive path); MODE "fopen" opens /etc/hostname with fopen(.., "r");
+ * MODE "freopen" creates DIR/plain with fopen, then reopens the stream on /etc/hostname with
+ * freopen(.., "re"). Successful calls must leave errno untouched. Prints the descriptor of the
+ * first open of /etc/hostname. */
 #include "tt_test.h"
 
 #include <fcntl.h>
@@ -8,7 +10,21 @@
 int main(int argc, char **argv)
 {
     if (argc != 3)
-        die("usage: file_open DIR open|fopen");
+        die("usage: file_open DIR open|fopen|freopen");
+    if (strcmp(argv[2], "freopen") == 0) {
+        char plain[4096];
+        snprintf(plain, sizeof plain, "%s/plain", argv[1]);
+        FILE *f = fopen(plain, "w");
+        if (f == NULL)
+            die("fopen %s", plain);
+        errno = 46;
+        f = freopen("/etc/hostname", "re", f);
+        if (f == NULL || errno != 46)
+            die("freopen");
+        printf("%d\n", fileno(f));
+        fclose(f);
+        return 0;
+    }
     if (strcmp(argv[2], "fopen") == 0) {
         errno = 44;
         FILE *f = fopen("/etc/hostname", "r");
