@@ -9,9 +9,11 @@
  * CALL_PROBES probes) so that a program with many call sites never fills the behaviour table;
  * a site that finds no slot is counted in call_overflow and not reported.
  *
- * The hot path (a site already in the table) is a hash, one load and one atomic add, with no
- * system call and no errno change. Everything else happens behind shim_enter, so the shim's own
- * use of these functions, and a signal handler interrupting it, are not observed.
+ * A call from a known site (found in its first CALL_INLINE_PROBES slots inline, further by
+ * call_slow) is a hash, a few loads and one atomic add, with no system call and no errno change.
+ * Only a new site, claiming a slot and reporting, goes behind shim_enter (so the shim's own use of
+ * these functions, and a signal handler interrupting it, are not observed) and asks getpid
+ * whether it runs in a process sharing our memory.
  *
  * The hooks report before calling the real function: a gets or strcpy that overflows and crashes
  * has been reported already. They never change what the call does.
@@ -52,10 +54,6 @@ static const struct call_desc DESCS[FN_COUNT] = {
     [FN_EVP_MD4] = {"EVP_md4", "digest"},
     [FN_EVP_MD5] = {"EVP_md5", "digest"},
     [FN_EVP_SHA1] = {"EVP_sha1", "digest"},
-    [FN_MD5] = {"MD5", "digest"},
-    [FN_MD5_INIT] = {"MD5_Init", "digest"},
-    [FN_SHA1] = {"SHA1", "digest"},
-    [FN_SHA1_INIT] = {"SHA1_Init", "digest"},
     [FN_EVP_DES_ECB] = {"EVP_des_ecb", "cipher"},
     [FN_EVP_DES_CBC] = {"EVP_des_cbc", "cipher"},
     [FN_EVP_DES_EDE3_CBC] = {"EVP_des_ede3_cbc", "cipher"},
@@ -74,7 +72,7 @@ static const char *const WEAK[W_COUNT] = {
     [W_SSLV2] = "SSLv2",   [W_SSLV3] = "SSLv3", [W_TLSV1_0] = "TLSv1.0", [W_TLSV1_1] = "TLSv1.1",
 };
 
-_Static_assert(FN_COUNT < 128 && W_COUNT < 256, "fn and weak must fit the key's top 16 bits");
+_Static_assert(FN_COUNT < 256 && W_COUNT < 256, "fn and weak must fit a slot's `what`");
 
 static __thread int resolving __attribute__((tls_model("initial-exec")));
 
@@ -105,18 +103,18 @@ static int is_openssl(const char *path, size_t n)
            (blen >= 6 && memcmp(base, "libssl", 6) == 0);
 }
 
-/* Builds the record of call `key` from `site` for process `pid`, CALLER included. */
-static size_t build_call(uint8_t *buf, size_t cap, uint64_t key, const void *site, int pid,
+/* Builds the record of call `what` from `site` for process `pid`, CALLER included. */
+static size_t build_call(uint8_t *buf, size_t cap, uint32_t what, uintptr_t site, int pid,
                          unsigned flags, const char *caller, size_t clen, uintptr_t base)
 {
-    unsigned fn = (unsigned)(key >> 56), weak = (unsigned)(key >> 48) & 0xff;
+    unsigned fn = what >> 8, weak = what & 0xff;
     const struct call_desc *d = &DESCS[fn < FN_COUNT ? fn : 0];
     struct rec r;
     rec_begin(&r, buf, cap, fn >= FN_FIRST_CRYPTO ? KIND_CRYPTO : KIND_UNSAFE_CALL, pid);
     rec_add_flags(&r, flags);
     if (d->name)
         rec_put_bytes(&r, TAG_FUNCTION, d->name, strlen(d->name), 16);
-    uint64_t where = (uint64_t)(uintptr_t)site - (clen ? (uint64_t)base : 0);
+    uint64_t where = (uint64_t)site - (clen ? (uint64_t)base : 0);
     rec_put(&r, TAG_CALL_SITE, &where, sizeof where);
     if (fn >= FN_FIRST_CRYPTO) {
         const char *w = weak < W_COUNT ? WEAK[weak] : NULL;
@@ -138,26 +136,61 @@ static size_t build_call(uint8_t *buf, size_t cap, uint64_t key, const void *sit
 
 enum { CALL_REC_MAX = REC_HEADER_SIZE + 7 * 4 + 16 + 8 + 2 * CRYPTO_WORD_MAX + 2 * CALLER_MAX };
 
-/* Finds or claims the slot of `key`: 1 with *claimed set when this call claimed it (the caller
- * reports), 0 when it was there already (the call is counted) or no slot is free. */
-static int call_claim(uint64_t key, struct call_slot **claimed)
+enum { FIND_FOUND = 0, FIND_EMPTY = 1, FIND_NONE = 2 };
+
+/* 1 when slot s (whose site is `site`) holds `what`; waits a little for a claim in progress. */
+static int slot_is(struct call_slot *s, uint32_t what)
 {
-    unsigned i = (unsigned)((key * HASH_MUL) >> (64 - CALL_BITS));
+    for (int spin = 0; spin < 1000; spin++) {
+        uint32_t w = __atomic_load_n(&s->what, __ATOMIC_ACQUIRE);
+        if (w != 0)
+            return w == what;
+    }
+    return 0; /* the claimer was interrupted (perhaps by us, in a signal handler): not ours */
+}
+
+/* Looks the site up from its home slot: FIND_FOUND (the call is counted), FIND_EMPTY (*at is the
+ * first empty slot of its sequence) or FIND_NONE (every probe taken by other sites). */
+static int call_find(uintptr_t site, uint32_t what, unsigned *at)
+{
+    unsigned i = call_home(site, what);
     for (unsigned probe = 0; probe < CALL_PROBES; probe++, i = (i + 1) & (CALL_SLOTS - 1)) {
         struct call_slot *s = &call_slots[i];
-        uint64_t k = __atomic_load_n(&s->key, __ATOMIC_ACQUIRE);
+        uintptr_t k = __atomic_load_n(&s->site, __ATOMIC_ACQUIRE);
         if (k == 0) {
-            uint64_t expected = 0;
-            if (__atomic_compare_exchange_n(&s->key, &expected, key, 0, __ATOMIC_ACQ_REL,
+            *at = i;
+            return FIND_EMPTY;
+        }
+        if (k == site && slot_is(s, what)) {
+            call_count(s);
+            return FIND_FOUND;
+        }
+    }
+    return FIND_NONE;
+}
+
+/* Claims a slot for the site from slot `i` (an empty one call_find saw): 1 with *claimed set when
+ * this call claimed it (the caller reports), 0 when another thread claimed it meanwhile (the call
+ * is counted) or no slot is free. */
+static int call_claim(uintptr_t site, uint32_t what, unsigned i, struct call_slot **claimed)
+{
+    unsigned probe = (i - call_home(site, what)) & (CALL_SLOTS - 1);
+    for (; probe < CALL_PROBES; probe++, i = (i + 1) & (CALL_SLOTS - 1)) {
+        struct call_slot *s = &call_slots[i];
+        uintptr_t k = __atomic_load_n(&s->site, __ATOMIC_ACQUIRE);
+        if (k == 0) {
+            uintptr_t expected = 0;
+            if (__atomic_compare_exchange_n(&s->site, &expected, site, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
                 __atomic_store_n(&s->state, SITE_CLAIMED, __ATOMIC_RELAXED);
+                __atomic_store_n(&s->what, what, __ATOMIC_RELEASE);
                 *claimed = s;
                 return 1;
             }
             k = expected; /* another thread took this slot: is it our site? */
         }
-        if (k == key) {
-            __atomic_fetch_add(&s->pending, 1, __ATOMIC_RELAXED);
+        if (k == site && slot_is(s, what)) {
+            call_count(s);
             return 0;
         }
     }
@@ -165,39 +198,47 @@ static int call_claim(uint64_t key, struct call_slot **claimed)
     return 0;
 }
 
-/* First call from a site (or a site that collided with another in its home slot). */
-static void call_first(uint64_t key, const void *site)
+/* First call from a site, whose sequence has an empty slot at `i`. */
+static void call_first(uintptr_t site, uint32_t what, unsigned i)
 {
     struct call_slot *s = NULL;
     int pid, foreign = shim_foreign_process(&pid);
     unsigned flags = 0;
     if (foreign)
         flags = FLAG_NODEDUP; /* the table belongs to the process whose memory we share */
-    else if (!call_claim(key, &s))
+    else if (!call_claim(site, what, i, &s))
         return;
     char caller[CALLER_MAX + 1];
     uintptr_t base;
-    size_t clen = shim_module_of(site, caller, sizeof caller, &base);
-    if ((key >> 56) >= FN_FIRST_CRYPTO && clen && is_openssl(caller, clen)) {
+    size_t clen = shim_module_of((const void *)site, caller, sizeof caller, &base);
+    if ((what >> 8) >= FN_FIRST_CRYPTO && clen && is_openssl(caller, clen)) {
         if (s)
             __atomic_store_n(&s->state, SITE_IGNORED, __ATOMIC_RELEASE);
         return;
     }
     uint8_t buf[CALL_REC_MAX];
-    size_t len = build_call(buf, sizeof buf, key, site, pid, flags, caller, clen, base);
+    size_t len = build_call(buf, sizeof buf, what, site, pid, flags, caller, clen, base);
     report_first_caller(buf, len, foreign, -1, "", 0);
     if (s)
         __atomic_store_n(&s->state, SITE_READY, __ATOMIC_RELEASE);
 }
 
-void call_slow(uint64_t key, const void *site)
+void call_slow(uintptr_t site, uint32_t what)
 {
+    unsigned at = 0;
+    int found = call_find(site, what, &at);
+    if (found == FIND_FOUND)
+        return;
+    if (found == FIND_NONE) {
+        __atomic_fetch_add(&call_overflow, 1, __ATOMIC_RELAXED); /* no slot: not reported */
+        return;
+    }
     if (!shim_enter())
         return;
     int saved = errno, cancel;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
     dedup_tick();
-    call_first(key, site);
+    call_first(site, what, at);
     pthread_setcancelstate(cancel, NULL);
     errno = saved;
     shim_leave();
@@ -226,13 +267,13 @@ void calls_flush(void)
         uint32_t n = __atomic_exchange_n(&s->pending, 0, __ATOMIC_ACQ_REL);
         if (n == 0)
             continue;
-        uint64_t key = __atomic_load_n(&s->key, __ATOMIC_RELAXED);
-        const void *site = (const void *)(uintptr_t)(key & 0xffffffffffffULL);
+        uintptr_t site = __atomic_load_n(&s->site, __ATOMIC_RELAXED);
+        uint32_t what = __atomic_load_n(&s->what, __ATOMIC_RELAXED);
         char caller[CALLER_MAX + 1];
         uintptr_t base;
-        size_t clen = shim_module_of(site, caller, sizeof caller, &base);
+        size_t clen = shim_module_of((const void *)site, caller, sizeof caller, &base);
         uint8_t buf[CALL_REC_MAX];
-        size_t len = build_call(buf, sizeof buf, key, site, pid, FLAG_REPEAT, caller, clen, base);
+        size_t len = build_call(buf, sizeof buf, what, site, pid, FLAG_REPEAT, caller, clen, base);
         rec_set_u32(buf, HDR_COUNT, n);
         shim_before_record();
         if (report_send(buf, len) != 0)
@@ -268,6 +309,21 @@ static char *(*real_tempnam)(const char *, const char *);
     (SHIM_LIKELY(__atomic_load_n(&real_##name, __ATOMIC_RELAXED) != NULL)                    \
          ? __atomic_load_n(&real_##name, __ATOMIC_RELAXED)                                   \
          : (__typeof__(real_##name))call_resolve((void **)&real_##name, #name))
+
+/* Resolves every real function above at the shim's start, so that a program's first call never
+ * runs dlsym (which would clear a dlerror() the program has not read yet). */
+void calls_resolve(void)
+{
+    (void)CALL_REAL(gets);
+    (void)CALL_REAL(strcpy);
+    (void)CALL_REAL(strcat);
+    (void)CALL_REAL(stpcpy);
+    (void)CALL_REAL(vsprintf);
+    (void)CALL_REAL(getwd);
+    (void)CALL_REAL(mktemp);
+    (void)CALL_REAL(tmpnam);
+    (void)CALL_REAL(tempnam);
+}
 
 SHIM_EXPORT char *gets(char *s)
 {

@@ -21,10 +21,6 @@ enum call_fn {
     FN_EVP_MD4 = FN_FIRST_CRYPTO,
     FN_EVP_MD5,
     FN_EVP_SHA1,
-    FN_MD5,
-    FN_MD5_INIT,
-    FN_SHA1,
-    FN_SHA1_INIT,
     FN_EVP_DES_ECB,
     FN_EVP_DES_CBC,
     FN_EVP_DES_EDE3_CBC,
@@ -57,51 +53,79 @@ enum call_weak {
     W_COUNT,
 };
 
-/* One call site: identity key (the return address in the low 48 bits, fn << 56 | weak << 48
- * above; never 0), repeats not yet reported, and state. */
+/* One call site: its identity is the return address and what was called (fn << 8 | weak).
+ * `site` is claimed first (0: empty), then `what` is set (0 until then); repeats not yet reported,
+ * and state. */
 struct call_slot {
-    uint64_t key;
+    uintptr_t site;
+    uint32_t what;
     uint32_t pending;
     uint32_t state;
 };
 
-enum { CALL_BITS = 10, CALL_SLOTS = 1 << CALL_BITS };
+enum { CALL_BITS = 10, CALL_SLOTS = 1 << CALL_BITS, CALL_INLINE_PROBES = 4 };
 
 extern struct call_slot call_slots[CALL_SLOTS];
 
 /* The implementation each crypto hook calls (its module is the CRYPTO record's LIBRARY). */
 extern const void *call_impl[FN_COUNT];
 
-static inline uint64_t call_key(unsigned fn, unsigned weak, const void *site)
+static inline uint32_t call_what(unsigned fn, unsigned weak)
 {
-    return ((uint64_t)(uintptr_t)site & 0xffffffffffffULL) | ((uint64_t)fn << 56) |
-           ((uint64_t)weak << 48);
+    return (uint32_t)(fn << 8 | weak);
 }
 
-void call_slow(uint64_t key, const void *site);
+/* The slot a site's probe sequence starts at. */
+static inline unsigned call_home(uintptr_t site, uint32_t what)
+{
+    return (unsigned)((((uint64_t)site ^ ((uint64_t)what << 48)) * HASH_MUL) >> (64 - CALL_BITS));
+}
+
+/* A call whose site is not in its first slots: probes further (no system call), and reports a
+ * new site. */
+void call_slow(uintptr_t site, uint32_t what);
 void call_tick(void);
 
+static inline void call_count(struct call_slot *s)
+{
+    uint32_t before = __atomic_fetch_add(&s->pending, 1, __ATOMIC_RELAXED);
+    if (SHIM_UNLIKELY((before & 4095) == 4095))
+        call_tick(); /* a periodic chance to flush repeat counts */
+}
+
 /* Counts a call of `fn` (using `weak`) from `site`: the first call from a site is reported, the
- * others counted. The common case (a site already in the table) is one load and one atomic add. */
+ * others counted. The common case (a site already in one of its first slots) is a few loads and
+ * one atomic add, with no system call. */
 static inline void call_seen(unsigned fn, unsigned weak, const void *site)
 {
-    uint64_t key = call_key(fn, weak, site);
-    struct call_slot *s = &call_slots[(key * HASH_MUL) >> (64 - CALL_BITS)];
-    if (SHIM_LIKELY(__atomic_load_n(&s->key, __ATOMIC_RELAXED) == key)) {
-        uint32_t before = __atomic_fetch_add(&s->pending, 1, __ATOMIC_RELAXED);
-        if (SHIM_UNLIKELY((before & 4095) == 4095))
-            call_tick(); /* a periodic chance to flush repeat counts */
-        return;
+    uintptr_t a = (uintptr_t)site;
+    uint32_t what = call_what(fn, weak);
+    unsigned i = call_home(a, what);
+    for (unsigned probe = 0; probe < CALL_INLINE_PROBES; probe++) {
+        struct call_slot *s = &call_slots[i];
+        uintptr_t k = __atomic_load_n(&s->site, __ATOMIC_ACQUIRE);
+        if (k == 0)
+            break; /* an empty slot ends the sequence: a new site */
+        if (SHIM_LIKELY(k == a) && __atomic_load_n(&s->what, __ATOMIC_ACQUIRE) == what) {
+            call_count(s);
+            return;
+        }
+        i = (i + 1) & (CALL_SLOTS - 1);
     }
     if (SHIM_LIKELY(__atomic_load_n(&shim_init_state, __ATOMIC_RELAXED) == INIT_DONE) &&
         !shim_active)
         return; /* inert */
-    call_slow(key, site);
+    call_slow(a, what);
 }
 
 /* Resolves dlsym(RTLD_NEXT, name) into *slot with the shim marked busy (so that whatever the
  * loader calls is not observed); NULL when the symbol does not exist, or when called back from
  * within a resolution on this thread. */
 void *call_resolve(void **slot, const char *name);
+
+/* Resolves the real function of every hook of calls.c, once at initialisation (shim.c), even when
+ * the shim is inert: a dlsym made later, at a hook's first call, would clear the program's pending
+ * dlerror(). */
+void calls_resolve(void);
 
 #endif /* TELLTALE_CALLS_H */

@@ -36,7 +36,7 @@ enum {
     GO_NOTE_TYPE = 4,  /* ELF_NOTE_GOBUILDID_TAG */
     MAX_PHDRS = 512,   /* programs with more program headers are not inspected */
     NOTE_READ = 512,   /* bytes of each PT_NOTE segment looked at */
-    GAP_REC_MAX = REC_HEADER_SIZE + 4 + PATH_FIELD_MAX + 8 + 5 + 64,
+    GAP_REC_MAX = REC_HEADER_SIZE + 4 + PATH_FIELD_MAX + 8 + 5 + 64 + CALLER_FIELD,
 };
 
 /* Reads exactly n bytes at off; 0 on success. */

@@ -28,11 +28,10 @@ enum gap_reason {
 
 /* ---- environment repair (propagate.c) -------------------------------------------------------- */
 
-/* Bounds of a repaired environment, kept on the caller's stack. */
-enum {
-    ENV_REPAIR_MAX_ENTRIES = 2048, /* entries of the program's envp that can be copied */
-    ENV_REPAIR_MAX_TEXT = 4096,    /* bytes of a rewritten LD_PRELOAD entry */
-};
+/* Bound of a repaired environment, kept on the caller's stack (which may be a signal handler's
+ * small one): its array of pointers and a rewritten LD_PRELOAD entry together take at most this
+ * many bytes. */
+enum { ENV_REPAIR_STACK_MAX = 4096 };
 
 struct env_plan {
     size_t slots;     /* pointers the repaired array needs (>= 1) */

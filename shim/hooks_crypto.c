@@ -1,8 +1,8 @@
 /* Weak cryptography: OpenSSL entry points that select a broken algorithm or allow an old protocol
  * version, reported as CRYPTO records by call site (calls.c).
  *
- * - digests: EVP_md4, EVP_md5, EVP_sha1, MD5, MD5_Init, SHA1, SHA1_Init (purpose "digest": a
- *   digest's use, checksum or signature, is not visible at this point);
+ * - digests: EVP_md4, EVP_md5, EVP_sha1 (purpose "digest": a digest's use, checksum or
+ *   signature, is not visible at this point);
  * - ciphers: EVP_des_ecb, EVP_des_cbc, EVP_des_ede3_cbc, EVP_rc4 (purpose "cipher");
  * - by name: EVP_MD_fetch, EVP_CIPHER_fetch (OpenSSL 3), when the name is a weak algorithm. A fetch whose property query asks
  *   for a non-FIPS implementation ("-fips", which is how Python's usedforsecurity=False is
@@ -11,11 +11,21 @@
  *   SSL_CTX_set_min_proto_version and SSL_set_min_proto_version macros) below TLS 1.2, and
  *   TLSv1_method, TLSv1_1_method (purpose "tls").
  *
+ * The hooks carry OpenSSL 3's symbol version (OPENSSL_3_VERSION, shim.map): only references
+ * bound to OpenSSL 3 (or unversioned ones) reach them, so code linked against another OpenSSL
+ * (1.1's OPENSSL_1_1_0) or another library exporting these names keeps its own definitions, and
+ * is not observed. The deprecated low-level digest calls (MD5, MD5_Init, SHA1, SHA1_Init) are not
+ * hooked: those names are also exported, with other structure layouts, by libraries that are not
+ * OpenSSL, so they are not observed.
+ *
  * Calls made by OpenSSL's own libraries (libcrypto*, libssl*: libssl fetches MD5 and SHA-1 for
  * its own use) are not reported. The hooks exist only where a program loads OpenSSL; the real
- * functions are found with dlsym(RTLD_NEXT), or, for a library loaded privately (dlopen without
- * RTLD_GLOBAL, as Python's _hashlib and _ssl are), in the loaded library itself, which then stays
- * loaded for the life of the process. No OpenSSL header is needed: the types are opaque here.
+ * functions are found with dlvsym(RTLD_NEXT, name, OPENSSL_3_VERSION), or, for a library loaded
+ * privately (dlopen without RTLD_GLOBAL, as Python's _hashlib and _ssl are), in the loaded library
+ * itself, with the same version, which then stays loaded for the life of the process. A hook
+ * always calls the real function, whatever the shim is doing; only when no OpenSSL 3 definition
+ * is loaded at all does it return what an absent function would give a caller that checks (NULL,
+ * 0). No OpenSSL header is needed: the types are opaque here.
  */
 #include "calls.h"
 
@@ -32,9 +42,10 @@ enum {
     TLS1_1_VERSION = 0x0302,
 };
 
+/* The symbol version of the OpenSSL the hooks stand for (shim.map's version node). */
+#define OPENSSL_3_VERSION "OPENSSL_3.0.0"
+
 typedef const void *(*getter_fn)(void);
-typedef unsigned char *(*oneshot_fn)(const unsigned char *, size_t, unsigned char *);
-typedef int (*init_fn)(void *);
 typedef void *(*fetch_fn)(void *, const char *, const char *);
 typedef long (*ctrl_fn)(void *, int, long, void *);
 
@@ -76,29 +87,30 @@ static void *private_symbol(const char *name)
         void *h = dlopen(q.path[i], RTLD_LAZY | RTLD_NOLOAD);
         if (h == NULL)
             continue;
-        void *p = dlsym(h, name); /* h stays open: the pointer stays valid */
+        void *p = dlvsym(h, name, OPENSSL_3_VERSION); /* h stays open: p stays valid */
         if (p != NULL)
             return p;
     }
     return NULL;
 }
 
-/* The real function of hook `fn`, resolved on first use; NULL when OpenSSL does not provide it. */
+/* The real function of hook `fn`, resolved on first use; NULL only when no loaded OpenSSL 3
+ * provides it. Does not depend on the shim's state: a hook called while the shim is busy on this
+ * thread (from a signal handler, from a name lookup's resolver) still gets the real function. */
 static void *crypto_real(void **slot, unsigned fn, const char *name)
 {
     void *p = __atomic_load_n(slot, __ATOMIC_RELAXED);
     if (SHIM_LIKELY(p != NULL))
         return p;
-    if (shim_busy)
-        return NULL;
     int saved = errno;
-    shim_busy = 1;
+    int busy = shim_busy;
+    shim_busy = 1; /* the loader's own calls, and private_symbol's dlopen, are not observed */
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    p = dlsym(RTLD_NEXT, name);
+    p = dlvsym(RTLD_NEXT, name, OPENSSL_3_VERSION);
     if (p == NULL)
         p = private_symbol(name);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    shim_busy = 0;
+    shim_busy = busy; /* as it was: a hook called while the shim is busy leaves it busy */
     if (p != NULL) {
         __atomic_store_n(&call_impl[fn], p, __ATOMIC_RELAXED);
         __atomic_store_n(slot, p, __ATOMIC_RELAXED);
@@ -182,32 +194,6 @@ GETTER_HOOK(EVP_des_ede3_cbc, FN_EVP_DES_EDE3_CBC, W_3DES)
 GETTER_HOOK(EVP_rc4, FN_EVP_RC4, W_RC4)
 GETTER_HOOK(TLSv1_method, FN_TLSV1_METHOD, W_TLSV1_0)
 GETTER_HOOK(TLSv1_1_method, FN_TLSV1_1_METHOD, W_TLSV1_1)
-
-#define ONESHOT_HOOK(name, fn, weak)                                                         \
-    static void *real_##name;                                                                \
-    SHIM_EXPORT unsigned char *name(const unsigned char *d, size_t n, unsigned char *md)     \
-    {                                                                                        \
-        const void *site = __builtin_return_address(0);                                     \
-        oneshot_fn f = (oneshot_fn)crypto_real(&real_##name, fn, #name);                     \
-        call_seen(fn, weak, site);                                                           \
-        return f ? f(d, n, md) : NULL;                                                       \
-    }
-
-ONESHOT_HOOK(MD5, FN_MD5, W_MD5)
-ONESHOT_HOOK(SHA1, FN_SHA1, W_SHA1)
-
-#define INIT_HOOK(name, fn, weak)                                                            \
-    static void *real_##name;                                                                \
-    SHIM_EXPORT int name(void *c)                                                            \
-    {                                                                                        \
-        const void *site = __builtin_return_address(0);                                     \
-        init_fn f = (init_fn)crypto_real(&real_##name, fn, #name);                           \
-        call_seen(fn, weak, site);                                                           \
-        return f ? f(c) : 0;                                                                 \
-    }
-
-INIT_HOOK(MD5_Init, FN_MD5_INIT, W_MD5)
-INIT_HOOK(SHA1_Init, FN_SHA1_INIT, W_SHA1)
 
 /* 1 when a property query asks for a non-FIPS implementation. */
 static int non_fips(const char *properties)

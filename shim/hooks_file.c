@@ -194,7 +194,8 @@ static void file_report(const struct file_call *c)
     if (!dedup_first(file_key(c), 1, &pid, &foreign, &slot, &flags))
         goto out;
 
-    uint8_t buf[REC_HEADER_SIZE + 12 + 8 + 8 + 5 + 4 + FUNCTION_MAX_FIELD + 2 * (4 + PATH_FIELD_MAX)];
+    uint8_t buf[REC_HEADER_SIZE + 12 + 8 + 8 + 5 + 4 + FUNCTION_MAX_FIELD +
+                2 * (4 + PATH_FIELD_MAX) + CALLER_FIELD];
     struct rec r;
     rec_begin(&r, buf, sizeof buf, c->kind, pid);
     rec_add_flags(&r, flags);

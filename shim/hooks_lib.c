@@ -12,13 +12,13 @@
  * in. Libraries do not use the shared dedup table: a program with hundreds of libraries must not
  * crowd out other behaviours. A failed dlopen is deduplicated there as usual (by name).
  *
- * The loader resolves a bare name against the run path of the *caller* of dlopen (its return
- * address) and loads into the caller's namespace. A hook that calls dlopen itself becomes that
- * caller, so the hook only calls through when the result cannot depend on it: no "$" in the name,
- * a caller in the base namespace without DT_RPATH (the main program's is consulted anyway) and,
- * for a bare name, without DT_RUNPATH. Otherwise it jumps straight to the real dlopen (a sibling
- * call, so the loader still sees the program's caller) and what was loaded is reported by the
- * next walk: the next dlopen, or the end of the process.
+ * The loader resolves a bare name against the run paths of the *caller* of dlopen (its return
+ * address), of the objects that loaded it and of the program, and loads into the caller's
+ * namespace. A hook that calls dlopen itself becomes that caller, so the hook only calls through
+ * when the result cannot depend on it: a name with a '/' and no "$", from a caller in the base
+ * namespace (any namespace for dlmopen). Otherwise (every bare name) it jumps straight to the real
+ * dlopen (a sibling call, so the loader still sees the program's caller) and what was loaded is
+ * reported by the next walk: the next dlopen, or the end of the process.
  *
  * Environment: TELLTALE_START_LIBRARIES=0 leaves out the libraries loaded with the program (they
  * are still noted as seen, so only later loads are reported).
@@ -36,6 +36,14 @@
 
 SHIM_REAL(dlopen);
 SHIM_REAL(dlmopen);
+
+/* At initialisation (even inert): a dlsym at the first dlopen, once the program runs, would clear
+ * its pending dlerror(). */
+void hooks_lib_resolve(void)
+{
+    (void)SHIM_RESOLVE(dlopen);
+    (void)SHIM_RESOLVE(dlmopen);
+}
 
 enum { LIB_SEEN_SLOTS = 1024 };
 
@@ -145,7 +153,7 @@ struct lib_event {
 
 static void lib_send(const struct lib_event *e, int pid, int slot)
 {
-    uint8_t buf[REC_HEADER_SIZE + 3 * 4 + 2 * PATH_FIELD_MAX + 1 + 8];
+    uint8_t buf[REC_HEADER_SIZE + 4 * 4 + 2 * PATH_FIELD_MAX + 1 + 8 + CALLER_FIELD];
     struct rec r;
     rec_begin(&r, buf, sizeof buf, KIND_LIBRARY_LOAD, pid);
     rec_add_flags(&r, e->flags);
@@ -164,12 +172,23 @@ static void lib_send(const struct lib_event *e, int pid, int slot)
 
 static const char lib_marker; /* an address inside the shim, to recognise it */
 
+/* The objects one pass of dl_iterate_phdr found not seen yet: their loader names and whether
+ * each is the object a dlopen returned. The callback only copies (it runs under the loader's
+ * lock: no system call, no report there); they are reported after dl_iterate_phdr returns. */
+enum { WALK_BATCH = 16, WALK_NAMES = 4096, WALK_ROUNDS = 64 };
+
 struct walk {
-    int pid;
-    int at_start;
-    int silent;                 /* only note the objects as seen */
-    const char *requested;      /* name given to the dlopen that returned `handle` */
-    const struct link_map *handle;
+    const struct link_map *handle; /* the object the dlopen returned, or NULL */
+    unsigned skip;                 /* objects of the list already handled by earlier passes */
+    unsigned index;                /* position in the list */
+    int full;                      /* the pass stopped early: another one follows */
+    unsigned n;
+    size_t names_used;
+    struct {
+        uint32_t off, len;
+        int is_handle;
+    } obj[WALK_BATCH];
+    char names[WALK_NAMES];
 };
 
 static int contains(const struct dl_phdr_info *info, uintptr_t addr)
@@ -183,10 +202,35 @@ static int contains(const struct dl_phdr_info *info, uintptr_t addr)
     return 0;
 }
 
+static uint64_t lib_key(const char *path, size_t len)
+{
+    return hash_final(hash_mem((uint64_t)KIND_LIBRARY_LOAD << 32, path, len));
+}
+
+/* 1 when the absolute name `name` is in the table of objects seen (a lookup only). */
+static int lib_seen_already(const char *name)
+{
+    char path[PATH_FIELD_MAX];
+    size_t len = absolute_name(name, path, sizeof path); /* absolute: no getcwd */
+    uint64_t key = lib_key(path, len);
+    unsigned i = (unsigned)key & (LIB_SEEN_SLOTS - 1);
+    for (unsigned probe = 0; probe < LIB_SEEN_SLOTS; probe++) {
+        uint64_t k = __atomic_load_n(&lib_seen[i], __ATOMIC_ACQUIRE);
+        if (k == key)
+            return 1;
+        if (k == 0)
+            return 0;
+        i = (i + 1) & (LIB_SEEN_SLOTS - 1);
+    }
+    return 0;
+}
+
 static int walk_one(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
-    const struct walk *w = data;
+    struct walk *w = data;
+    if (w->index++ < w->skip)
+        return 0;
     const char *name = info->dlpi_name;
     if (name == NULL || name[0] == '\0')
         return 0; /* the program itself, reported by PROC_START */
@@ -195,25 +239,21 @@ static int walk_one(struct dl_phdr_info *info, size_t size, void *data)
         return 0;
     if (contains(info, (uintptr_t)&lib_marker))
         return 0;
-
-    char path[PATH_FIELD_MAX];
-    size_t len = absolute_name(name, path, sizeof path);
-    int full;
-    if (!lib_first_sight(hash_final(hash_mem((uint64_t)KIND_LIBRARY_LOAD << 32, path, len)), &full))
+    if (name[0] == '/' && lib_seen_already(name))
         return 0;
-    if (w->silent)
-        return 0;
-    struct lib_event e = {.path = path, .path_len = len,
-                          .flags = full ? FLAG_NODEDUP : 0};
-    e.lib_flags = (uint8_t)((w->at_start ? LIB_AT_START : 0) |
-                            (parent_writable(path, len) ? LIB_WRITABLE_DIR : 0));
-    if (w->handle != NULL && info->dlpi_addr == w->handle->l_addr && name == w->handle->l_name) {
-        e.has_result = 1;
-        if (w->requested != NULL &&
-            (strlen(w->requested) != len || memcmp(w->requested, path, len) != 0))
-            e.requested = w->requested;
+    size_t len = strnlen(name, PATH_FIELD_MAX);
+    if (w->n == WALK_BATCH || len > WALK_NAMES - w->names_used) {
+        w->index--; /* this one goes first in the next pass */
+        w->full = 1;
+        return 1;
     }
-    lib_send(&e, w->pid, -1);
+    memcpy(w->names + w->names_used, name, len);
+    w->obj[w->n].off = (uint32_t)w->names_used;
+    w->obj[w->n].len = (uint32_t)len;
+    w->obj[w->n].is_handle = w->handle != NULL && info->dlpi_addr == w->handle->l_addr &&
+                             name == w->handle->l_name;
+    w->n++;
+    w->names_used += len;
     return 0;
 }
 
@@ -225,9 +265,40 @@ static void lib_walk(int at_start, int silent, const char *requested,
     if (shim_foreign_process(&pid))
         return; /* a vfork child: the table is its parent's */
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    struct walk w = {.pid = pid, .at_start = at_start, .silent = silent, .requested = requested,
-                     .handle = handle};
-    dl_iterate_phdr(walk_one, &w);
+    struct walk w;
+    w.handle = handle;
+    w.skip = 0;
+    for (int round = 0; round < WALK_ROUNDS; round++) {
+        w.index = 0;
+        w.full = 0;
+        w.n = 0;
+        w.names_used = 0;
+        dl_iterate_phdr(walk_one, &w);
+        for (unsigned i = 0; i < w.n; i++) {
+            char name[PATH_FIELD_MAX + 1], path[PATH_FIELD_MAX];
+            memcpy(name, w.names + w.obj[i].off, w.obj[i].len);
+            name[w.obj[i].len] = '\0';
+            size_t len = absolute_name(name, path, sizeof path);
+            int full;
+            if (!lib_first_sight(lib_key(path, len), &full) || silent)
+                continue;
+            struct lib_event e = {.path = path, .path_len = len,
+                                  .flags = full ? FLAG_NODEDUP : 0};
+            e.lib_flags = (uint8_t)((at_start ? LIB_AT_START : 0) |
+                                    (parent_writable(path, len) ? LIB_WRITABLE_DIR : 0));
+            if (w.obj[i].is_handle) {
+                e.has_result = 1;
+                if (requested != NULL &&
+                    (strlen(requested) != len || memcmp(requested, path, len) != 0))
+                    e.requested = requested;
+            }
+            lib_send(&e, pid, -1);
+        }
+        if (!w.full)
+            break;
+        w.skip = w.index;
+    }
+    shim_modules_refresh(); /* the fallback table of callers, outside the walk */
     pthread_setcancelstate(cancel, NULL);
 }
 
@@ -260,15 +331,6 @@ static void lib_failed(const char *file, int err)
 
 /* ---- dlopen, dlmopen ----------------------------------------------------------------------------- */
 
-/* 1 when the object's dynamic section has tag `tag`. */
-static int has_dynamic(const struct link_map *lm, ElfW(Sxword) tag)
-{
-    for (const ElfW(Dyn) *d = lm->l_ld; d != NULL && d->d_tag != DT_NULL; d++)
-        if (d->d_tag == tag)
-            return 1;
-    return 0;
-}
-
 /* 1 when calling the real dlopen from the shim gives the same result as from `caller`; then the
  * shim is entered (the caller must shim_leave after reporting). */
 static int lib_enter_call_through(const char *file, const void *caller, int any_namespace)
@@ -278,7 +340,10 @@ static int lib_enter_call_through(const char *file, const void *caller, int any_
     int saved = errno, ok = 0;
     Dl_info info;
     struct link_map *lm = NULL;
-    if (file != NULL && strchr(file, '$') != NULL)
+    /* A bare name is searched in the DT_RPATH of the caller, of the objects that loaded it and of
+     * the program, then in the caller's DT_RUNPATH: it always depends on the caller. A path is
+     * not searched, but it is loaded into the caller's namespace. */
+    if (file == NULL || strchr(file, '/') == NULL || strchr(file, '$') != NULL)
         goto out;
     if (dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) == 0 || lm == NULL)
         goto out;
@@ -287,11 +352,6 @@ static int lib_enter_call_through(const char *file, const void *caller, int any_
         if (dlinfo(lm, RTLD_DI_LMID, &lmid) != 0 || lmid != LM_ID_BASE)
             goto out;
     }
-    int main_program = lm->l_name == NULL || lm->l_name[0] == '\0';
-    if (has_dynamic(lm, DT_RPATH) && !main_program)
-        goto out;
-    if ((file == NULL || strchr(file, '/') == NULL) && has_dynamic(lm, DT_RUNPATH))
-        goto out;
     ok = 1;
 out:
     errno = saved;

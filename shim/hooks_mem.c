@@ -49,6 +49,17 @@ static int mem_resolve(void **slot, const char *name)
     (SHIM_LIKELY(__atomic_load_n(&real_##name, __ATOMIC_RELAXED) != NULL) ||                 \
      mem_resolve((void **)&real_##name, #name))
 
+/* At initialisation (even inert): a dlsym at a hook's first call, once the program runs, would
+ * clear its pending dlerror(). A hook called earlier still resolves on first use. */
+void hooks_mem_resolve(void)
+{
+    (void)MEM_RESOLVE(mmap);
+    (void)MEM_RESOLVE(mmap64);
+    (void)MEM_RESOLVE(mprotect);
+    (void)MEM_RESOLVE(pkey_mprotect);
+    (void)MEM_RESOLVE(capset);
+}
+
 struct mem_call {
     const char *function;
     int32_t ret, err;
@@ -82,7 +93,7 @@ static __attribute__((noinline)) void mem_report(unsigned kind, const struct mem
     if (!dedup_first(mem_key(kind, c), 1, &pid, &foreign, &slot, &flags))
         goto out;
 
-    uint8_t buf[REC_HEADER_SIZE + 12 + 4 + 16 + 3 * 8 + 4 * 4 + 8 + 32];
+    uint8_t buf[REC_HEADER_SIZE + 12 + 4 + 16 + 3 * 8 + 4 * 4 + 8 + 32 + CALLER_FIELD];
     struct rec r;
     rec_begin(&r, buf, sizeof buf, kind, pid);
     rec_add_flags(&r, flags);
@@ -161,11 +172,17 @@ SHIM_EXPORT int pkey_mprotect(void *addr, size_t length, int prot, int pkey)
 
 /* ---- capset ----------------------------------------------------------------------------------- */
 
-/* The sets a capset call asked for, when the kernel read them; 0 otherwise. */
+/* The sets a capset call asked for, when the kernel read them; 0 otherwise. The kernel reads the
+ * header, then (for a known version and this thread as target) the sets, and only then can fail
+ * with EPERM (sets not allowed) or ENOMEM; any other failure may mean data is not readable, and
+ * is not looked at. */
 static int requested_caps(cap_user_header_t header, const cap_user_data_t data, int ret, int err,
                           uint64_t caps[3])
 {
-    if (header == NULL || data == NULL || (ret != 0 && (err == EFAULT || err == EINVAL)))
+    if (header == NULL || data == NULL)
+        return 0;
+    if (ret != 0 && !((err == EPERM || err == ENOMEM) &&
+                      (header->pid == 0 || header->pid == (int)gettid())))
         return 0;
     unsigned words;
     switch (header->version) {

@@ -104,7 +104,7 @@ static __attribute__((noinline)) void net_first(const struct net_call *c, uint64
     unsigned flags;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
     if (first_claim(key, &pid, &slot, &flags, &foreign)) {
-        uint8_t buf[REC_HEADER_SIZE + 4 + sizeof(struct sockaddr_storage) + 64];
+        uint8_t buf[REC_HEADER_SIZE + 4 + sizeof(struct sockaddr_storage) + 64 + CALLER_FIELD];
         struct rec r;
         rec_begin(&r, buf, sizeof buf, c->kind, pid);
         rec_add_flags(&r, flags);

@@ -121,7 +121,7 @@ static __attribute__((noinline)) void priv_report(const struct priv_call *c)
         goto out;
 
     uint8_t buf[REC_HEADER_SIZE + 12 + 4 + 16 + 4 + 24 + 4 + 4 * GROUPS_MAX_FIELD + 4 +
-                MEMFD_NAME_MAX + 32];
+                MEMFD_NAME_MAX + 32 + CALLER_FIELD];
     struct rec r;
     rec_begin(&r, buf, sizeof buf, c->kind, pid);
     rec_add_flags(&r, flags);

@@ -62,18 +62,22 @@ static uint64_t exec_key(const struct exec_event *e)
     return hash_final(h);
 }
 
-/* Reports an exec or spawn; `before_exec` flushes the process's repeat counts too. */
-static void exec_report(const struct exec_event *e, int before_exec)
-{
-    int cancel, pid, foreign, slot = -1;
-    unsigned flags = 0;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    if (!dedup_first(exec_key(e), !before_exec, &pid, &foreign, &slot, &flags))
-        goto out;
+/* An exec record holds VARIANT, RESULT, CHILD_PID, PATH, up to EXEC_ARGV_MAX bytes of ARGV and
+ * CALLER, and its buffer no more: exec may be called from a signal handler, on a small stack. */
+enum {
+    EXEC_ARGV_MAX = 2048,
+    EXEC_REC_MAX = REC_HEADER_SIZE + 5 + 12 + 8 + 4 + PATH_FIELD_MAX + 4 + EXEC_ARGV_MAX +
+                   CALLER_FIELD,
+};
 
-    uint8_t buf[REC_MAX];
+/* Sends the first occurrence of an exec or spawn. Not inlined: its buffer is off the stack before
+ * the flush that may follow. */
+static __attribute__((noinline)) void exec_send(const struct exec_event *e, int pid, int foreign,
+                                                int slot, unsigned flags)
+{
+    uint8_t buf[EXEC_REC_MAX];
     struct rec r;
-    rec_begin(&r, buf, sizeof buf, KIND_EXEC, pid);
+    rec_begin(&r, buf, sizeof buf - CALLER_FIELD, KIND_EXEC, pid); /* CALLER: report_first */
     rec_add_flags(&r, flags);
     rec_put_u8(&r, TAG_VARIANT, (uint8_t)e->variant);
     if (e->has_result) {
@@ -85,9 +89,17 @@ static void exec_report(const struct exec_event *e, int before_exec)
     if (e->path)
         rec_put_bytes(&r, TAG_PATH, e->path, e->path_len, PATH_FIELD_MAX);
     rec_put_argv(&r, e->argv); /* last: it takes whatever room is left */
-
     report_first(buf, r.len, foreign, slot);
-out:
+}
+
+/* Reports an exec or spawn; `before_exec` flushes the process's repeat counts too. */
+static void exec_report(const struct exec_event *e, int before_exec)
+{
+    int cancel, pid, foreign, slot = -1;
+    unsigned flags = 0;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    if (dedup_first(exec_key(e), !before_exec, &pid, &foreign, &slot, &flags))
+        exec_send(e, pid, foreign, slot, flags);
     if (before_exec && !foreign)
         dedup_flush();
     pthread_setcancelstate(cancel, NULL);

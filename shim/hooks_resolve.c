@@ -16,6 +16,15 @@
  * The shim counts as busy during the real call, so the sockets the resolver (or a name service
  * module) opens, connects and sends on are not reported as the program's. errno and h_errno are
  * what the real call left.
+ *
+ * A program may leave the real call without returning: a signal handler that siglongjmps out of a
+ * slow lookup (libcurl's synchronous resolver timeout does). The thread would then stay busy, its
+ * hooked calls unreported, for good. So a lookup records its hook's frame address while it holds
+ * the guard, and the next lookup hook on the thread, finding the guard still held, takes it back
+ * when its own frame is not below that one (the recorded frame is gone: the stack was unwound
+ * past it) and it runs on the thread's normal stack; a lookup made from a signal handler during
+ * the real call runs below the recorded frame and just calls through. Until that next lookup, the
+ * thread's other hooked calls are not reported.
  */
 #include "shim.h"
 
@@ -23,6 +32,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 
 SHIM_REAL(getaddrinfo);
 SHIM_REAL(gethostbyname);
@@ -114,7 +124,7 @@ static __attribute__((noinline)) void lookup_first(const struct lookup *k, uint6
         if (claim == DEDUP_FULL)
             flags |= FLAG_NODEDUP;
         uint8_t buf[REC_HEADER_SIZE + 4 * 4 + 8 + FUNCTION_MAX_FIELD + NAME_MAX_FIELD +
-                    ADDRESSES_MAX];
+                    ADDRESSES_MAX + CALLER_FIELD];
         struct addr_list addrs = {.used = 0, .cut = 0};
         if (k->res != NULL)
             addr_list_from_addrinfo(&addrs, k->res);
@@ -144,24 +154,58 @@ static void lookup_report(struct lookup *k)
         lookup_first(k, key);
 }
 
+/* The frame of the lookup hook holding the guard across its real call on this thread; NULL
+ * otherwise. */
+static __thread const void *lookup_frame __attribute__((tls_model("initial-exec")));
+
+/* The guard was left held by a lookup the program jumped out of (see the top of this file):
+ * releases it. `frame` is the calling hook's frame. */
+static __attribute__((noinline)) void lookup_reclaim(const void *frame)
+{
+    stack_t ss;
+    const void *held = lookup_frame;
+    if (held == NULL || (uintptr_t)frame < (uintptr_t)held)
+        return; /* the guard is the shim's own work, or a lookup below us still running */
+    if (sigaltstack(NULL, &ss) != 0 || (ss.ss_flags & SS_ONSTACK))
+        return; /* on a signal stack, frame addresses say nothing about the lookup's */
+    lookup_frame = NULL;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    shim_leave();
+}
+
 /* Enters the shim for a lookup of `name` before the real call, leaving errno as it was (a
- * success leaves errno alone: the shim's own setup must not show). */
-static inline int lookup_enter(const char *name)
+ * success leaves errno alone: the shim's own setup must not show). Called by the hook, whose frame
+ * is `frame`; on 1, the real call follows with lookup_frame set, and lookup_done comes after it. */
+static inline __attribute__((always_inline)) int lookup_enter(const char *name, const void *frame)
 {
     int saved = errno;
+    if (SHIM_UNLIKELY(shim_busy) && lookup_frame != NULL)
+        lookup_reclaim(frame);
     int entered = name != NULL && shim_enter();
+    if (entered) {
+        lookup_frame = frame;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    }
     errno = saved;
     return entered;
+}
+
+/* After the real call of an entered lookup: the guard now covers the shim's own work only. */
+static inline void lookup_done(void)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    lookup_frame = NULL;
 }
 
 SHIM_EXPORT int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                             struct addrinfo **res)
 {
     SHIM_REAL_OR_FAIL(getaddrinfo, EAI_SYSTEM);
-    int entered = lookup_enter(node);
+    int entered = lookup_enter(node, __builtin_frame_address(0));
     int ret = real_getaddrinfo(node, service, hints, res);
     int err = errno;
     if (entered) {
+        lookup_done();
         struct lookup k = {.name = node,
                            .result = {ret, ret == EAI_SYSTEM ? err : 0},
                            .found = ret == 0,
@@ -204,10 +248,11 @@ static void hostent_r_event(const char *function, const char *name, int ret,
 SHIM_EXPORT struct hostent *gethostbyname(const char *name)
 {
     SHIM_REAL_OR_FAIL(gethostbyname, NULL);
-    int entered = lookup_enter(name);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     struct hostent *he = real_gethostbyname(name);
     int err = errno, herr = h_errno;
     if (entered) {
+        lookup_done();
         hostent_event("gethostbyname", name, he, herr, err);
         shim_leave();
         h_errno = herr;
@@ -219,10 +264,11 @@ SHIM_EXPORT struct hostent *gethostbyname(const char *name)
 SHIM_EXPORT struct hostent *gethostbyname2(const char *name, int af)
 {
     SHIM_REAL_OR_FAIL(gethostbyname2, NULL);
-    int entered = lookup_enter(name);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     struct hostent *he = real_gethostbyname2(name, af);
     int err = errno, herr = h_errno;
     if (entered) {
+        lookup_done();
         hostent_event("gethostbyname2", name, he, herr, err);
         shim_leave();
         h_errno = herr;
@@ -241,10 +287,11 @@ SHIM_EXPORT int gethostbyname_r(const char *name, struct hostent *ret_buf, char 
                                 size_t buflen, struct hostent **result, int *h_errnop)
 {
     SHIM_REAL_OR_FAIL(gethostbyname_r, ENOSYS);
-    int entered = lookup_enter(name);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     int ret = real_gethostbyname_r(name, ret_buf, buf, buflen, result, h_errnop);
     int err = errno, herr = h_errno;
     if (entered) {
+        lookup_done();
         if (ret != ERANGE)
             hostent_r_event("gethostbyname_r", name, ret, result_of(result),
                             h_errnop != NULL ? *h_errnop : herr, err);
@@ -259,10 +306,11 @@ SHIM_EXPORT int gethostbyname2_r(const char *name, int af, struct hostent *ret_b
                                  size_t buflen, struct hostent **result, int *h_errnop)
 {
     SHIM_REAL_OR_FAIL(gethostbyname2_r, ENOSYS);
-    int entered = lookup_enter(name);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     int ret = real_gethostbyname2_r(name, af, ret_buf, buf, buflen, result, h_errnop);
     int err = errno, herr = h_errno;
     if (entered) {
+        lookup_done();
         if (ret != ERANGE)
             hostent_r_event("gethostbyname2_r", name, ret, result_of(result),
                             h_errnop != NULL ? *h_errnop : herr, err);

@@ -15,6 +15,12 @@
 SHIM_REAL(system);
 SHIM_REAL(popen);
 
+void hooks_shell_resolve(void)
+{
+    (void)SHIM_RESOLVE(system);
+    (void)SHIM_RESOLVE(popen);
+}
+
 SHIM_EXPORT int system(const char *command)
 {
     SHIM_REAL_OR_FAIL(system, -1);

@@ -1,23 +1,32 @@
 /* Loaded modules by address: which program or shared library contains a return address.
  *
- * Two tables of executable segments and module paths, rebuilt with dl_iterate_phdr whenever the
- * loader's add/remove counters (dlpi_adds, dlpi_subs) differ from the ones the current table was
- * built at. A rebuild fills the table not in use and then publishes it; each table carries a
- * sequence number that is odd while it is being written, and a reader that saw it change retries
- * (a few times, then gives up and names no module). So readers never wait, never allocate, and a
- * signal handler interrupting a rebuild on its own thread reads the published table.
+ * With glibc 2.35 or later a lookup is _dl_find_object, which takes no lock, allocates nothing and
+ * may be called from a signal handler or a fork child: the module's link map gives its load address
+ * and its name (empty for the main program, named by /proc/self/exe, read once per image, at its
+ * first lookup). The function is found with dlvsym once, by a constructor, so that the shim still
+ * loads where it is missing.
  *
- * dl_iterate_phdr takes the loader's write lock, which the loader holds only while it links or
- * unlinks a module (no user code runs under it) and which is recursive: a hook reached from a
- * library constructor during dlopen does not deadlock. Only first occurrences look modules up.
+ * Without it, lookups read a table of executable segments and module paths built with
+ * dl_iterate_phdr. dl_iterate_phdr holds the loader's write lock while its callback runs (any
+ * thread's: an unwinder's, a library's), and fork does not reset that lock in the child (glibc 2.36
+ * resets only the loader's main lock): a child forked while another thread held it would wait
+ * forever for it. So a lookup never rebuilds the table; shim_modules_refresh does, called at
+ * initialisation and by the library walk (the start of the process, a dlopen, the end), and never
+ * in a fork child. Modules loaded since the last refresh are not named. There are two tables: a
+ * refresh fills the one not in use and then publishes it; each carries a sequence number that is
+ * odd while it is being written, and a reader that saw it change retries (a few times, then gives
+ * up and names no module). A fork child keeps the published table and drops only one whose
+ * rebuild another thread had begun.
  *
  * Paths are the loader's names (the main program's is /proc/self/exe): a library opened through a
  * relative path or a symbolic link is named as it was opened.
  */
 #include "shim.h"
 
+#include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
+#include <pthread.h>
 
 enum { MOD_SEGS = 1024, MOD_NAMES = 65536 };
 
@@ -41,6 +50,8 @@ struct mod_table {
 static struct mod_table tables[2];
 static int current;  /* index of the published table; atomic */
 static int building; /* 1 while a thread rebuilds; atomic */
+
+static size_t main_program(char *out, size_t cap);
 
 struct counters {
     unsigned long long adds, subs;
@@ -70,8 +81,7 @@ static int add_module(struct dl_phdr_info *info, size_t size, void *data)
     char *dst = t->names + off;
     size_t room = MOD_NAMES - off;
     if (nlen == 0) { /* the main program */
-        ssize_t n = readlink("/proc/self/exe", dst, room);
-        nlen = n > 0 ? (size_t)n : 0;
+        nlen = main_program(dst, room);
     } else {
         if (nlen > room)
             nlen = room;
@@ -95,8 +105,56 @@ static int add_module(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
+typedef int (*find_object_fn)(void *, struct dl_find_object *);
+static find_object_fn find_object; /* _dl_find_object, NULL before glibc 2.35; atomic */
+static int forked;                 /* 1 in a fork child: the loader's lock may be held for good */
+
+/* The main program's path, read once per image: 0 unread, 1 being read, 2 read; atomic. */
+static int exe_state;
+static size_t exe_len;
+static char exe_path[PATH_FIELD_MAX + 1];
+
+/* Copies the main program's path, cut to cap bytes, into out; returns its length. */
+static size_t main_program(char *out, size_t cap)
+{
+    int state = __atomic_load_n(&exe_state, __ATOMIC_ACQUIRE);
+    int unread = 0;
+    if (state != 2 && __atomic_compare_exchange_n(&exe_state, &unread, 1, 0, __ATOMIC_ACQ_REL,
+                                                  __ATOMIC_ACQUIRE)) {
+        ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path);
+        exe_len = n > 0 ? (size_t)n : 0;
+        __atomic_store_n(&exe_state, 2, __ATOMIC_RELEASE);
+        state = 2;
+    }
+    if (state != 2) { /* another thread (or the code this handler interrupted) is reading it */
+        ssize_t n = readlink("/proc/self/exe", out, cap);
+        return n > 0 ? (size_t)n : 0;
+    }
+    size_t n = exe_len < cap ? exe_len : cap;
+    memcpy(out, exe_path, n);
+    return n;
+}
+
+static void modules_atfork_child(void)
+{
+    __atomic_store_n(&forked, 1, __ATOMIC_RELAXED);
+}
+
+__attribute__((constructor)) static void modules_constructor(void)
+{
+    int saved = errno;
+    void *f = dlvsym(RTLD_DEFAULT, "_dl_find_object", "GLIBC_2.35");
+    __atomic_store_n(&find_object, (find_object_fn)f, __ATOMIC_RELEASE);
+    if (f == NULL && pthread_atfork(NULL, NULL, modules_atfork_child) != 0)
+        __atomic_store_n(&forked, 1, __ATOMIC_RELAXED); /* no refresh that could hang */
+    errno = saved;
+}
+
 void shim_modules_refresh(void)
 {
+    if (__atomic_load_n(&find_object, __ATOMIC_ACQUIRE) != NULL ||
+        __atomic_load_n(&forked, __ATOMIC_RELAXED))
+        return; /* no table needed; or a fork child, where dl_iterate_phdr may never return */
     struct counters now = {0, 0};
     int saved = errno;
     dl_iterate_phdr(read_counters, &now);
@@ -126,19 +184,38 @@ void shim_modules_refresh(void)
 
 void shim_modules_reset(void)
 {
-    for (int i = 0; i < 2; i++) {
-        tables[i].valid = 0;
-        tables[i].nsegs = 0;
-        tables[i].seq = (tables[i].seq | 1) + 1; /* even: readers see an empty table */
+    /* The published table stays: the child has the same modules. A rebuild another thread had
+     * begun never finishes here: its table is emptied and left unpublished. */
+    if (__atomic_load_n(&building, __ATOMIC_ACQUIRE)) {
+        struct mod_table *t = &tables[__atomic_load_n(&current, __ATOMIC_ACQUIRE) ^ 1];
+        t->valid = 0;
+        t->nsegs = 0;
+        t->names_used = 0;
+        __atomic_store_n(&t->seq, (t->seq | 1) + 1, __ATOMIC_RELEASE); /* even, empty */
+        __atomic_store_n(&building, 0, __ATOMIC_RELEASE);
     }
-    __atomic_store_n(&building, 0, __ATOMIC_RELEASE);
 }
 
 size_t shim_module_of(const void *addr, char *out, size_t cap, uintptr_t *base)
 {
     uintptr_t a = (uintptr_t)addr;
     *base = 0;
-    shim_modules_refresh();
+    find_object_fn find = __atomic_load_n(&find_object, __ATOMIC_ACQUIRE);
+    if (find != NULL) {
+        struct dl_find_object fo;
+        if (find((void *)addr, &fo) != 0 || fo.dlfo_link_map == NULL)
+            return 0;
+        const struct link_map *lm = fo.dlfo_link_map;
+        size_t n;
+        if (lm->l_name == NULL || lm->l_name[0] == '\0') {
+            n = main_program(out, cap);
+        } else {
+            n = strnlen(lm->l_name, cap);
+            memcpy(out, lm->l_name, n);
+        }
+        *base = (uintptr_t)lm->l_addr;
+        return n;
+    }
     for (int attempt = 0; attempt < 4; attempt++) {
         const struct mod_table *t = &tables[__atomic_load_n(&current, __ATOMIC_ACQUIRE)];
         uint32_t seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);

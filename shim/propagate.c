@@ -10,9 +10,10 @@
  * variables are all there is passed on untouched.
  *
  * The repaired copy lives on the caller's stack (exec may run in a vfork child, which must not
- * allocate), within ENV_REPAIR_MAX_ENTRIES entries and ENV_REPAIR_MAX_TEXT bytes of LD_PRELOAD.
- * Beyond those bounds, or when a value could not be kept at load time, the program's own envp is
- * used (fail-open) and the exec is reported as a coverage gap.
+ * allocate, or in a signal handler on a small stack), within ENV_REPAIR_STACK_MAX bytes for the
+ * array and a rewritten LD_PRELOAD together. Beyond that bound, or when a value could not be kept
+ * at load time, the program's own envp is used (fail-open) and the exec is reported as a coverage
+ * gap.
  */
 #include "coverage.h"
 
@@ -163,13 +164,16 @@ void env_plan_make(struct env_plan *p, char *const envp[])
     }
     if (add == 0 && text == 0)
         goto out;
-    if (lost || n > ENV_REPAIR_MAX_ENTRIES || text > ENV_REPAIR_MAX_TEXT) {
+    size_t slots = n + (size_t)__builtin_popcount(add) + 1;
+    size_t slot_bytes = slots * sizeof(char *);
+    if (lost || n > ENV_REPAIR_STACK_MAX / sizeof(char *) || slot_bytes >= ENV_REPAIR_STACK_MAX ||
+        text > ENV_REPAIR_STACK_MAX - slot_bytes) {
         p->stripped = 1;
         goto out;
     }
     p->entries = n;
     p->add = add;
-    p->slots = n + (size_t)__builtin_popcount(add) + 1;
+    p->slots = slots;
     if (text) {
         p->preload_at = preload;
         p->text = text;

@@ -18,6 +18,7 @@
 
 #include <fcntl.h>
 #include <stddef.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -233,12 +234,20 @@ void report_send_detached(uint8_t *buf, size_t len)
         return;
     uint32_t pid; /* the record's own: little-endian, as the host */
     memcpy(&pid, buf + HDR_PID, sizeof pid);
-    uint8_t start[REC_MAX];
-    size_t n = shim_build_start(start, sizeof start, (int)pid, FLAG_FORKED | FLAG_NODEDUP);
-    stamp_detached(start, n);
-    (void)send(s, start, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-    (void)send(s, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    /* The start record is built off the stack (the caller's record is on it, maybe on a signal
+     * handler's small stack), in a private mapping: no allocator, and unmapped before returning,
+     * as our memory is our parent's. */
+    int saved = errno;
+    void *start = mmap(NULL, REC_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (start != MAP_FAILED) {
+        size_t n = shim_build_start(start, REC_MAX, (int)pid, FLAG_FORKED | FLAG_NODEDUP);
+        stamp_detached(start, n);
+        (void)send(s, start, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)send(s, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        munmap(start, REC_MAX);
+    }
     close(s);
+    errno = saved;
 }
 
 void report_reset_child(void)
@@ -252,18 +261,11 @@ void report_reset_child(void)
     __atomic_store_n(&dropped_counter, 0, __ATOMIC_RELAXED);
 }
 
-void report_first(uint8_t *buf, size_t len, int foreign, int slot)
+void report_first_in(uint8_t *buf, size_t len, size_t cap, int foreign, int slot,
+                     const char *caller, size_t caller_len)
 {
-    report_first_caller(buf, len, foreign, slot, NULL, 0);
-}
-
-void report_first_caller(uint8_t *buf, size_t len, int foreign, int slot, const char *caller,
-                         size_t caller_len)
-{
-    /* The record with CALLER appended (cut to the room left; left out when none is known), in a
-     * buffer no larger than needed: hooks may run on a signal handler's small stack. */
-    size_t cap = len + 4 + CALLER_MAX + 1 < REC_MAX ? len + 4 + CALLER_MAX + 1 : REC_MAX;
-    uint8_t out[cap];
+    /* CALLER is appended in place, after the record in the hook's own buffer (left out when none
+     * is known): no copy of the record, as hooks may run on a signal handler's small stack. */
     char name[CALLER_MAX + 1]; /* one more: a longer path is cut and flagged */
     if (caller == NULL) {
         uintptr_t base;
@@ -271,13 +273,11 @@ void report_first_caller(uint8_t *buf, size_t len, int foreign, int slot, const 
         caller_len = shim_caller ? shim_module_of(shim_caller, name, sizeof name, &base) : 0;
     }
     if (caller_len > 0 && len <= cap) {
-        struct rec r = {.buf = out, .len = len, .cap = cap};
-        memcpy(out, buf, len);
-        if (len + 4 + (caller_len < CALLER_MAX ? caller_len : CALLER_MAX) <= cap)
+        struct rec r = {.buf = buf, .len = len, .cap = cap < REC_MAX ? cap : REC_MAX};
+        if (len + 4 + (caller_len < CALLER_MAX ? caller_len : CALLER_MAX) <= r.cap)
             rec_put_bytes(&r, TAG_CALLER, caller, caller_len, CALLER_MAX);
         else
             rec_add_flags(&r, FLAG_TRUNCATED); /* a full record: CALLER left out, not cut */
-        buf = out;
         len = r.len;
     }
     if (foreign) {

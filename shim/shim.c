@@ -11,6 +11,7 @@
  * (_exit, a fatal signal, SIGKILL); exec flushes them first.
  */
 #include "shim.h"
+#include "calls.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -110,14 +111,23 @@ size_t shim_build_start(uint8_t *buf, size_t cap, int pid, unsigned flags)
     return r.len;
 }
 
+/* The PROC_START is built here rather than on the stack: it is sent from within a hook, before
+ * the hook's own record, whose buffer is already on a stack that may be a signal handler's small
+ * one. Only the process that owns it sends from it (a process sharing our memory sends its start
+ * detached), one sender at a time: another that finds it busy leaves the sending to the first. */
+static uint8_t start_buf[REC_MAX];
+static int start_buf_busy; /* atomic */
+
 static void send_proc_start(void)
 {
-    uint8_t buf[REC_MAX];
-    size_t len = shim_build_start(buf, sizeof buf, __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED),
-                                  start_flags);
+    if (__atomic_exchange_n(&start_buf_busy, 1, __ATOMIC_ACQUIRE))
+        return;
+    size_t len = shim_build_start(start_buf, sizeof start_buf,
+                                  __atomic_load_n(&shim_cached_pid, __ATOMIC_RELAXED), start_flags);
     __atomic_store_n(&start_state, START_UNDELIVERED, __ATOMIC_RELAXED);
-    if (report_send(buf, len) == 0)
+    if (report_send(start_buf, len) == 0)
         __atomic_store_n(&start_state, START_DELIVERED, __ATOMIC_RELAXED);
+    __atomic_store_n(&start_buf_busy, 0, __ATOMIC_RELEASE);
 }
 
 void shim_before_record(void)
@@ -145,6 +155,7 @@ static void atfork_child(void)
     __atomic_store_n(&shim_cached_pid, (int)getpid(), __ATOMIC_RELAXED);
     report_reset_child();
     dedup_reset();
+    __atomic_store_n(&start_buf_busy, 0, __ATOMIC_RELAXED); /* a sender of the parent's is gone */
     start_flags = FLAG_FORKED;
     __atomic_store_n(&start_state, START_OWED, __ATOMIC_RELEASE);
     errno = saved;
@@ -157,6 +168,10 @@ static void configure(void)
     hooks_proc_resolve();
     hooks_priv_resolve();
     hooks_file_resolve();
+    hooks_lib_resolve();
+    hooks_mem_resolve();
+    hooks_shell_resolve();
+    calls_resolve();
     __atomic_store_n(&shim_cached_pid, (int)getpid(), __ATOMIC_RELAXED);
     const char *sock = getenv("TELLTALE_SOCKET");
     if (sock == NULL || *sock == '\0' || !report_configure(sock))

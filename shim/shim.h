@@ -185,6 +185,18 @@ enum {
     CRYPTO_WORD_MAX = 32, /* ALGORITHM, PROTOCOL, PURPOSE */
 };
 
+/* Room a hook's record buffer keeps after its own fields for the CALLER that report_first appends
+ * in place. */
+enum { CALLER_FIELD = 4 + CALLER_MAX };
+
+/* sizeof an array; does not compile when `a` is a pointer. */
+#define SHIM_ARRAY_SIZE(a)                                                                   \
+    (sizeof(a) +                                                                             \
+     0 * sizeof(struct {                                                                     \
+         int not_an_array : 1 - 2 * __builtin_types_compatible_p(__typeof__(a),              \
+                                                                 __typeof__(&(a)[0]));       \
+     }))
+
 /* ---- real functions -------------------------------------------------------------------------- */
 
 /* Declares the typed pointer to the next definition of `name` (the one the hook wraps). */
@@ -212,6 +224,9 @@ void hooks_resolve_resolve(void);
 void hooks_proc_resolve(void);
 void hooks_priv_resolve(void);
 void hooks_file_resolve(void);
+void hooks_lib_resolve(void);
+void hooks_mem_resolve(void);
+void hooks_shell_resolve(void);
 void hooks_fd_resolve(void); /* called by hooks_net_resolve */
 
 /* Stores dlsym(RTLD_NEXT, name) into *slot; returns 0 if the symbol does not exist. errno is
@@ -495,8 +510,10 @@ int report_send(uint8_t *buf, size_t len);
 void report_send_detached(uint8_t *buf, size_t len);
 /* Sends a first occurrence: detached for a process sharing our memory (`foreign`), else after
  * any pending start record, keeping a copy in its claimed dedup `slot` (-1: none) for repeat
- * summaries. */
-void report_first(uint8_t *buf, size_t len, int foreign, int slot);
+ * summaries. The record is the first `len` bytes of the array `buf` (a pointer does not compile),
+ * whose room after them receives CALLER: a hook sizes it with CALLER_FIELD bytes to spare. */
+#define report_first(buf, len, foreign, slot)                                                \
+    report_first_in((buf), (len), SHIM_ARRAY_SIZE(buf), (foreign), (slot), NULL, 0)
 /* Fork child: closes the inherited connection and resets counters. */
 void report_reset_child(void);
 
@@ -504,19 +521,25 @@ void report_reset_child(void);
 
 /* Names the loaded module (program or shared library) whose code contains `addr`: copies its
  * path, cut to `cap` bytes, into out and returns its length, and its load address into *base;
- * returns 0 (*base = 0) when no module contains it. Allocates nothing; takes the loader's
- * lock briefly (dl_iterate_phdr) to notice modules loaded or unloaded since the last call. */
+ * returns 0 (*base = 0) when no module contains it. Allocates nothing and takes no lock
+ * (_dl_find_object; before glibc 2.35, the table of the last shim_modules_refresh), so a fork
+ * child, a vfork child or a signal handler may call it. */
 size_t shim_module_of(const void *addr, char *out, size_t cap, uintptr_t *base);
-/* Brings the module table up to date with the loader's list (cheap when nothing changed): for a
- * dlopen/dlclose hook to call after the real call. */
+/* Brings the fallback module table up to date with the loader's list (cheap when nothing changed;
+ * nothing with _dl_find_object, or in a fork child). Takes the loader's lock: only for the
+ * library walk to call, never from a lookup. */
 void shim_modules_refresh(void);
-/* Forgets the module tables (fork child: a rebuild another thread had begun never finishes). */
+/* Fork child: drops a module table whose rebuild another thread had begun (it never finishes). */
 void shim_modules_reset(void);
 
 /* Sends a first occurrence like report_first, adding CALLER: the module of shim_caller when
  * `caller` is NULL, else the given name (none when caller_len is 0: the record has its own). */
-void report_first_caller(uint8_t *buf, size_t len, int foreign, int slot, const char *caller,
-                         size_t caller_len);
+#define report_first_caller(buf, len, foreign, slot, caller, caller_len)                     \
+    report_first_in((buf), (len), SHIM_ARRAY_SIZE(buf), (foreign), (slot), (caller), (caller_len))
+/* Both: the record is `len` bytes of buf, which has `cap` bytes. CALLER is appended in place when
+ * it fits within cap (and REC_MAX), else left out with TRUNCATED. */
+void report_first_in(uint8_t *buf, size_t len, size_t cap, int foreign, int slot,
+                     const char *caller, size_t caller_len);
 
 /* Sends REPEAT summaries of the library-call sites with unreported repeats (dedup_flush). */
 void calls_flush(void);

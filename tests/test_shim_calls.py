@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import shutil
+import socket
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from helpers import eventually
 from recordkit import fld
 from shimkit import NO_FLAGS, Agent, Run, gcc, needs_gcc, run, shim_env
 
+from telltale._native import shim_path
 from telltale.engine.builtin import load_builtin_policies
 from telltale.engine.evaluate import CompiledPolicy
 from telltale.nodeagent import workload as descriptor
@@ -57,7 +61,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     headers)."""
     out = tmp_path_factory.mktemp("shim-calls")
     built = {}
-    for name in ("unsafe_calls", "bench_strcpy"):
+    for name in ("unsafe_calls", "bench_strcpy", "many_sites"):
         _gcc("-o", str(out / name), str(SOURCES / f"{name}.c"))
         built[name] = out / name
     lib = out / "libttcaller.so"
@@ -67,8 +71,9 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _gcc("-o", str(main), str(SOURCES / "caller_main.c"), f"-L{out}", "-lttcaller", f"-Wl,-rpath,{out}")
     built["caller_main"] = main
     if HAVE_OPENSSL_HEADERS:
-        _gcc("-o", str(out / "crypto_evp"), str(SOURCES / "crypto_evp.c"), "-lcrypto")
-        built["crypto_evp"] = out / "crypto_evp"
+        for name in ("crypto_evp", "lookup_jump"):
+            _gcc("-o", str(out / name), str(SOURCES / f"{name}.c"), "-lcrypto")
+            built[name] = out / name
     return built
 
 
@@ -179,8 +184,7 @@ def test_weak_crypto_from_a_program(agent: Agent, programs: dict[str, Path], tmp
     assert crypto_of(records) == [
         ("EVP_md5", "MD5", None, "digest", 1),
         ("EVP_sha1", "SHA1", None, "digest", 1),
-        ("MD5", "MD5", None, "digest", 1),
-        ("EVP_MD_fetch", "MD5", None, "digest", 1),
+        ("EVP_MD_fetch", "MD5", None, "digest", 1),  # MD5(), a generic name, is not hooked
         ("EVP_des_ede3_cbc", "3DES", None, "cipher", 1),
         ("EVP_sha1", "SHA1", None, "digest", 1),  # the second call: a REPEAT summary at exit
     ]
@@ -215,6 +219,117 @@ def test_weak_crypto_from_python(agent: Agent, tmp_path: Path) -> None:
     assert Path(digest.caller or "").name.startswith("_hashlib")
     assert Path(tls.caller or "").name.startswith("_ssl")
     assert Path(tls.library or "").name.startswith("libssl.so")
+
+
+OPENSSL_HOOKS = (
+    "EVP_md4",
+    "EVP_md5",
+    "EVP_sha1",
+    "EVP_des_ecb",
+    "EVP_des_cbc",
+    "EVP_des_ede3_cbc",
+    "EVP_rc4",
+    "EVP_MD_fetch",
+    "EVP_CIPHER_fetch",
+    "SSL_CTX_ctrl",
+    "SSL_ctrl",
+    "TLSv1_method",
+    "TLSv1_1_method",
+)
+
+
+def test_openssl_hooks_carry_openssl_3s_version() -> None:
+    """The OpenSSL hooks are defined as OpenSSL 3's (name@@OPENSSL_3.0.0), so a reference to
+    another version cannot bind to them; the generic MD5, MD5_Init, SHA1, SHA1_Init are not
+    hooked."""
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(shim_path())], check=True, capture_output=True, text=True
+    ).stdout
+    names = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert {f"{name}@@OPENSSL_3.0.0" for name in OPENSSL_HOOKS} <= names
+    assert not {n for n in names if n.split("@")[0] in {"MD5", "MD5_Init", "SHA1", "SHA1_Init"}}
+
+
+def _two_openssl(tmp_path: Path) -> tuple[Path, Path]:
+    """Fake libcrypto 1.1 and 3 (EVP_md5 versioned OPENSSL_1_1_0 and OPENSSL_3.0.0, each
+    returning its own marker), a plugin linked against 1.1 and a program linked against 3."""
+    source = str(SOURCES / "two_openssl.c")
+    for version, node in (("1.1", "OPENSSL_1_1_0"), ("3", "OPENSSL_3.0.0")):
+        lib_dir = tmp_path / f"ssl{version}"
+        lib_dir.mkdir()
+        script = tmp_path / f"{node}.map"
+        script.write_text(f"{node} {{ global: EVP_md5; local: *; }};\n")
+        name = f"libcrypto.so.{version}"
+        _gcc(
+            "-shared",
+            "-fPIC",
+            f'-DFAKE_LIB="{version}"',
+            f"-Wl,--version-script={script}",
+            f"-Wl,-soname,{name}",
+            "-o",
+            str(lib_dir / name),
+            source,
+        )
+    plugin = tmp_path / "plugin.so"
+    old = tmp_path / "ssl1.1"
+    _gcc(
+        "-shared",
+        "-fPIC",
+        "-DPLUGIN",
+        "-o",
+        str(plugin),
+        source,
+        f"-L{old}",
+        "-l:libcrypto.so.1.1",
+        f"-Wl,-rpath,{old}",
+    )
+    program = tmp_path / "two_openssl"
+    new = tmp_path / "ssl3"
+    _gcc("-o", str(program), source, f"-L{new}", "-l:libcrypto.so.3", f"-Wl,-rpath,{new}")
+    return program, plugin
+
+
+def test_each_openssl_version_keeps_its_own_functions(agent: Agent, tmp_path: Path) -> None:
+    """With OpenSSL 1.1 and 3 in one process, code linked against each gets its own library's
+    EVP_md5, with or without the shim (inert or active); the shim reports the OpenSSL 3 call."""
+    program, plugin = _two_openssl(tmp_path)
+    expected = "program: md5 of libcrypto 3\nplugin: md5 of libcrypto 1.1\n"
+    plain = run(program, str(plugin), env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path)
+    inert = run(program, str(plugin), env=shim_env(None), cwd=tmp_path)
+    active = run(program, str(plugin), env=shim_env(agent.path), cwd=tmp_path)
+    assert plain.stdout == inert.stdout == active.stdout == expected
+    records = of_kind(agent.records(), RecordKind.CRYPTO)
+    assert crypto_of(records) == [("EVP_md5", "MD5", None, "digest", 1)]
+    assert records[0].caller == str(program)
+    assert records[0].library == str(tmp_path / "ssl3" / "libcrypto.so.3")
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
+def test_a_lookup_left_by_siglongjmp_leaves_the_shim_working(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A lookup a SIGALRM handler jumps out of (libcurl's resolver timeout) does not leave the
+    thread's shim busy: EVP_md5, first called while it still is, gets the real function, the next
+    lookup takes the guard back, and what follows is reported."""
+    fifo = tmp_path / "aliases"
+    os.mkfifo(fifo)  # HOSTALIASES nobody writes: the resolver's open of it blocks
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    res = run(
+        programs["lookup_jump"], str(fifo), str(port), env=shim_env(agent.path), cwd=tmp_path, check=False
+    )
+    if res.returncode == 77:
+        pytest.skip("the name lookup did not wait on HOSTALIASES here (another hosts source answered)")
+    assert (res.returncode, res.stdout) == (0, "timed out\n"), res
+    records = agent.records()
+    assert [(r.kind, r.name) for r in records if r.kind == RecordKind.RESOLVE] == [
+        (RecordKind.RESOLVE, "localhost")
+    ]
+    assert crypto_of(of_kind(records, RecordKind.CRYPTO)) == [("EVP_md5", "MD5", None, "digest", 1)]
+    (connect,) = of_kind(records, RecordKind.CONNECT)
+    assert connect.sockaddr is not None
+    assert (connect.sockaddr.address, connect.sockaddr.port) == ("127.0.0.1", port)
 
 
 def test_the_engine_raises_the_matching_alerts(
@@ -274,6 +389,26 @@ def test_a_repeated_call_site_costs_little(agent: Agent, programs: dict[str, Pat
         plain.append(float(run(bench, "2000000", env=plain_env, cwd=tmp_path).stdout))
         shimmed.append(float(run(bench, "2000000", env=shim_env(agent.path), cwd=tmp_path).stdout))
     assert min(shimmed) - min(plain) < 25.0, (plain, shimmed)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_known_call_site_past_its_first_slot_makes_no_system_call(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """512 call sites, many of them past their first slot of the call-site table, called 50 times
+    each: only the first call from each site asks getpid (whether it runs in a process sharing
+    the parent's memory), not the repeats."""
+    summary = tmp_path / "strace.out"
+    strace = Path(shutil.which("strace") or "strace")
+    args = ("-f", "-c", "-e", "trace=getpid", "-o", str(summary), str(programs["many_sites"]), "50")
+    run(strace, *args, env=shim_env(agent.path), cwd=tmp_path)
+    calls = [int(line.split()[3]) for line in summary.read_text().splitlines() if line.endswith(" getpid")]
+    assert calls, summary.read_text()
+    assert calls[0] < 512 + 64, summary.read_text()
+    reported = [
+        r for r in agent.records() if r.kind == RecordKind.UNSAFE_CALL and not r.flags & RecordFlag.REPEAT
+    ]
+    assert len(reported) == 512
 
 
 # ---- decoding and conversion -----------------------------------------------------------------------

@@ -119,7 +119,8 @@ def test_dlopen_reports_the_library_its_dependencies_and_failures(
     dependencies it pulled in, each once; a failed one its error, deduplicated by name."""
     plugin = libs / "libttplug.so"
     name = str(plugin) if how == "absolute" else "./libs/libttplug.so"
-    res = run(programs["dlopen_lib"], name, "libttmissing.so", env=shim_env(agent.path), cwd=tmp_path)
+    missing_name = "./none/libttmissing.so"  # a bare name's failure is the loader's alone
+    res = run(programs["dlopen_lib"], name, missing_name, env=shim_env(agent.path), cwd=tmp_path)
     assert res.stdout == "42\n"
     start, plug, dep, missing, repeat = by_pid(agent.settle())[res.pid]
     assert header(start) == (RecordKind.PROC_START, NO_FLAGS, 1, 1, 0)
@@ -128,7 +129,7 @@ def test_dlopen_reports_the_library_its_dependencies_and_failures(
     assert header(dep) == (LIB, NO_FLAGS, 1, 3, 0)
     assert library(dep) == (str(libs / "libttdep.so"), WRITABLE, None, None)
     assert header(missing) == (LIB, NO_FLAGS, 1, 4, 0)
-    assert library(missing) == ("libttmissing.so", LibraryFlag(0), None, (-1, errno.ENOENT))
+    assert library(missing) == (missing_name, LibraryFlag(0), None, (-1, errno.ENOENT))
     assert header(repeat) == (LIB, REPEAT, 1, 5, 0)
     assert library(repeat) == library(missing)
 
@@ -161,6 +162,77 @@ def test_dlopen_by_bare_name_keeps_the_callers_run_path(
         (str(libs / "libttdep.so"), WRITABLE, None, None),
         (str(libs / "libttplug.so"), WRITABLE, None, None),
     ]
+
+
+LIBA_C = "int tt_load_plugin(void);\nint tt_a_load(void) { return tt_load_plugin(); }\n"
+LIBB_C = """#include <dlfcn.h>
+int tt_load_plugin(void)
+{
+    void *h = dlopen("libttplug.so", RTLD_NOW);
+    int (*answer)(void) = h ? (int (*)(void))dlsym(h, "tt_plugin_answer") : 0;
+    return answer ? answer() : -1;
+}
+"""
+MAINAB_C = """#include <stdio.h>
+int tt_a_load(void);
+int main(void) { printf("%d\\n", tt_a_load()); return 0; }
+"""
+
+
+def test_dlopen_by_bare_name_keeps_the_run_path_of_the_objects_that_loaded_the_caller(
+    agent: Agent, tmp_path: Path, libs: Path
+) -> None:
+    """libtta (DT_RPATH: the plugin's directory) needs libttb (no run path), which dlopens the
+    plugin by bare name: the loader finds it through libtta's DT_RPATH, under the shim as
+    without it; what it loaded is reported by the end of the process."""
+    own = tmp_path / "own"
+    own.mkdir()
+    for name, text in (("a.c", LIBA_C), ("b.c", LIBB_C), ("main.c", MAINAB_C)):
+        (tmp_path / name).write_text(text)
+    cc = ["gcc", "-O1", "-Wall", "-Werror", "-Wl,--disable-new-dtags"]
+    subprocess.run([*cc, "-shared", "-fPIC", "-o", str(own / "libttb.so"), str(tmp_path / "b.c")], check=True)
+    subprocess.run(
+        [
+            *cc,
+            "-shared",
+            "-fPIC",
+            "-o",
+            str(own / "libtta.so"),
+            str(tmp_path / "a.c"),
+            f"-L{own}",
+            "-lttb",
+            f"-Wl,-rpath,{libs}",
+        ],
+        check=True,
+    )
+    exe = tmp_path / "mainab"
+    subprocess.run(
+        [*cc, "-o", str(exe), str(tmp_path / "main.c"), f"-L{own}", "-ltta", f"-Wl,-rpath,{own}"], check=True
+    )
+    assert run(exe, env={}, cwd=tmp_path).stdout == "42\n"
+    res = run(exe, env=shim_env(agent.path), cwd=tmp_path)
+    assert res.stdout == "42\n"
+    start, *loads = by_pid(agent.settle())[res.pid]
+    assert start.kind == RecordKind.PROC_START
+    assert sorted(library(r) for r in loads) == [
+        (str(libs / "libttdep.so"), WRITABLE, None, None),
+        (str(libs / "libttplug.so"), WRITABLE, None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "function", ["strcpy", "stpcpy", "sprintf", "mmap", "mprotect", "system", "popen", "capset"]
+)
+@pytest.mark.parametrize("active", [True, False])
+def test_first_hooked_call_keeps_the_pending_dlerror(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, function: str, active: bool
+) -> None:
+    """After a failed dlopen, the program's first call of a hooked function leaves the loader's
+    error for dlerror() as it is without the shim (the shim resolves its functions at start)."""
+    without = run(programs["dlerror_keep"], function, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert "libtelltale-no-such-library.so" in without.stdout
+    env = shim_env(agent.path if active else None)
+    assert run(programs["dlerror_keep"], function, env=env, cwd=tmp_path).stdout == without.stdout
 
 
 # ---- memory, capset, system, popen -----------------------------------------------------------
@@ -291,7 +363,7 @@ async def test_new_kinds_arrive_through_the_intake(
     env = shim_env(None)
     lib_events = await _events_of(
         programs["dlopen_lib"],
-        [str(libs / "libttplug.so"), "libttmissing.so"],
+        [str(libs / "libttplug.so"), "./none/libttmissing.so"],
         env=env,
         tmp_path=tmp_path,
         native=native,
@@ -302,7 +374,7 @@ async def test_new_kinds_arrive_through_the_intake(
     assert (plug.result.known, plug.result.error_number) == (True, 0)
     assert plug.process.exe == str(programs["dlopen_lib"]), "the process is known from its start"
     assert dep.library.path == str(libs / "libttdep.so")
-    assert (missing.library.path, missing.result.error_number) == ("libttmissing.so", errno.ENOENT)
+    assert (missing.library.path, missing.result.error_number) == ("./none/libttmissing.so", errno.ENOENT)
     assert (repeat.repeat, repeat.count) == (True, 1)
 
     mem_events = await _events_of(

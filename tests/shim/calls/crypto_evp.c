@@ -1,6 +1,6 @@
 /* Weak and strong OpenSSL uses from a program linked with libcrypto: EVP_md5, EVP_sha1 twice from
- * one site, MD5, a fetch of "md5", a fetch of "SHA256" (not weak), a fetch of "SHA1" with a
- * "-fips" property query (not for security), and 3DES. */
+ * one site, MD5 (not hooked: not reported), a fetch of "md5", a fetch of "SHA256" (not weak), a
+ * fetch of "SHA1" with a "-fips" property query (not for security), and 3DES. */
 #include <openssl/evp.h>
 #include <openssl/md5.h>
 #include <stdio.h>
