@@ -245,3 +245,21 @@ def udp_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+# The OpenSSL entry points the shim hooks (exported with the OPENSSL_3.0.0 symbol version).
+OPENSSL_HOOKS = (
+    "EVP_md4",
+    "EVP_md5",
+    "EVP_sha1",
+    "EVP_des_ecb",
+    "EVP_des_cbc",
+    "EVP_des_ede3_cbc",
+    "EVP_rc4",
+    "EVP_MD_fetch",
+    "EVP_CIPHER_fetch",
+    "SSL_CTX_ctrl",
+    "SSL_ctrl",
+    "TLSv1_method",
+    "TLSv1_1_method",
+)

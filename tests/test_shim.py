@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import shimkit
-from shimkit import NO_FLAGS, Agent, by_pid, header, inet, needs_gcc, run, shim_env
+from shimkit import NO_FLAGS, OPENSSL_HOOKS, Agent, by_pid, header, inet, needs_gcc, run, shim_env
 
 from telltale._native import shim_path
 from telltale.nodeagent.records import (
@@ -113,19 +113,7 @@ HOOKS = {
     "mktemp",
     "tmpnam",
     "tempnam",
-    "EVP_md4",
-    "EVP_md5",
-    "EVP_sha1",
-    "EVP_des_ecb",
-    "EVP_des_cbc",
-    "EVP_des_ede3_cbc",
-    "EVP_rc4",
-    "EVP_MD_fetch",
-    "EVP_CIPHER_fetch",
-    "SSL_CTX_ctrl",
-    "SSL_ctrl",
-    "TLSv1_method",
-    "TLSv1_1_method",
+    *OPENSSL_HOOKS,
 }
 
 pytestmark = needs_gcc

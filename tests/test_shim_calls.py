@@ -24,7 +24,7 @@ import trio
 import trio.testing
 from helpers import eventually
 from recordkit import fld
-from shimkit import NO_FLAGS, Agent, Run, gcc, needs_gcc, run, shim_env
+from shimkit import NO_FLAGS, OPENSSL_HOOKS, Agent, Run, gcc, needs_gcc, run, shim_env
 
 from telltale._native import shim_path
 from telltale.engine.builtin import load_builtin_policies
@@ -219,23 +219,6 @@ def test_weak_crypto_from_python(agent: Agent, tmp_path: Path) -> None:
     assert Path(digest.caller or "").name.startswith("_hashlib")
     assert Path(tls.caller or "").name.startswith("_ssl")
     assert Path(tls.library or "").name.startswith("libssl.so")
-
-
-OPENSSL_HOOKS = (
-    "EVP_md4",
-    "EVP_md5",
-    "EVP_sha1",
-    "EVP_des_ecb",
-    "EVP_des_cbc",
-    "EVP_des_ede3_cbc",
-    "EVP_rc4",
-    "EVP_MD_fetch",
-    "EVP_CIPHER_fetch",
-    "SSL_CTX_ctrl",
-    "SSL_ctrl",
-    "TLSv1_method",
-    "TLSv1_1_method",
-)
 
 
 def test_openssl_hooks_carry_openssl_3s_version() -> None:
