@@ -209,7 +209,7 @@ SHIM_EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *
 
 /* Like glibc, no malloc (these must work after vfork and in signal handlers): up to
  * EXECL_STACK_ARGS pointers on the stack, beyond that an anonymous mapping. */
-enum { EXECL_STACK_ARGS = 256 };
+enum { EXECL_STACK_ARGS = 32 }; /* 256 bytes: an execl from a small signal stack must fit */
 
 struct arg_array {
     char *stack[EXECL_STACK_ARGS];
