@@ -12,26 +12,24 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from agentkit import CTL_A, CTL_B, SHOP, ack, add_batch, config, send_three_acknowledge_one, welcome
 from helpers import eventually as poll_until
 
 import telltale
 from telltale.nodeagent import daemon, identity
 from telltale.nodeagent import workload as descriptor
 from telltale.nodeagent.batcher import U64_MAX
-from telltale.nodeagent.config import AgentConfig, ConfigError
+from telltale.nodeagent.config import ConfigError
 from telltale.nodeagent.daemon import STOP_GRACE_S, WELCOME_TIMEOUT_S, Agent
 from telltale.nodeagent.enforce import MemoryFirewall
 from telltale.nodeagent.hoststate import MemoryHostState
 from telltale.nodeagent.memlink import MemoryConnector
 from telltale.v1 import agent_pb2, common_pb2, policy_pb2
 
-SHOP = common_pb2.Workload(id="w-shop", application="shop")
-CTL_A, CTL_B = "127.0.0.1:7001", "127.0.0.1:7002"  # never dialled: the connector is in memory
 DEADLINE_S = 60.0  # virtual seconds under the autojump clock
 eventually = functools.partial(poll_until, within=DEADLINE_S)
 
@@ -39,43 +37,6 @@ eventually = functools.partial(poll_until, within=DEADLINE_S)
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
-
-
-def config(
-    tmp_path: Path, controllers: Sequence[str] = (CTL_A,), state: str = "state", **options: Any
-) -> AgentConfig:
-    # The host's own firewall and network state stay out of these tests: the ones that need them
-    # pass in-memory twins.
-    settings: dict[str, Any] = {"enforcement": "off", "host_state": False, **options}
-    return AgentConfig(
-        plaintext=True,
-        socket_path=tmp_path / "a.sock",
-        state_dir=tmp_path / state,
-        controllers=list(controllers),
-        **settings,
-    )
-
-
-def welcome(last_seq: int = 0, heartbeat_ms: int = 3_600_000) -> agent_pb2.ConnectResponse:
-    return agent_pb2.ConnectResponse(
-        welcome=agent_pb2.Welcome(controller_id="c1", last_seq=last_seq, heartbeat_interval_ms=heartbeat_ms)
-    )
-
-
-def ack(seq: int) -> agent_pb2.ConnectResponse:
-    return agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=seq))
-
-
-def add_batch(agent: Agent, pid: int) -> None:
-    """Spool one batch holding one event of process `pid`."""
-    event = common_pb2.Event(
-        kind=common_pb2.EVENT_KIND_CONNECT,
-        workload_id=SHOP.id,
-        count=1,
-        process=common_pb2.ProcessInfo(pid=pid),
-    )
-    agent.batcher.add(event, SHOP, trio.current_time())
-    agent.batcher.flush()
 
 
 def pids(batches: Sequence[agent_pb2.EventBatch]) -> list[int]:
@@ -140,12 +101,7 @@ async def test_unacknowledged_batches_are_resent_on_the_next_stream(
         with trio.fail_after(DEADLINE_S):
             first = await controller.wait_session()
             await first.wait_for("hello")
-            first.push(welcome(last_seq=0))
-            for pid in (1, 2, 3):
-                add_batch(agent, pid)
-            await first.wait_for("batch", 3)
-            first.push(ack(1))
-            await eventually(lambda: agent.state.last_acked_seq == 1, "the ack to be applied")
+            await send_three_acknowledge_one(agent, first)
             first.end("controller restarted")
 
             second = await controller.wait_session(2)
@@ -374,12 +330,7 @@ async def test_a_welcome_beyond_what_this_agent_sent_renumbers_instead_of_acknow
         await nursery.start(agent.run)
         with trio.fail_after(DEADLINE_S):
             first = await controller.wait_session()
-            first.push(welcome(last_seq=0))
-            for pid in (1, 2, 3):
-                add_batch(agent, pid)
-            await first.wait_for("batch", 3)
-            first.push(ack(1))
-            await eventually(lambda: agent.state.last_acked_seq == 1, "the ack to be applied")
+            await send_three_acknowledge_one(agent, first)
             first.end("controller restarted")
 
             # A controller that recorded 100 batches of this node id (a clone shares it).

@@ -11,17 +11,15 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from agentkit import CTL_A, SHOP, add_batch, config, send_three_acknowledge_one, welcome
 from helpers import eventually as poll_until
 
 from telltale.nodeagent import spool as spool_module
-from telltale.nodeagent.config import AgentConfig
 from telltale.nodeagent.daemon import Agent
 from telltale.nodeagent.memlink import MemoryConnector
 from telltale.nodeagent.spool import MEMORY_BATCHES, Spool
 from telltale.v1 import agent_pb2, common_pb2
 
-SHOP = common_pb2.Workload(id="w-shop", application="shop")
-CTL = "127.0.0.1:7001"  # never dialled: the connector is in memory
 DEADLINE_S = 60.0
 eventually = functools.partial(poll_until, within=DEADLINE_S)
 
@@ -450,53 +448,25 @@ async def test_sync_closed_runs_in_a_worker_thread_while_batches_are_appended(tm
 # -- the daemon across restarts ----------------------------------------------------------------
 
 
-def agent_config(tmp_path: Path) -> AgentConfig:
-    return AgentConfig(
-        plaintext=True, socket_path=tmp_path / "a.sock", state_dir=tmp_path / "state", controllers=[CTL]
-    )
-
-
-def welcome(last_seq: int) -> agent_pb2.ConnectResponse:
-    return agent_pb2.ConnectResponse(
-        welcome=agent_pb2.Welcome(controller_id="c1", last_seq=last_seq, heartbeat_interval_ms=3_600_000)
-    )
-
-
-def spool_batch(agent: Agent, pid: int) -> None:
-    event = common_pb2.Event(
-        kind=common_pb2.EVENT_KIND_CONNECT,
-        workload_id=SHOP.id,
-        count=1,
-        process=common_pb2.ProcessInfo(pid=pid),
-    )
-    agent.batcher.add(event, SHOP, trio.current_time())
-    agent.batcher.flush()
-
-
 @trio.testing.trio_test
 async def test_a_restarted_agent_resends_what_was_not_recorded_and_nothing_that_was(tmp_path: Path) -> None:
     """Batches 1-3 were sent; the controller recorded 1-2 but only acknowledged 1 before the agent
     died: the next agent process sends 3 alone, then continues with 4."""
     connector = MemoryConnector()
-    controller = connector.controller(CTL)
-    first_agent = Agent(agent_config(tmp_path), connector=connector)
+    controller = connector.controller(CTL_A)
+    first_agent = Agent(config(tmp_path), connector=connector)
     async with trio.open_nursery() as nursery:
         await nursery.start(first_agent.run)
         with trio.fail_after(DEADLINE_S):
             first = await controller.wait_session()
             await first.wait_for("hello")
-            first.push(welcome(last_seq=0))
-            for pid in (1, 2, 3):
-                spool_batch(first_agent, pid)
-            await first.wait_for("batch", 3)
-            first.push(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=1)))
-            await eventually(lambda: first_agent.state.last_acked_seq == 1, "the ack")
+            await send_three_acknowledge_one(first_agent, first)
         nursery.cancel_scope.cancel()  # killed: no close, no goodbye
 
-    second_agent = Agent(agent_config(tmp_path), connector=connector)
+    second_agent = Agent(config(tmp_path), connector=connector)
     assert len(second_agent.state.spool) == 2
     async with trio.open_nursery() as nursery:
-        spool_batch(second_agent, 4)  # made before the controller is reached: numbered 4 already
+        add_batch(second_agent, 4)  # made before the controller is reached: numbered 4 already
         await nursery.start(second_agent.run)
         with trio.fail_after(DEADLINE_S):
             second = await controller.wait_session(2)
@@ -511,11 +481,11 @@ async def test_a_restarted_agent_resends_what_was_not_recorded_and_nothing_that_
 @trio.testing.trio_test
 async def test_batches_spooled_before_any_controller_are_renumbered_after_a_restart(tmp_path: Path) -> None:
     connector = MemoryConnector()
-    controller = connector.controller(CTL)
-    first_agent = Agent(agent_config(tmp_path), connector=connector)
-    spool_batch(first_agent, 1)
-    spool_batch(first_agent, 2)
-    second_agent = Agent(agent_config(tmp_path), connector=connector)  # the first one died
+    controller = connector.controller(CTL_A)
+    first_agent = Agent(config(tmp_path), connector=connector)
+    add_batch(first_agent, 1)
+    add_batch(first_agent, 2)
+    second_agent = Agent(config(tmp_path), connector=connector)  # the first one died
     async with trio.open_nursery() as nursery:
         await nursery.start(second_agent.run)
         with trio.fail_after(DEADLINE_S):
@@ -530,10 +500,10 @@ async def test_batches_spooled_before_any_controller_are_renumbered_after_a_rest
 @trio.testing.trio_test
 async def test_a_full_spool_is_sent_in_a_window_not_all_at_once(tmp_path: Path) -> None:
     connector = MemoryConnector()
-    controller = connector.controller(CTL)
-    agent = Agent(agent_config(tmp_path), connector=connector)
+    controller = connector.controller(CTL_A)
+    agent = Agent(config(tmp_path), connector=connector)
     for pid in range(1, 201):
-        spool_batch(agent, pid)
+        add_batch(agent, pid)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         with trio.fail_after(DEADLINE_S):
@@ -555,10 +525,10 @@ async def test_an_agent_sends_nothing_under_numbers_it_could_not_save(
     """With meta.json unwritable, the link is left and retried; batches go out only once the new
     numbering is saved, so a restart cannot number them differently."""
     connector = MemoryConnector()
-    controller = connector.controller(CTL)
-    agent = Agent(agent_config(tmp_path), connector=connector)
-    spool_batch(agent, 1)
-    spool_batch(agent, 2)
+    controller = connector.controller(CTL_A)
+    agent = Agent(config(tmp_path), connector=connector)
+    add_batch(agent, 1)
+    add_batch(agent, 2)
     real_write = spool_module._write
 
     def full_disk(fd: int, data: bytes) -> int:
