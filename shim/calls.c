@@ -323,6 +323,7 @@ void calls_resolve(void)
     (void)CALL_REAL(mktemp);
     (void)CALL_REAL(tmpnam);
     (void)CALL_REAL(tempnam);
+    crypto_resolve_loaded();
 }
 
 SHIM_EXPORT char *gets(char *s)

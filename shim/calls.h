@@ -128,4 +128,15 @@ void *call_resolve(void **slot, const char *name);
  * dlerror(). */
 void calls_resolve(void);
 
+/* Finds the OpenSSL 3 functions the crypto hooks stand for in the libraries loaded now, and pins
+ * those libraries (hooks_crypto.c). Called where the shim already walks the loaded objects: at
+ * initialisation (even when inert) and after each dlopen the shim makes; never from a hook's
+ * call path. Takes the loader's lock; dlerror() is left as it was. */
+void crypto_resolve_loaded(void);
+
+/* The address of the function `name` of symbol version `version` defined by the loaded object at
+ * `base` whose dynamic section is `dynamic` (elfsym.c); NULL when it defines none. Reads memory
+ * only: no lock, no system call, no allocation. */
+void *shim_elf_symbol(uintptr_t base, const void *dynamic, const char *name, const char *version);
+
 #endif /* TELLTALE_CALLS_H */

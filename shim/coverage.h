@@ -44,7 +44,9 @@ struct env_plan {
 
 /* Decides how `envp` (NULL: empty) must change so that the program it is given to keeps the shim
  * and reports to the same agent and workload: an LD_PRELOAD entry naming the shim, TELLTALE_SOCKET
- * and TELLTALE_WORKLOAD. Nothing changes when the shim is inert. errno is preserved. */
+ * and TELLTALE_WORKLOAD. Nothing changes when the shim is inert. `stripped` when a repair is
+ * needed but not possible (see propagate.c). Makes at most one system call (faccessat of the
+ * shim's path), allowed in a vfork child and a signal handler. errno is preserved. */
 void env_plan_make(struct env_plan *p, char *const envp[]);
 /* Returns envp, or the repaired copy built in `slots` (p->slots pointers) and `text` (p->text
  * bytes): the same entries in the same order, an existing LD_PRELOAD with the shim put first, and

@@ -24,6 +24,7 @@
  * are still noted as seen, so only later loads are reported).
  */
 #include "shim.h"
+#include "calls.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -370,6 +371,7 @@ static void lib_after(const char *file, void *handle, int err)
         if (file == NULL || dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0)
             lm = NULL;
         lib_walk(0, 0, file, lm);
+        crypto_resolve_loaded(); /* an OpenSSL it brought in: found now, not at a hook's call */
     }
     shim_leave();
 }

@@ -9,6 +9,11 @@
  * memory without having been through the fork handler (a vfork child, the usual way to exec from
  * a large process), the record is sent directly, undeduplicated, without touching the table.
  *
+ * Every entry point runs the program with telltale's variables restored in its environment
+ * (propagate.c): the envp it is given, or, for execv, execvp, execl and execlp, `environ`, which the
+ * program may have emptied (clearenv()); those four call execve or execvpe with it, as glibc's own
+ * do.
+ *
  * The argument strings are read before the call: a program passing invalid pointers to exec, which
  * the kernel would refuse with EFAULT, can fault inside the shim instead.
  */
@@ -23,8 +28,6 @@
 #include <sys/mman.h>
 
 SHIM_REAL(execve);
-SHIM_REAL(execv);
-SHIM_REAL(execvp);
 SHIM_REAL(execvpe);
 SHIM_REAL(fexecve);
 SHIM_REAL(execveat);
@@ -34,8 +37,6 @@ SHIM_REAL(posix_spawnp);
 void hooks_proc_resolve(void)
 {
     (void)SHIM_RESOLVE(execve);
-    (void)SHIM_RESOLVE(execv);
-    (void)SHIM_RESOLVE(execvp);
     (void)SHIM_RESOLVE(execvpe);
     (void)SHIM_RESOLVE(fexecve);
     (void)SHIM_RESOLVE(execveat);
@@ -156,20 +157,25 @@ SHIM_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
     return real_execve(path, argv, env);
 }
 
+/* execv, execvp, execl and execlp pass `environ` on: glibc's own are execve and execvpe given
+ * it, which is what the hooks call, with `environ` repaired like any other environment (a program
+ * may have emptied it, with clearenv() or by assigning environ). */
 SHIM_EXPORT int execv(const char *path, char *const argv[])
 {
-    SHIM_REAL_OR_FAIL(execv, -1);
-    coverage_check_path(VAR_EXECV, AT_FDCWD, path, 0, 0);
+    SHIM_REAL_OR_FAIL(execve, -1);
+    SHIM_ENV_REPAIR(env, environ);
+    coverage_check_path(VAR_EXECV, AT_FDCWD, path, 0, env_plan.stripped);
     exec_before_path(VAR_EXECV, path, argv);
-    return real_execv(path, argv);
+    return real_execve(path, argv, env);
 }
 
 SHIM_EXPORT int execvp(const char *file, char *const argv[])
 {
-    SHIM_REAL_OR_FAIL(execvp, -1);
-    coverage_check_path(VAR_EXECVP, AT_FDCWD, file, 1, 0);
+    SHIM_REAL_OR_FAIL(execvpe, -1);
+    SHIM_ENV_REPAIR(env, environ);
+    coverage_check_path(VAR_EXECVP, AT_FDCWD, file, 1, env_plan.stripped);
     exec_before_path(VAR_EXECVP, file, argv);
-    return real_execvp(file, argv);
+    return real_execvpe(file, argv, env);
 }
 
 SHIM_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
@@ -279,25 +285,27 @@ SHIM_EXPORT int execl(const char *path, const char *arg, ...)
     (void)unused_envp;
     if (argv == NULL)
         return -1;
-    coverage_check_path(VAR_EXECL, AT_FDCWD, path, 0, 0);
+    SHIM_ENV_REPAIR(env, environ);
+    coverage_check_path(VAR_EXECL, AT_FDCWD, path, 0, env_plan.stripped);
     exec_before_path(VAR_EXECL, path, argv);
-    int ret = real_execve(path, argv, environ);
+    int ret = real_execve(path, argv, env);
     arg_array_put(&arr);
     return ret;
 }
 
 SHIM_EXPORT int execlp(const char *file, const char *arg, ...)
 {
-    SHIM_REAL_OR_FAIL(execvp, -1);
+    SHIM_REAL_OR_FAIL(execvpe, -1);
     struct arg_array arr;
     char *const *unused_envp = NULL;
     char **argv = COLLECT_ARGS(arr, arg, 0, unused_envp);
     (void)unused_envp;
     if (argv == NULL)
         return -1;
-    coverage_check_path(VAR_EXECLP, AT_FDCWD, file, 1, 0);
+    SHIM_ENV_REPAIR(env, environ);
+    coverage_check_path(VAR_EXECLP, AT_FDCWD, file, 1, env_plan.stripped);
     exec_before_path(VAR_EXECLP, file, argv);
-    int ret = real_execvp(file, argv);
+    int ret = real_execvpe(file, argv, env);
     arg_array_put(&arr);
     return ret;
 }

@@ -18,13 +18,22 @@
  * what the real call left.
  *
  * A program may leave the real call without returning: a signal handler that siglongjmps out of a
- * slow lookup (libcurl's synchronous resolver timeout does). The thread would then stay busy, its
- * hooked calls unreported, for good. So a lookup records its hook's frame address while it holds
- * the guard, and the next lookup hook on the thread, finding the guard still held, takes it back
- * when its own frame is not below that one (the recorded frame is gone: the stack was unwound
- * past it) and it runs on the thread's normal stack; a lookup made from a signal handler during
- * the real call runs below the recorded frame and just calls through. Until that next lookup, the
- * thread's other hooked calls are not reported.
+ * slow lookup (alarm-based resolver timeouts, libcurl's synchronous resolver). The thread would then
+ * stay busy, its hooked calls unreported, for good. So a lookup records, while it holds the guard
+ * across the real call, its hook's frame address (shim_lookup_frame) and a token in a word of that
+ * frame. Any hook that finds the guard held calls shim_reclaim (only then: the fast path tests
+ * shim_busy alone), which takes the guard back when the lookup is over:
+ *
+ *   - the calling hook's frame is not below the lookup hook's, and it runs on the thread's normal
+ *     stack (not a signal stack, where frame addresses say nothing): that frame is gone;
+ *   - or the word no longer holds the token: the frame was unwound and its stack reused by a
+ *     deeper call chain. It is read with process_vm_readv, which fails instead of faulting if the
+ *     stack it was on has been unmapped since (a coroutine's).
+ *
+ * A call made within the lookup (the resolver's, a signal handler's on the same stack) runs below
+ * the frame, whose word is intact: the guard stays. A lookup whose frame was unwound but not
+ * overwritten, seen only from deeper calls, keeps the thread silent until a call from higher up.
+ * After its real call returns, a lookup holds the guard again whatever happened meanwhile.
  */
 #include "shim.h"
 
@@ -33,6 +42,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 
 SHIM_REAL(getaddrinfo);
 SHIM_REAL(gethostbyname);
@@ -154,54 +165,93 @@ static void lookup_report(struct lookup *k)
         lookup_first(k, key);
 }
 
-/* The frame of the lookup hook holding the guard across its real call on this thread; NULL
- * otherwise. */
-static __thread const void *lookup_frame __attribute__((tls_model("initial-exec")));
+__thread const void *shim_lookup_frame __attribute__((tls_model("initial-exec")));
+/* A word in the frame of that hook holding lookup_token while the hook is there: a frame since
+ * unwound and reused no longer holds it. */
+static __thread const volatile uint64_t *lookup_canary __attribute__((tls_model("initial-exec")));
+static __thread uint64_t lookup_token __attribute__((tls_model("initial-exec")));
 
-/* The guard was left held by a lookup the program jumped out of (see the top of this file):
- * releases it. `frame` is the calling hook's frame. */
-static __attribute__((noinline)) void lookup_reclaim(const void *frame)
+/* 1 when the lookup hook's canary no longer holds its token (its frame was reused). The word is
+ * read with process_vm_readv, which fails instead of faulting if the stack it was on is gone (a
+ * coroutine's, unmapped since); 0 when it cannot be read. */
+static int lookup_canary_lost(void)
+{
+    uint64_t word = 0;
+    struct iovec local = {.iov_base = &word, .iov_len = sizeof word};
+    struct iovec remote = {.iov_base = (void *)(uintptr_t)lookup_canary, .iov_len = sizeof word};
+    if (syscall(SYS_process_vm_readv, (long)getpid(), &local, 1UL, &remote, 1UL, 0UL) !=
+        (long)sizeof word)
+        return 0;
+    return word != lookup_token;
+}
+
+/* Out of line and cold: the hot path of every hook only tests shim_busy. */
+__attribute__((noinline, cold)) int shim_reclaim(const void *frame)
 {
     stack_t ss;
-    const void *held = lookup_frame;
-    if (held == NULL || (uintptr_t)frame < (uintptr_t)held)
-        return; /* the guard is the shim's own work, or a lookup below us still running */
-    if (sigaltstack(NULL, &ss) != 0 || (ss.ss_flags & SS_ONSTACK))
-        return; /* on a signal stack, frame addresses say nothing about the lookup's */
-    lookup_frame = NULL;
+    const void *held = shim_lookup_frame;
+    if (held == NULL)
+        return 0; /* the guard is the shim's own work */
+    int saved = errno, over;
+    if ((uintptr_t)frame < (uintptr_t)held) {
+        /* Below the lookup's frame: a call made within the lookup (the resolver's, a signal
+         * handler's), unless the lookup is over and this call chain reuses its stack. */
+        over = lookup_canary_lost();
+    } else {
+        /* At or above it: the lookup's frame is gone, unless this runs on a signal stack (frame
+         * addresses there say nothing about the lookup's). */
+        over = (sigaltstack(NULL, &ss) == 0 && !(ss.ss_flags & SS_ONSTACK)) ||
+               lookup_canary_lost();
+    }
+    errno = saved;
+    if (!over)
+        return 0;
+    shim_lookup_frame = NULL;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     shim_leave();
+    return 1;
 }
 
 /* Enters the shim for a lookup of `name` before the real call, leaving errno as it was (a
  * success leaves errno alone: the shim's own setup must not show). Called by the hook, whose frame
- * is `frame`; on 1, the real call follows with lookup_frame set, and lookup_done comes after it. */
-static inline __attribute__((always_inline)) int lookup_enter(const char *name, const void *frame)
+ * is `frame` and which holds `canary` in it; on 1, the real call follows with shim_lookup_frame
+ * set, and lookup_done comes after it. */
+static inline __attribute__((always_inline)) int lookup_enter(const char *name, const void *frame,
+                                                              volatile uint64_t *canary)
 {
     int saved = errno;
-    if (SHIM_UNLIKELY(shim_busy) && lookup_frame != NULL)
-        lookup_reclaim(frame);
+    if (SHIM_UNLIKELY(shim_busy))
+        (void)shim_reclaim(frame);
     int entered = name != NULL && shim_enter();
     if (entered) {
-        lookup_frame = frame;
+        uint64_t token = ((uint64_t)(uintptr_t)canary ^ 0x7474a5a5c3c3e1e1ULL) + ++lookup_token;
+        *canary = token;
+        lookup_token = token;
+        lookup_canary = canary;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        shim_lookup_frame = frame;
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
     }
     errno = saved;
     return entered;
 }
 
-/* After the real call of an entered lookup: the guard now covers the shim's own work only. */
+/* After the real call of an entered lookup: the guard now covers the shim's own work only (and
+ * holds again if a call within the lookup took it for a left one). */
 static inline void lookup_done(void)
 {
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    lookup_frame = NULL;
+    shim_lookup_frame = NULL;
+    shim_busy = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 
 SHIM_EXPORT int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                             struct addrinfo **res)
 {
     SHIM_REAL_OR_FAIL(getaddrinfo, EAI_SYSTEM);
-    int entered = lookup_enter(node, __builtin_frame_address(0));
+    volatile uint64_t canary;
+    int entered = lookup_enter(node, __builtin_frame_address(0), &canary);
     int ret = real_getaddrinfo(node, service, hints, res);
     int err = errno;
     if (entered) {
@@ -248,7 +298,8 @@ static void hostent_r_event(const char *function, const char *name, int ret,
 SHIM_EXPORT struct hostent *gethostbyname(const char *name)
 {
     SHIM_REAL_OR_FAIL(gethostbyname, NULL);
-    int entered = lookup_enter(name, __builtin_frame_address(0));
+    volatile uint64_t canary;
+    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
     struct hostent *he = real_gethostbyname(name);
     int err = errno, herr = h_errno;
     if (entered) {
@@ -264,7 +315,8 @@ SHIM_EXPORT struct hostent *gethostbyname(const char *name)
 SHIM_EXPORT struct hostent *gethostbyname2(const char *name, int af)
 {
     SHIM_REAL_OR_FAIL(gethostbyname2, NULL);
-    int entered = lookup_enter(name, __builtin_frame_address(0));
+    volatile uint64_t canary;
+    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
     struct hostent *he = real_gethostbyname2(name, af);
     int err = errno, herr = h_errno;
     if (entered) {
@@ -287,7 +339,8 @@ SHIM_EXPORT int gethostbyname_r(const char *name, struct hostent *ret_buf, char 
                                 size_t buflen, struct hostent **result, int *h_errnop)
 {
     SHIM_REAL_OR_FAIL(gethostbyname_r, ENOSYS);
-    int entered = lookup_enter(name, __builtin_frame_address(0));
+    volatile uint64_t canary;
+    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
     int ret = real_gethostbyname_r(name, ret_buf, buf, buflen, result, h_errnop);
     int err = errno, herr = h_errno;
     if (entered) {
@@ -306,7 +359,8 @@ SHIM_EXPORT int gethostbyname2_r(const char *name, int af, struct hostent *ret_b
                                  size_t buflen, struct hostent **result, int *h_errnop)
 {
     SHIM_REAL_OR_FAIL(gethostbyname2_r, ENOSYS);
-    int entered = lookup_enter(name, __builtin_frame_address(0));
+    volatile uint64_t canary;
+    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
     int ret = real_gethostbyname2_r(name, af, ret_buf, buf, buflen, result, h_errnop);
     int err = errno, herr = h_errno;
     if (entered) {

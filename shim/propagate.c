@@ -11,14 +11,17 @@
  *
  * The repaired copy lives on the caller's stack (exec may run in a vfork child, which must not
  * allocate, or in a signal handler on a small stack), within ENV_REPAIR_STACK_MAX bytes for the
- * array and a rewritten LD_PRELOAD together. Beyond that bound, or when a value could not be kept
- * at load time, the program's own envp is used (fail-open) and the exec is reported as a coverage
- * gap.
+ * array and a rewritten LD_PRELOAD together. Beyond that bound, when a value could not be kept at
+ * load time, or when the shim itself cannot be passed on (the loader names it by a relative path,
+ * or its file can no longer be read there at exec: removed, or another mount namespace or root),
+ * the program's own envp is used (fail-open) and the exec is reported as a coverage gap.
  */
 #include "coverage.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 
 enum {
     ADD_PRELOAD = 1u << 0,
@@ -78,7 +81,10 @@ static void capture(void)
             memcpy(preload_entry, PRELOAD_NAME, NAME_LEN(PRELOAD_NAME));
             memcpy(preload_entry + NAME_LEN(PRELOAD_NAME), info.dli_fname, n + 1);
             self_len = n;
-            self_state = VALUE_KEPT;
+            /* A relative name (LD_PRELOAD=./lib...) would name another file, or none, in a child
+             * that runs elsewhere: it is never passed on, only recognised in an LD_PRELOAD the
+             * program passes on itself. */
+            self_state = info.dli_fname[0] == '/' ? VALUE_KEPT : VALUE_LOST;
         }
     }
     socket_state = keep_entry(socket_entry, sizeof socket_entry, SOCKET_NAME, NAME_LEN(SOCKET_NAME));
@@ -116,6 +122,16 @@ static int lists_shim(const char *value)
     return 0;
 }
 
+/* 1 when the shim's file can still be read under the path it would be passed on as. A shim
+ * deleted or replaced since, or a mount namespace or root changed since (unshare, chroot), can
+ * make it unreachable; the loader would then refuse the preload and the child would run
+ * unobserved without a word. Not a guarantee: the child may still change namespace or root at
+ * exec. A raw system call, allowed in a vfork child or a signal handler. */
+static int self_readable(void)
+{
+    return syscall(SYS_faccessat, AT_FDCWD, preload_entry + NAME_LEN(PRELOAD_NAME), R_OK, 0) == 0;
+}
+
 void env_plan_make(struct env_plan *p, char *const envp[])
 {
     p->slots = 1;
@@ -148,12 +164,14 @@ void env_plan_make(struct env_plan *p, char *const envp[])
 
     unsigned add = 0;
     size_t text = 0;
-    int lost = !captured || self_state != VALUE_KEPT;
+    int lost = 0;
     if (preload < 0) {
         add |= ADD_PRELOAD;
     } else if (!captured || !lists_shim(envp[preload] + NAME_LEN(PRELOAD_NAME))) {
         text = NAME_LEN(PRELOAD_NAME) + self_len + 1 + strlen(envp[preload] + NAME_LEN(PRELOAD_NAME)) + 1;
     }
+    if ((add & ADD_PRELOAD) || text)
+        lost |= !captured || self_state != VALUE_KEPT || !self_readable();
     if (!has_socket) {
         add |= ADD_SOCKET;
         lost |= !captured || socket_state != VALUE_KEPT;

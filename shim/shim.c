@@ -220,14 +220,21 @@ __attribute__((constructor)) static void shim_constructor(void)
 
 __attribute__((destructor)) static void shim_destructor(void)
 {
-    if (!shim_active || shim_busy ||
+    /* A guard held by a name lookup (one the program left with siglongjmp, or one a signal
+     * handler called exit from) only hides the resolver's calls: the flush may go ahead. */
+    const void *lookup = shim_lookup_frame;
+    if (!shim_active || (shim_busy && lookup == NULL) ||
         __atomic_load_n(&shim_init_state, __ATOMIC_ACQUIRE) != INIT_DONE)
         return;
-    int saved = errno, cancel;
+    int saved = errno, cancel, busy = shim_busy;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
     shim_busy = 1;
+    shim_lookup_frame = NULL;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     dedup_flush(); /* a process sharing our memory (vfork child) flushes nothing */
-    shim_busy = 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    shim_lookup_frame = lookup;
+    shim_busy = busy;
     pthread_setcancelstate(cancel, NULL);
     errno = saved;
 }

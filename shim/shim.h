@@ -250,9 +250,22 @@ extern __thread int shim_busy __attribute__((tls_model("initial-exec")));
 extern __thread const void *shim_caller __attribute__((tls_model("initial-exec")));
 #define SHIM_NOTE_CALLER()                                                                   \
     do {                                                                                     \
-        if (SHIM_LIKELY(!shim_busy))                                                         \
+        if (SHIM_LIKELY(!shim_busy) || shim_reclaim(__builtin_frame_address(0)))             \
             shim_caller = __builtin_return_address(0);                                       \
     } while (0)
+
+/* The frame of the name-lookup hook (hooks_resolve.c) holding the guard across its real call on
+ * this thread; NULL when no lookup is in progress. While it is set, the guard hides the
+ * resolver's own calls only: the shim's state is not being changed. */
+extern __thread const void *shim_lookup_frame __attribute__((tls_model("initial-exec")));
+
+/* Called with the guard held, from code whose frame is `frame`: releases the guard and returns 1
+ * when a name lookup holds it and that lookup is over although its hook never returned (the
+ * program left it with siglongjmp from a signal handler): `frame` is not below the lookup hook's
+ * frame, on the thread's normal stack. Returns 0 otherwise (the shim's own work, a call made
+ * within the lookup, a signal handler on an alternate stack). Costs nothing unless a lookup holds
+ * the guard; then a compare, and a sigaltstack system call when the frame is not below. */
+int shim_reclaim(const void *frame);
 
 /* Completes initialisation when a hook runs before the constructor; returns 1 when done. */
 int shim_init_lazy(void);
@@ -262,7 +275,7 @@ int shim_init_lazy(void);
  * the hook then just calls through. On 1, call shim_leave() when done. */
 static inline int shim_enter(void)
 {
-    if (SHIM_UNLIKELY(shim_busy))
+    if (SHIM_UNLIKELY(shim_busy) && !shim_reclaim(__builtin_frame_address(0)))
         return 0;
     if (SHIM_UNLIKELY(__atomic_load_n(&shim_init_state, __ATOMIC_ACQUIRE) != INIT_DONE) &&
         !shim_init_lazy())

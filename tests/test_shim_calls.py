@@ -71,9 +71,15 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _gcc("-o", str(main), str(SOURCES / "caller_main.c"), f"-L{out}", "-lttcaller", f"-Wl,-rpath,{out}")
     built["caller_main"] = main
     if HAVE_OPENSSL_HEADERS:
-        for name in ("crypto_evp", "lookup_jump"):
+        for name in ("crypto_evp", "lookup_jump", "crypto_dlerror"):
             _gcc("-o", str(out / name), str(SOURCES / f"{name}.c"), "-lcrypto")
             built[name] = out / name
+        plugin = out / "libttcrypto.so"
+        _gcc("-shared", "-fPIC", "-o", str(plugin), str(SOURCES / "crypto_plugin.c"), "-lcrypto")
+        built["libttcrypto.so"] = plugin
+        private = out / "crypto_private"
+        _gcc("-pthread", "-o", str(private), str(SOURCES / "crypto_private.c"), f"-Wl,-rpath,{out}")
+        built["crypto_private"] = private
     return built
 
 
@@ -288,12 +294,68 @@ def test_each_openssl_version_keeps_its_own_functions(agent: Agent, tmp_path: Pa
 
 
 @pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
+def test_first_openssl_call_keeps_a_pending_dlerror(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A program's first EVP_md5 call leaves the error of its failed dlopen for dlerror(), with the
+    shim inert or active (the real functions were found at start), and is reported."""
+    program = programs["crypto_dlerror"]
+    plain = run(program, env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path)
+    assert plain.stdout.startswith("16 libtelltale-no-such-library.so: ")
+    inert = run(program, env=shim_env(None), cwd=tmp_path)
+    active = run(program, env=shim_env(agent.path), cwd=tmp_path)
+    assert plain.stdout == inert.stdout == active.stdout
+    assert crypto_of(agent.records()) == [("EVP_md5", "MD5", None, "digest", 1)]
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
+@pytest.mark.parametrize("how", ["path", "bare name"])
+def test_openssl_loaded_privately_is_reported_and_keeps_dlerror(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, how: str
+) -> None:
+    """A plugin loaded without RTLD_GLOBAL, bringing its own libcrypto.so.3, gets the real EVP_md5
+    and is reported, and its first call leaves the program's pending dlerror() as it was: whether
+    the shim found the function after the dlopen (a path) or finds it at the call (a bare name,
+    passed straight to the loader)."""
+    plugin = programs["libttcrypto.so"]
+    name = str(plugin) if how == "path" else plugin.name
+    program = programs["crypto_private"]
+    plain = run(program, name, "dlerror", env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path)
+    assert plain.stdout.startswith("16 libtelltale-no-such-library.so: ")
+    inert = run(program, name, "dlerror", env=shim_env(None), cwd=tmp_path)
+    active = run(program, name, "dlerror", env=shim_env(agent.path), cwd=tmp_path)
+    assert plain.stdout == inert.stdout == active.stdout
+    records = of_kind(agent.records(), RecordKind.CRYPTO)
+    assert crypto_of(records) == [("EVP_md5", "MD5", None, "digest", 1)]
+    assert records[0].caller == str(plugin)
+    assert records[0].library is not None
+    assert Path(records[0].library).name == "libcrypto.so.3"
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
+def test_first_openssl_call_in_a_fork_child_does_not_wait_for_the_loader(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A fork child whose parent had another thread holding the loader's lock makes the first call
+    of a privately loaded OpenSSL's EVP_md5: it gets the function and is reported, without taking
+    that lock (which nobody would release in the child)."""
+    plugin = programs["libttcrypto.so"]
+    res = run(
+        programs["crypto_private"], plugin.name, "fork", env=shim_env(agent.path), cwd=tmp_path, check=False
+    )
+    assert (res.returncode, res.stdout) == (0, "16\n"), res
+    records = [r for r in of_kind(agent.records(), RecordKind.CRYPTO) if r.pid != res.pid]
+    assert crypto_of(records) == [("EVP_md5", "MD5", None, "digest", 1)]
+    assert records[0].caller == str(plugin)
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
 def test_a_lookup_left_by_siglongjmp_leaves_the_shim_working(
     agent: Agent, programs: dict[str, Path], tmp_path: Path
 ) -> None:
     """A lookup a SIGALRM handler jumps out of (libcurl's resolver timeout) does not leave the
-    thread's shim busy: EVP_md5, first called while it still is, gets the real function, the next
-    lookup takes the guard back, and what follows is reported."""
+    thread's shim busy: EVP_md5, its first call, gets the real function and is reported from both
+    of its call sites, the next lookup is reported, and so is what follows."""
     fifo = tmp_path / "aliases"
     os.mkfifo(fifo)  # HOSTALIASES nobody writes: the resolver's open of it blocks
     with socket.socket() as listener:
@@ -309,7 +371,7 @@ def test_a_lookup_left_by_siglongjmp_leaves_the_shim_working(
     assert [(r.kind, r.name) for r in records if r.kind == RecordKind.RESOLVE] == [
         (RecordKind.RESOLVE, "localhost")
     ]
-    assert crypto_of(of_kind(records, RecordKind.CRYPTO)) == [("EVP_md5", "MD5", None, "digest", 1)]
+    assert crypto_of(of_kind(records, RecordKind.CRYPTO)) == [("EVP_md5", "MD5", None, "digest", 1)] * 2
     (connect,) = of_kind(records, RecordKind.CONNECT)
     assert connect.sockaddr is not None
     assert (connect.sockaddr.address, connect.sockaddr.port) == ("127.0.0.1", port)

@@ -134,6 +134,79 @@ def test_oversized_environment_is_passed_as_is_and_reported(
     assert gap.variant == ExecVariant.EXECVE
 
 
+@pytest.mark.parametrize("how", ["cleared", "replaced"])
+@pytest.mark.parametrize("variant", ["execv", "execvp", "execl", "execlp"])
+def test_exec_after_clearenv_keeps_the_shim(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path, variant: str, how: str
+) -> None:
+    """The exec variants that pass environ on repair it too: after clearenv() (environ NULL, or
+    holding only the program's own entries) the child still gets telltale's variables and reports."""
+    res = run(programs["exec_cleared"], how, variant, ENV, env=shim_env(agent.path), cwd=tmp_path)
+    own = ["B=2"] if how == "replaced" else []
+    assert env_lines(res.stdout) == [
+        *own,
+        f"LD_PRELOAD={shim_path()}",
+        f"TELLTALE_SOCKET={agent.path}",
+        "TELLTALE_WORKLOAD=app=test",
+    ]
+    received = agent.settle()
+    [child] = starts_of(received, os.path.realpath(ENV))
+    assert child.workload == "app=test"
+    assert gaps([r.record for r in received]) == []
+
+
+def test_relative_shim_path_is_not_passed_on(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """A shim preloaded through a relative path is not put into a child's environment (the name
+    would mean another file wherever the child runs): the environment goes as given and the exec is
+    reported as a gap, environment stripped."""
+    shutil.copy(shim_path(), tmp_path / "libtelltale_shim.so")
+    env = {**shim_env(agent.path), "LD_PRELOAD": "./libtelltale_shim.so"}
+    res = run(programs["exec_env"], "execve", ENV, "1", "B=2", env=env, cwd=tmp_path)
+    assert env_lines(res.stdout) == ["B=2"]
+    received = agent.settle()
+    assert [r.record.kind for r in received if r.record.pid == res.pid][:1] == [RecordKind.PROC_START]
+    assert starts_of(received, os.path.realpath(ENV)) == []
+    [gap] = gaps([r.record for r in received])
+    assert (gap.path, gap.gap_reasons, gap.variant) == (
+        ENV,
+        GapReason.ENVIRONMENT_STRIPPED,
+        ExecVariant.EXECVE,
+    )
+
+
+def test_relative_shim_path_passed_on_by_the_program_is_left_alone(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An environment that already names the shim by the same relative path, and has both
+    variables, is passed unchanged and is no gap: the child, in the same directory, reports."""
+    shutil.copy(shim_path(), tmp_path / "libtelltale_shim.so")
+    env = {**shim_env(agent.path), "LD_PRELOAD": "./libtelltale_shim.so"}
+    res = run(programs["exec_env"], "execve", ENV, "1", "inherit", env=env, cwd=tmp_path)
+    assert "LD_PRELOAD=./libtelltale_shim.so" in env_lines(res.stdout)
+    received = agent.settle()
+    assert len(starts_of(received, os.path.realpath(ENV))) == 1
+    assert gaps([r.record for r in received]) == []
+
+
+def test_unreachable_shim_is_not_passed_on(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:
+    """When the shim's file can no longer be read at its path at exec (here removed; likewise in
+    another mount namespace or root), it is not put into the child's environment and the exec is
+    reported as a gap, environment stripped."""
+    copy = tmp_path / "libtelltale_shim.so"
+    shutil.copy(shim_path(), copy)
+    env = {**shim_env(agent.path), "LD_PRELOAD": str(copy)}
+    res = run(programs["exec_cleared"], "replaced", "execv", ENV, str(copy), env=env, cwd=tmp_path)
+    assert env_lines(res.stdout) == ["B=2"]
+    received = agent.settle()
+    assert starts_of(received, os.path.realpath(ENV)) == []
+    [gap] = gaps([r.record for r in received])
+    assert (gap.path, gap.gap_reasons, gap.variant) == (
+        ENV,
+        GapReason.ENVIRONMENT_STRIPPED,
+        ExecVariant.EXECV,
+    )
+
+
 # ---- coverage self-audit ---------------------------------------------------------------------
 
 
