@@ -1,8 +1,11 @@
 """AgentService: the one bidirectional stream each node agent keeps open.
 
-Per stream: Hello → Welcome; every EventBatch is evaluated and recorded exactly once, then
-acknowledged, in order (see ingest.apply_batch); every policy-state change is pushed as a
-PolicyUpdate and the node's acknowledgement is recorded. The node record is only ever written
+Per stream: Hello → Welcome; every EventBatch is evaluated on arrival and recorded exactly once,
+coalesced with the batches that arrive while a write is in flight, then acknowledged, in order
+(see coalescer.py and ingest.commit_batches); every policy-state change is pushed as a
+PolicyUpdate and the node's acknowledgement is recorded. While a replica holds a node's stream it
+keeps a liveness key for the node on its own lease (NodeLiveness), so the elected replica can mark
+the node offline when this one dies without saying goodbye. The node record is only ever written
 with compare-and-swap, so a stale stream (the same node reconnected elsewhere) cannot undo
 what the live one wrote.
 """
@@ -19,13 +22,16 @@ from typing import Any
 import aetcd
 import grpc
 
+from telltale.controller import metrics
+from telltale.controller.auth import node_identity
+from telltale.controller.coalescer import Coalescer, NodeRecord
 from telltale.controller.coverage import gaps_by_workload, record_workload
 from telltale.controller.errors import ControllerError, Unavailable, status_of
-from telltale.controller.ingest import apply_batch, apply_node_state, workloads_of
+from telltale.controller.ingest import BatchStep, Evaluated, apply_node_state, evaluate, workloads_of
 from telltale.controller.policies import PolicyView
 from telltale.controller.recent import RecentEvents, batch_events
 from telltale.controller.rpc import store_unavailable
-from telltale.controller.store import Conflict, Store, Versioned
+from telltale.controller.store import Conflict, NodeLiveness, Store, Versioned
 from telltale.v1 import agent_pb2, agent_pb2_grpc, inventory_pb2
 
 log = logging.getLogger(__name__)
@@ -45,14 +51,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         policies: PolicyView,
         controller_id: str,
         recent: RecentEvents | None = None,
+        liveness: NodeLiveness | None = None,
     ) -> None:
         """`recent` receives every batch this replica records (for policy dry runs); by default a
-        window of its own."""
+        window of its own. `liveness` is told which nodes' streams this replica holds."""
         self.store = store
         self.policies = policies
         self.controller_id = controller_id
         self.recent = recent if recent is not None else RecentEvents()
         self.streams: dict[str, int] = {}  # node id -> open streams on this replica
+        self.liveness = liveness
 
     # The stream is written with context.write() from its own task, so the handler returns None
     # rather than being a generator of responses.
@@ -70,20 +78,35 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a Hello with a node_id"
             )
+        certified = node_identity(context)  # None in plaintext mode: no certificates, no binding
+        if certified is not None and certified != first.hello.node_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"hello.node_id {first.hello.node_id!r} is not the node of the certificate ({certified!r})",
+            )
         session = _Session(self, first.hello, context)
         node_id = first.hello.node_id
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
+        metrics.stream_opened(session)
         try:
+            if self.liveness is not None:
+                # Before the node record says ONLINE, so the leader never sees an online record
+                # of this stream without its liveness key.
+                await self.liveness.node_connected(node_id)
             await session.run(requests)
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
         except aetcd.ClientError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, store_unavailable(exc))
         finally:
+            metrics.stream_closed(session)
             self.streams[node_id] -= 1
             if not self.streams[node_id]:
                 del self.streams[node_id]
                 await session.mark_offline()
+                if self.liveness is not None:
+                    with contextlib.suppress(Exception):
+                        await self.liveness.node_disconnected(node_id)
 
 
 class _Session:
@@ -97,7 +120,8 @@ class _Session:
         self.policies = service.policies
         self.hello = hello
         self.context = context
-        self.node: Versioned[inventory_pb2.Node] = Versioned(inventory_pb2.Node(node_id=hello.node_id), 0)
+        self.record = NodeRecord(Versioned(inventory_pb2.Node(node_id=hello.node_id), 0))
+        self.coalescer = Coalescer(self.store, self.record, self._committed)
         self.outbound: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue(OUTBOUND_QUEUE)
         self.known_workloads: set[str] = set()
 
@@ -120,32 +144,48 @@ class _Session:
         )
         writer = asyncio.create_task(self._write_loop())
         pusher = asyncio.create_task(self._push_policies())
+        recorder = asyncio.create_task(self.coalescer.run())
+        reader = asyncio.create_task(self._read_loop(requests))
         try:
-            async for request in requests:
-                await self._handle(request)
-                if writer.done():
-                    break
+            # The stream ends when the agent ends it (once what it sent is recorded), when the
+            # client goes away, or when recording fails (its error aborts the call).
+            await asyncio.wait((reader, writer, recorder), return_when=asyncio.FIRST_COMPLETED)
+            for task in (recorder, reader):
+                if task.done():
+                    task.result()
         finally:
-            for task in (pusher, writer):
+            for task in (reader, pusher, recorder, writer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
+    async def _read_loop(self, requests: AsyncIterator[agent_pb2.ConnectRequest]) -> None:
+        async for request in requests:
+            await self._handle(request)
+        await self.coalescer.drain()
+
+    @property
+    def node(self) -> Versioned[inventory_pb2.Node]:
+        """The node record as this stream last wrote or read it."""
+        return self.record.value
+
     # -- the node record -------------------------------------------------------------------
     async def _update_node(self, change: Callable[[inventory_pb2.Node], None]) -> None:
         """Apply `change` to the stored node record with compare-and-swap, re-reading on conflict."""
-        for _ in range(NODE_WRITE_ATTEMPTS):
-            updated = inventory_pb2.Node()
-            updated.CopyFrom(self.node.value)
-            change(updated)
-            try:
-                revision = await self.store.put_node(updated, self.node.mod_revision)
-            except Conflict:
-                stored = await self.store.get_node(self.hello.node_id)
-                self.node = stored or Versioned(inventory_pb2.Node(node_id=self.hello.node_id), 0)
-                continue
-            self.node = Versioned(updated, revision)
-            return
+        record = self.record
+        async with record.lock:
+            for _ in range(NODE_WRITE_ATTEMPTS):
+                updated = inventory_pb2.Node()
+                updated.CopyFrom(record.value.value)
+                change(updated)
+                try:
+                    revision = await self.store.put_node(updated, record.value.mod_revision)
+                except Conflict:
+                    stored = await self.store.get_node(self.hello.node_id)
+                    record.value = stored or Versioned(inventory_pb2.Node(node_id=self.hello.node_id), 0)
+                    continue
+                record.value = Versioned(updated, revision)
+                return
         raise Unavailable(f"node {self.hello.node_id}: its record keeps changing; retry")
 
     def _registered(self, node: inventory_pb2.Node) -> None:
@@ -202,6 +242,9 @@ class _Session:
 
             def heartbeat(node: inventory_pb2.Node) -> None:
                 node.last_seen.GetCurrentTime()
+                # A heartbeat proves the node online, also after a leader marked it offline while
+                # this replica's lease had lapsed.
+                node.liveness = inventory_pb2.NODE_LIVENESS_ONLINE
                 node.spooled_batches = beat.spooled_batches
                 node.dropped_batches = beat.dropped_batches
                 node.enforcement.CopyFrom(beat.enforcement)
@@ -233,10 +276,15 @@ class _Session:
 
     async def _handle_batch(self, batch: agent_pb2.EventBatch) -> None:
         now_ns = time.time_ns()
-        outcome = await apply_batch(self.store, batch, self.node, self.policies.policy_set, now_ns)
-        self.node = outcome.node
-        if not outcome.duplicate:
-            self.service.recent.add(batch_events(batch, self.hello.node_id), now_ns)
+        await self.coalescer.submit(evaluate(batch, self.hello.node_id, self.policies.policy_set, now_ns))
+
+    async def _committed(self, item: Evaluated, step: BatchStep) -> None:
+        """The transaction holding a batch committed: remember its events, record its workloads,
+        acknowledge it."""
+        batch = item.batch
+        metrics.observe_batch(batch, step, step.before, step.after, time.time_ns())
+        if not step.duplicate:
+            self.service.recent.add(batch_events(batch, self.hello.node_id), item.now_ns)
             await self._record_workloads(batch)
         await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=batch.seq)))
 

@@ -12,7 +12,17 @@ import aetcd
 import grpc
 
 from telltale.controller.errors import InvalidArgument, NotFound, Unavailable
-from telltale.controller.rpc import paginate, require, store_unavailable, unary
+from telltale.controller.rpc import (
+    actor,
+    check_enum,
+    check_enums,
+    check_names,
+    check_timestamp,
+    paginate,
+    require,
+    store_unavailable,
+    unary,
+)
 from telltale.controller.store import AlertChange, Conflict, Store, Versioned
 from telltale.engine.alerts import alert_matches, expire_suppression
 from telltale.v1 import alert_pb2, alert_pb2_grpc, common_pb2
@@ -36,6 +46,22 @@ def _decode_cursor(token: str) -> str:
     return text.removeprefix(_CURSOR_PREFIX)
 
 
+def check_filter(f: alert_pb2.AlertFilter, field: str) -> None:
+    """Raise InvalidArgument naming the first bad entry of an alert filter (`field` is its path)."""
+    check_enums(f.priorities, common_pb2.Priority.DESCRIPTOR, f"{field}.priorities")
+    check_enums(f.categories, common_pb2.Category.DESCRIPTOR, f"{field}.categories")
+    check_enums(f.states, alert_pb2.AlertState.DESCRIPTOR, f"{field}.states")
+    for name in ("alert_types", "applications", "components", "nodes"):
+        check_names(getattr(f, name), f"{field}.{name}")
+    if f.HasField("seen_after"):
+        check_timestamp(f.seen_after, f"{field}.seen_after")
+    if f.HasField("seen_before"):
+        check_timestamp(f.seen_before, f"{field}.seen_before")
+    both = f.HasField("seen_after") and f.HasField("seen_before")
+    if both and f.seen_before.ToNanoseconds() <= f.seen_after.ToNanoseconds():
+        raise InvalidArgument(f"{field}.seen_before", "must be later than seen_after")
+
+
 class AlertService(alert_pb2_grpc.AlertServiceServicer):
     """Serves alerts; every replica reads the same records from the store."""
 
@@ -46,6 +72,7 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
     async def ListAlerts(
         self, request: alert_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> alert_pb2.ListAlertsResponse:
+        check_filter(request.filter, "filter")
         # Pages follow the fingerprint, which never changes: an alert updated while a client pages
         # through the listing keeps its place, so none is skipped or listed twice.
         page_request = common_pb2.PageRequest(page_size=request.page.page_size)
@@ -74,8 +101,12 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
     async def WatchAlerts(
         self, request: alert_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[alert_pb2.WatchAlertsResponse]:
-        if request.after_revision < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after_revision: must not be negative")
+        try:
+            if request.after_revision < 0:
+                raise InvalidArgument("after_revision", "must not be negative")
+            check_filter(request.filter, "filter")
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             async for change in self._changes(request, context):
                 yield change
@@ -139,19 +170,20 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
         self, request: alert_pb2.UpdateAlertStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> alert_pb2.UpdateAlertStateResponse:
         fingerprint = require(request.fingerprint, "fingerprint")
-        if (
-            request.state == alert_pb2.ALERT_STATE_UNSPECIFIED
-            or request.state not in alert_pb2.AlertState.values()
-        ):
-            raise InvalidArgument("state", f"{request.state} is not a valid alert state")
+        check_enum(request.state, alert_pb2.AlertState.DESCRIPTOR, "state")
         needs_reason = (alert_pb2.ALERT_STATE_NOT_AN_ISSUE, alert_pb2.ALERT_STATE_SUPPRESSED)
         if request.state in needs_reason and not request.reason.strip():
             raise InvalidArgument("reason", "is required for this state")
         if request.state == alert_pb2.ALERT_STATE_SUPPRESSED and not request.HasField("suppressed_until"):
             raise InvalidArgument("suppressed_until", "is required to suppress an alert")
+        if request.HasField("suppressed_until"):
+            check_timestamp(request.suppressed_until, "suppressed_until")
+            suppressing = request.state == alert_pb2.ALERT_STATE_SUPPRESSED
+            if suppressing and request.suppressed_until.ToNanoseconds() <= time.time_ns():
+                raise InvalidArgument("suppressed_until", "is not in the future")
         if len(request.reason.encode()) > MAX_REASON_BYTES:
             raise InvalidArgument("reason", f"is longer than {MAX_REASON_BYTES} bytes")
-        actor = _actor(context)
+        who = actor(context)
         for _ in range(8):
             stored = await self._store.get_alert(fingerprint)
             if stored is None:
@@ -162,7 +194,7 @@ class AlertService(alert_pb2_grpc.AlertServiceServicer):
                 alert.suppressed_until.CopyFrom(request.suppressed_until)
             else:
                 alert.ClearField("suppressed_until")
-            change = alert.history.add(state=request.state, actor=actor, reason=request.reason)
+            change = alert.history.add(state=request.state, actor=who, reason=request.reason)
             change.time.GetCurrentTime()
             if len(alert.history) > MAX_HISTORY:  # keep an alert's record well inside etcd's limits
                 del alert.history[: len(alert.history) - MAX_HISTORY]
@@ -190,8 +222,3 @@ def _change_message(change: AlertChange) -> alert_pb2.AlertChange | None:
         )
     kind = alert_pb2.ALERT_CHANGE_KIND_CREATED if change.created else alert_pb2.ALERT_CHANGE_KIND_UPDATED
     return alert_pb2.AlertChange(kind=kind, alert=change.alert)
-
-
-def _actor(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who is calling: the peer address until API tokens identify callers."""
-    return str(context.peer() or "unknown")

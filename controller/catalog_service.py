@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 
-from telltale.controller.errors import InvalidArgument, NotFound
-from telltale.controller.rpc import paginate, require, unary
+from telltale.controller.errors import NotFound
+from telltale.controller.rpc import check_enum, paged, require, unary
 from telltale.engine import catalog
 from telltale.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
@@ -19,15 +19,13 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListAlertTypes(
         self, request: catalog_pb2.ListAlertTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> catalog_pb2.ListAlertTypesResponse:
-        if request.category and request.category not in common_pb2.Category.values():
-            raise InvalidArgument("category", f"{request.category} is not a category")
+        check_enum(request.category, common_pb2.Category.DESCRIPTOR, "category", unspecified_ok=True)
         specs = [
             s for s in catalog.CATALOG.values() if not request.category or s.category == request.category
         ]
-        page, token = paginate(specs, lambda s: s.id, request.page)
+        chosen, page = paged("alert-types", request.page, specs, lambda s: s.id)
         return catalog_pb2.ListAlertTypesResponse(
-            alert_types=[catalog.to_proto(s) for s in page],
-            page=common_pb2.PageResponse(next_page_token=token),
+            alert_types=[catalog.to_proto(s) for s in chosen], page=page
         )
 
     @unary

@@ -390,6 +390,72 @@ class EtcdStore:
             nodes.append(node)
         return nodes
 
+    async def list_node_records(self) -> list[Versioned[inventory_pb2.Node]]:
+        result = await self._client.get_prefix(self._key("nodes") + b"/")
+        records = []
+        for kv in result:
+            node = inventory_pb2.Node()
+            node.ParseFromString(kv.value)
+            records.append(Versioned(node, int(kv.mod_revision)))
+        return records
+
+    # -- node liveness ---------------------------------------------------------------------
+    def _live_key(self, node_id: str) -> bytes:
+        return self._key("node-live", key_name(node_id))
+
+    async def put_node_live(self, node_id: str, controller_id: str, lease: int) -> None:
+        await self._client.put(self._live_key(node_id), controller_id.encode(), lease=lease)
+
+    async def delete_node_live(self, node_id: str, controller_id: str) -> None:
+        key = self._live_key(node_id)
+        txn = self._client.transactions
+        await self._client.transaction(
+            compare=[txn.value(key) == controller_id.encode()], success=[txn.delete(key)], failure=[]
+        )
+
+    async def live_nodes(self) -> dict[str, str]:
+        base = self._key("node-live") + b"/"
+        result = await self._client.get_prefix(base)
+        return {unquote(kv.key[len(base) :].decode()): kv.value.decode() for kv in result}
+
+    async def watch_node_live(self) -> AsyncIterator[str]:
+        base = self._key("node-live") + b"/"
+        watch = await self._client.watch_prefix(base)
+        try:
+            async for event in watch:
+                if event.kind == "DELETE":
+                    yield unquote(event.kv.key[len(base) :].decode())
+        finally:
+            await watch.cancel()
+
+    async def expire_node(self, node: inventory_pb2.Node, expected_mod_revision: int) -> bool:
+        key = self._node_key(node.node_id)
+        txn = self._client.transactions
+        ok, _ = await self._client.transaction(
+            compare=[
+                self._expect(key, expected_mod_revision),
+                txn.create(self._live_key(node.node_id)) == 0,
+            ],
+            success=[txn.put(key, node.SerializeToString())],
+            failure=[],
+        )
+        return bool(ok)
+
+    async def delete_alerts(self, alerts: Sequence[tuple[str, int]]) -> int:
+        if len(alerts) > MAX_BATCH_ALERTS:
+            raise ValueError(f"{len(alerts)} deletions in one transaction, the limit is {MAX_BATCH_ALERTS}")
+        if not alerts:
+            return 0
+        txn = self._client.transactions
+        # One nested transaction per alert: each is conditional on its own revision, and all go
+        # in one round trip.
+        ops = []
+        for fingerprint, revision in alerts:
+            key = self._alert_key(fingerprint)
+            ops.append(txn.txn(compare=[txn.mod(key) == revision], success=[txn.delete(key)], failure=[]))
+        _, responses = await self._client.transaction(compare=[], success=ops, failure=[])
+        return sum(1 for r in responses if r.response_txn.succeeded)
+
     async def put_workload(self, workload: common_pb2.Workload) -> None:
         await self._client.put(self._key("workloads", key_name(workload.id)), workload.SerializeToString())
 

@@ -15,6 +15,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
+from telltale.controller import metrics
 from telltale.controller.coverage import add_node_gaps
 from telltale.controller.errors import Unavailable
 from telltale.controller.store import MAX_BATCH_ALERTS, Conflict, Store, Versioned
@@ -115,6 +116,24 @@ async def _merged(
     return alert, current.mod_revision if current is not None else 0
 
 
+@dataclass(slots=True)
+class Evaluated:
+    """One batch, evaluated: its findings grouped by fingerprint, and when it was received."""
+
+    batch: agent_pb2.EventBatch
+    groups: dict[str, Group]
+    now_ns: int
+
+    @property
+    def findings(self) -> int:
+        return sum(map(len, self.groups.values()))
+
+
+def evaluate(batch: agent_pb2.EventBatch, node_id: str, policies: PolicySet, now_ns: int) -> Evaluated:
+    """Evaluate a batch for later recording (see commit_batches)."""
+    return Evaluated(batch, evaluate_batch(batch, node_id, policies, now_ns), now_ns)
+
+
 async def apply_batch(
     store: Store,
     batch: agent_pb2.EventBatch,
@@ -128,27 +147,97 @@ async def apply_batch(
     transaction retry with backoff and jitter; after MAX_ATTEMPTS lost races it raises
     Unavailable and nothing of the batch is recorded (the agent sends it again).
     """
+    item = evaluate(batch, node.value.node_id, policies, now_ns)
+    outcome = await commit_batches(store, [item], node)
+    return BatchOutcome(
+        node=outcome.node,
+        duplicate=outcome.duplicates[0],
+        events=len(batch.events),
+        findings=item.findings,
+        alerts_written=outcome.alerts_written,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStep:
+    """What recording did with one of several batches: the node record around it (the same
+    twice for a duplicate, which had been recorded before and was not counted again)."""
+
+    duplicate: bool
+    findings: int
+    before: inventory_pb2.Node
+    after: inventory_pb2.Node
+
+
+@dataclass(slots=True)
+class CommitOutcome:
+    """What recording several batches together did: the node as stored, one step per batch."""
+
+    node: Versioned[inventory_pb2.Node]
+    steps: list[BatchStep]
+    alerts_written: int = 0
+    transactions: int = 0
+
+    @property
+    def duplicates(self) -> list[bool]:
+        return [step.duplicate for step in self.steps]
+
+
+async def commit_batches(
+    store: Store, items: list[Evaluated], node: Versioned[inventory_pb2.Node]
+) -> CommitOutcome:
+    """Record evaluated batches of one node, in sequence order, exactly once and together: their
+    findings merged per alert, written with the node record that carries the highest sequence
+    number, in one compare-and-swap transaction (several only when the alerts exceed
+    MAX_BATCH_ALERTS, and then the sequence number goes with the last).
+
+    Batches at or below the node's recorded sequence number are duplicates and change nothing.
+    Lost races retry as apply_batch() does; raises Unavailable after MAX_ATTEMPTS, and then
+    nothing is recorded.
+    """
     node_id = node.value.node_id
-    groups = evaluate_batch(batch, node_id, policies, now_ns)
-    outcome = BatchOutcome(node=node, events=len(batch.events), findings=sum(map(len, groups.values())))
-    items = list(groups.items())
+    outcome = CommitOutcome(node=node, steps=[])
     for attempt in range(MAX_ATTEMPTS):
-        if batch.seq <= node.value.last_seq:
-            outcome.node, outcome.duplicate = node, True
-            return outcome
-        try:
-            # A batch with more distinct alerts than one transaction holds is written in chunks,
-            # the sequence number with the last one; only then can a failure between chunks
-            # count the earlier chunks twice. The shim's dedup makes such batches rare.
-            for start in range(0, max(len(items), 1), MAX_BATCH_ALERTS):
-                chunk = items[start : start + MAX_BATCH_ALERTS]
-                alerts = [await _merged(store, fp, group, node_id, now_ns) for fp, group in chunk]
-                last = start + MAX_BATCH_ALERTS >= len(items)
-                record = advance_node(node.value, batch, now_ns) if last else node.value
-                revision = await store.commit_batch(record, node.mod_revision, alerts)
-                node = Versioned(record, revision)
-                outcome.alerts_written += len(alerts)
+        fresh, last_seq = [], node.value.last_seq
+        for item in items:
+            if item.batch.seq > last_seq:
+                fresh.append(item)
+                last_seq = item.batch.seq
+        if not fresh:
             outcome.node = node
+            outcome.steps = [BatchStep(True, item.findings, node.value, node.value) for item in items]
+            return outcome
+        merged: dict[str, Group] = {}
+        for item in fresh:
+            for fp, group in item.groups.items():
+                merged.setdefault(fp, []).extend(group)
+        now_ns = max(item.now_ns for item in fresh)
+        groups = list(merged.items())
+        written = 0
+        try:
+            # More distinct alerts than one transaction holds are written in chunks, the sequence
+            # number with the last one; only then can a failure between chunks count the earlier
+            # chunks twice. The shim's dedup (and the coalescer's bound) make this rare.
+            for start in range(0, max(len(groups), 1), MAX_BATCH_ALERTS):
+                chunk = groups[start : start + MAX_BATCH_ALERTS]
+                alerts = [await _merged(store, fp, group, node_id, now_ns) for fp, group in chunk]
+                record, steps = node.value, []
+                if start + MAX_BATCH_ALERTS >= len(groups):
+                    fresh_ids = {id(f) for f in fresh}
+                    for item in items:
+                        if id(item) in fresh_ids:
+                            before, record = record, advance_node(record, item.batch, item.now_ns)
+                            steps.append(BatchStep(False, item.findings, before, record))
+                        else:
+                            steps.append(BatchStep(True, item.findings, record, record))
+                    outcome.steps = steps
+                revision = await store.commit_batch(record, node.mod_revision, alerts)
+                metrics.alerts_committed(alerts)
+                outcome.transactions += 1
+                node = Versioned(record, revision)
+                written += len(alerts)
+            outcome.node = node
+            outcome.alerts_written += written
             return outcome
         except Conflict:
             stored = await store.get_node(node_id)
@@ -156,7 +245,8 @@ async def apply_batch(
                 raise Unavailable(f"node {node_id} vanished from the store") from None
             node = stored
             await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
-    raise Unavailable(f"node {node_id}: batch {batch.seq} lost {MAX_ATTEMPTS} races for its alerts; retry")
+    seqs = f"{items[0].batch.seq}..{items[-1].batch.seq}"
+    raise Unavailable(f"node {node_id}: batches {seqs} lost {MAX_ATTEMPTS} races for their alerts; retry")
 
 
 async def apply_node_state(
@@ -177,6 +267,7 @@ async def apply_node_state(
             alert, expected = await _merged(store, fingerprint, group, node_id, now_ns)
             try:
                 await store.put_alert(alert, expected)
+                metrics.alerts_committed([(alert, expected)])
                 break
             except Conflict:
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))

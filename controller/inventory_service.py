@@ -9,7 +9,7 @@ import grpc
 
 from telltale.controller.errors import NotFound
 from telltale.controller.policies import PolicyView
-from telltale.controller.rpc import paginate, require, unary
+from telltale.controller.rpc import check_length, decode_token, paged, require, unary
 from telltale.controller.store import Store
 from telltale.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
 
@@ -25,12 +25,10 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     async def ListNodes(
         self, request: inventory_pb2.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListNodesResponse:
-        nodes, token = paginate(await self._store.list_nodes(), lambda n: n.node_id, request.page)
+        nodes, page = paged("nodes", request.page, await self._store.list_nodes(), lambda n: n.node_id)
         for node in nodes:
             node.in_sync = node.applied_policy_revision == self._policies.revision
-        return inventory_pb2.ListNodesResponse(
-            nodes=nodes, page=common_pb2.PageResponse(next_page_token=token)
-        )
+        return inventory_pb2.ListNodesResponse(nodes=nodes, page=page)
 
     @unary
     async def GetNode(
@@ -48,6 +46,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     async def ListApplications(
         self, request: inventory_pb2.ListApplicationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListApplicationsResponse:
+        if request.page.page_token:  # refuse a bad token before reading the store
+            decode_token("applications", request.page.page_token)
         components: dict[str, set[str]] = defaultdict(set)
         counts: dict[str, int] = defaultdict(int)
         for workload in await self._store.list_workloads():
@@ -64,22 +64,22 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             )
             for name in sorted(counts)
         ]
-        page, token = paginate(apps, lambda a: a.name, request.page)
-        return inventory_pb2.ListApplicationsResponse(
-            applications=page, page=common_pb2.PageResponse(next_page_token=token)
-        )
+        chosen, page = paged("applications", request.page, apps, lambda a: a.name)
+        return inventory_pb2.ListApplicationsResponse(applications=chosen, page=page)
 
     @unary
     async def ListWorkloads(
         self, request: inventory_pb2.ListWorkloadsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> inventory_pb2.ListWorkloadsResponse:
+        check_length(request.application, "application")
+        check_length(request.node_id, "node_id")
+        if request.page.page_token:  # refuse a bad token before reading the store
+            decode_token("workloads", request.page.page_token)
         workloads = [
             w
             for w in await self._store.list_workloads()
             if (not request.application or w.application == request.application)
             and (not request.node_id or w.node_id == request.node_id)
         ]
-        page, token = paginate(workloads, lambda w: w.id, request.page)
-        return inventory_pb2.ListWorkloadsResponse(
-            workloads=page, page=common_pb2.PageResponse(next_page_token=token)
-        )
+        chosen, page = paged("workloads", request.page, workloads, lambda w: w.id)
+        return inventory_pb2.ListWorkloadsResponse(workloads=chosen, page=page)

@@ -60,6 +60,7 @@ _HISTORY = "policy-history/"
 _ALERTS = "alerts/"
 _NODES = "nodes/"
 _WORKLOADS = "workloads/"
+_NODE_LIVE = "node-live/"
 
 M = TypeVar("M", bound=Message)
 
@@ -108,6 +109,7 @@ class MemoryStore:
         self._history_limit = history
         self._compacted = 0  # the newest revision no longer in the history
         self._watchers: set[asyncio.Event] = set()
+        self._leases: dict[str, int] = {}  # key -> the lease it is attached to
 
     @property
     def revision(self) -> int:
@@ -157,6 +159,7 @@ class MemoryStore:
         revision = self._revision
         changes: list[tuple[str, _Entry | None]] = []
         for key in deletes:
+            self._leases.pop(key, None)
             if self._kv.pop(key, None) is not None:
                 changes.append((key, None))
         for key, value in puts:
@@ -428,6 +431,68 @@ class MemoryStore:
     async def list_nodes(self) -> list[inventory_pb2.Node]:
         await asyncio.sleep(0)
         return [_parsed(inventory_pb2.Node, entry.value) for _, entry in self._range(_NODES)]
+
+    async def list_node_records(self) -> list[Versioned[inventory_pb2.Node]]:
+        await asyncio.sleep(0)
+        return [
+            Versioned(_parsed(inventory_pb2.Node, entry.value), entry.mod_revision)
+            for _, entry in self._range(_NODES)
+        ]
+
+    # -- node liveness ---------------------------------------------------------------------
+    async def put_node_live(self, node_id: str, controller_id: str, lease: int) -> None:
+        await asyncio.sleep(0)
+        key = _NODE_LIVE + key_name(node_id)
+        self._txn([], [(key, controller_id.encode())])
+        self._leases[key] = lease
+
+    async def revoke_lease(self, lease: int) -> None:
+        """Delete every key attached to `lease` in one revision, as etcd does when a lease expires."""
+        await asyncio.sleep(0)
+        keys = [key for key, attached in self._leases.items() if attached == lease]
+        if keys:
+            self._txn([], [], keys)
+
+    async def delete_node_live(self, node_id: str, controller_id: str) -> None:
+        await asyncio.sleep(0)
+        key = _NODE_LIVE + key_name(node_id)
+        entry = self._kv.get(key)
+        if entry is not None and entry.value == controller_id.encode():
+            self._txn([], [], [key])
+
+    async def live_nodes(self) -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {
+            unquote(key[len(_NODE_LIVE) :]): entry.value.decode() for key, entry in self._range(_NODE_LIVE)
+        }
+
+    async def watch_node_live(self) -> AsyncIterator[str]:
+        async for written in self._follow(self._revision, lambda key: key.startswith(_NODE_LIVE)):
+            for key, entry in written.changes:
+                if entry is None:
+                    yield unquote(key[len(_NODE_LIVE) :])
+
+    async def expire_node(self, node: inventory_pb2.Node, expected_mod_revision: int) -> bool:
+        await asyncio.sleep(0)
+        key = _NODES + key_name(node.node_id)
+        live = _NODE_LIVE + key_name(node.node_id)
+        return (
+            self._txn([(key, expected_mod_revision), (live, 0)], [(key, node.SerializeToString())])
+            is not None
+        )
+
+    async def delete_alerts(self, alerts: Sequence[tuple[str, int]]) -> int:
+        if len(alerts) > MAX_BATCH_ALERTS:
+            raise ValueError(f"{len(alerts)} deletions in one transaction, the limit is {MAX_BATCH_ALERTS}")
+        await asyncio.sleep(0)
+        keys = [
+            _ALERTS + key_name(fp)
+            for fp, revision in alerts
+            if self._mod_revision(_ALERTS + key_name(fp)) == revision
+        ]
+        if keys:
+            self._txn([], [], keys)
+        return len(keys)
 
     async def put_workload(self, workload: common_pb2.Workload) -> None:
         await asyncio.sleep(0)

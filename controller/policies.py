@@ -79,6 +79,7 @@ class PolicyView:
             state.revision,
             len(state.policies),
             state.default_policy,
+            extra={"policy_revision": state.revision, "default_policy": state.default_policy},
         )
 
     async def follow(self) -> None:

@@ -19,11 +19,9 @@ listing that issued it; any other token is INVALID_ARGUMENT naming page.page_tok
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -37,10 +35,21 @@ from telltale.controller.errors import (
 )
 from telltale.controller.policies import PolicyView
 from telltale.controller.recent import RecentEvents, dry_run
-from telltale.controller.rpc import page_size, paginate, require, unary
+from telltale.controller.rpc import (
+    MAX_DOCUMENT_BYTES,
+    actor,
+    check_length,
+    check_names,
+    decode_token,
+    encode_token,
+    page_size,
+    paged,
+    require,
+    unary,
+)
 from telltale.controller.store import Absent, Conflict, PolicyState, Store
 from telltale.engine import policy as policy_model
-from telltale.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+from telltale.v1 import policy_pb2, policy_pb2_grpc
 
 # A delete re-reads and re-checks the state when a concurrent change beat it; after this many
 # rounds the caller is told to retry (ABORTED).
@@ -49,8 +58,6 @@ DELETE_ATTEMPTS = 5
 NAMED_USERS = 10
 # Application and component names, as `telltale run` accepts them.
 _APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-T = TypeVar("T")
 
 
 def _violations_error(error: policy_model.PolicyValidationError) -> InvalidArgument:
@@ -69,32 +76,6 @@ def _checked_size(message: policy_pb2.Policy) -> policy_pb2.Policy:
     if size > MAX_POLICY_BYTES:
         raise InvalidArgument("policy", f"is {size} bytes once encoded; the limit is {MAX_POLICY_BYTES}")
     return message
-
-
-def _encode_token(kind: str, position: str) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode()
-
-
-def _decode_token(kind: str, token: str) -> str:
-    """The position in a page token this server issued for listing `kind`; InvalidArgument otherwise."""
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        text = ""
-    if not text.startswith(f"{kind}:"):
-        raise InvalidArgument("page.page_token", f"{token!r} is not a token this listing issued")
-    return text.removeprefix(f"{kind}:")
-
-
-def _paged(
-    kind: str, page: common_pb2.PageRequest, items: Iterable[T], key: Callable[[T], str]
-) -> tuple[list[T], common_pb2.PageResponse]:
-    """One page of `items` by the unique string `key`, behind opaque tokens of `kind`."""
-    position = common_pb2.PageRequest(page_size=page.page_size)
-    if page.page_token:
-        position.page_token = _decode_token(kind, page.page_token)
-    chosen, after = paginate(items, key, position)
-    return chosen, common_pb2.PageResponse(next_page_token=_encode_token(kind, after) if after else "")
 
 
 def _app_name(value: str, field: str, *, required: bool) -> str:
@@ -132,6 +113,7 @@ def _in_use(state: PolicyState, name: str) -> str:
 
 def _parse(policy: policy_pb2.Policy, document: str) -> policy_model.Policy:
     """The engine's Policy from a request's document (preferred) or message; InvalidArgument if invalid."""
+    check_length(document, "document", max_bytes=MAX_DOCUMENT_BYTES)
     try:
         if document.strip():
             return policy_model.parse_document(document)
@@ -160,7 +142,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.ListPoliciesResponse:
         state = await self._store.policy_state()
         # Case-insensitive order; the name itself breaks ties, so each key is unique.
-        policies, page = _paged(
+        policies, page = paged(
             "policies", request.page, state.policies.values(), lambda p: f"{p.name.lower()}\0{p.name}"
         )
         return policy_pb2.ListPoliciesResponse(
@@ -191,7 +173,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.CreatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.CreatePolicyResponse:
         model = _parse(request.policy, request.document)
-        message = _checked_size(_stamped(policy_model.to_proto(model), revision=1, actor=str(context.peer())))
+        message = _checked_size(_stamped(policy_model.to_proto(model), revision=1, actor=actor(context)))
         message.builtin = False
         try:
             await self._store.create_policy(message)
@@ -203,6 +185,8 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
     async def UpdatePolicy(
         self, request: policy_pb2.UpdatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.UpdatePolicyResponse:
+        if request.expected_revision < 0:
+            raise InvalidArgument("expected_revision", f"{request.expected_revision} is negative")
         model = _parse(request.policy, request.document)
         stored = await self._store.get_policy(model.name)
         if stored is None:
@@ -218,7 +202,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
                 "read it again and reapply your change"
             )
         message = _checked_size(
-            _stamped(policy_model.to_proto(model), revision=expected + 1, actor=str(context.peer()))
+            _stamped(policy_model.to_proto(model), revision=expected + 1, actor=actor(context))
         )
         message.cloned_from = stored.value.cloned_from
         message.builtin = False  # only the shipped policies are built in, whatever the request says
@@ -233,7 +217,9 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ValidatePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ValidatePolicyResponse:
         try:
-            model = policy_model.parse_document(require(request.document, "document"))
+            model = policy_model.parse_document(
+                require(request.document, "document", max_bytes=MAX_DOCUMENT_BYTES)
+            )
         except policy_model.PolicyValidationError as exc:
             return policy_pb2.ValidatePolicyResponse(
                 violations=[
@@ -256,13 +242,16 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         if self._policies is None or self._recent is None:
             raise Unimplemented("this server keeps no window of recent events to test policies on")
         try:
-            candidate = policy_model.parse_document(require(request.document, "document"))
+            candidate = policy_model.parse_document(
+                require(request.document, "document", max_bytes=MAX_DOCUMENT_BYTES)
+            )
         except policy_model.PolicyValidationError as exc:
             raise _violations_error(exc) from exc
         if request.since_seconds < 0:
             raise InvalidArgument(
                 "since_seconds", f"{request.since_seconds} is negative; 0 means everything held"
             )
+        check_names(request.applications, "applications")
         applications = frozenset(request.applications)
         now_ns = time.time_ns()
         self._recent.expire(now_ns)
@@ -301,7 +290,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
             policy_model.from_proto(clone)
         except policy_model.PolicyValidationError as exc:
             raise FailedPrecondition(f"policy {source!r} as stored is not valid any more: {exc}") from exc
-        message = _checked_size(_stamped(clone, revision=1, actor=str(context.peer())))
+        message = _checked_size(_stamped(clone, revision=1, actor=actor(context)))
         try:
             await self._store.create_policy(message)
         except Conflict as exc:
@@ -370,7 +359,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ListAssignmentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> policy_pb2.ListAssignmentsResponse:
         state = await self._store.policy_state()
-        wanted = request.policy
+        wanted = check_length(request.policy, "policy")
         if wanted and wanted not in state.policies:
             raise NotFound(f"policy: no policy named {wanted!r}")
         assignments = [
@@ -379,7 +368,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
             if not wanted or policy == wanted
         ]
         # Application, then component ("" first); names hold no NUL, so each key is unique.
-        page_items, page = _paged(
+        page_items, page = paged(
             "assignments", request.page, assignments, lambda a: f"{a.application}\0{a.component}"
         )
         return policy_pb2.ListAssignmentsResponse(assignments=page_items, page=page)
@@ -391,7 +380,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         name = require(request.name, "name")
         before = 0
         if request.page.page_token:
-            position = _decode_token("revisions", request.page.page_token)
+            position = decode_token("revisions", request.page.page_token)
             if not position.isdigit() or int(position) < 1:
                 raise InvalidArgument("page.page_token", f"{request.page.page_token!r} names no revision")
             before = int(position)
@@ -408,7 +397,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
             ]
         )
         if len(history) > size:
-            response.page.next_page_token = _encode_token("revisions", str(history[size - 1].revision))
+            response.page.next_page_token = encode_token("revisions", str(history[size - 1].revision))
         return response
 
 

@@ -13,6 +13,10 @@ Every key lives under one prefix (default ``/telltale/v1/``):
     alerts/<fingerprint>            Alert (protobuf)
     nodes/<node_id>                 Node (protobuf)
     workloads/<id>                  Workload (protobuf)
+    node-live/<node_id>             id of the controller holding the node's stream, attached to
+                                    that controller's lease: gone when the replica dies
+    controllers/<controller_id>     a replica's registration (ControllerRecord), on its lease
+    election/leader                 id of the replica that runs the singleton duties, on its lease
 
 Names are percent-encoded inside keys. Values are serialized protobuf messages, except the
 default policy and assignments, which are UTF-8 names.
@@ -203,6 +207,39 @@ class Store(Protocol):
         """Every node."""
         ...
 
+    async def list_node_records(self) -> list[Versioned[inventory_pb2.Node]]:
+        """Every node with its mod revision."""
+        ...
+
+    async def put_node_live(self, node_id: str, controller_id: str, lease: int) -> None:
+        """Say that `controller_id` holds the node's stream, for as long as `lease` lives."""
+        ...
+
+    async def delete_node_live(self, node_id: str, controller_id: str) -> None:
+        """Withdraw the liveness key, if `controller_id` still holds it (a newer stream elsewhere
+        keeps its own)."""
+        ...
+
+    async def live_nodes(self) -> dict[str, str]:
+        """Node id -> controller id of every liveness key."""
+        ...
+
+    def watch_node_live(self) -> AsyncIterator[str]:
+        """From now on, yield the node id of each liveness key deleted (or expired)."""
+        ...
+
+    async def expire_node(self, node: inventory_pb2.Node, expected_mod_revision: int) -> bool:
+        """Write `node` (marked offline by the caller) if its key is still at
+        `expected_mod_revision` and it has no liveness key; False, writing nothing, otherwise
+        (a stream re-registered it meanwhile)."""
+        ...
+
+    async def delete_alerts(self, alerts: Sequence[tuple[str, int]]) -> int:
+        """Delete alerts (fingerprint, mod revision) in one transaction, each only if still at that
+        revision (an alert updated meanwhile stays). Returns how many went.
+        Raises ValueError when more are given than MAX_BATCH_ALERTS."""
+        ...
+
     async def put_workload(self, workload: common_pb2.Workload) -> None:
         """Record a workload."""
         ...
@@ -213,6 +250,19 @@ class Store(Protocol):
 
     async def list_workloads(self) -> list[common_pb2.Workload]:
         """Every workload."""
+        ...
+
+
+class NodeLiveness(Protocol):
+    """Where a replica says which nodes' streams it holds (membership.Membership on etcd: a
+    liveness key on the replica's lease, so the claim dies with the replica)."""
+
+    async def node_connected(self, node_id: str) -> None:
+        """This replica now holds a stream of `node_id`."""
+        ...
+
+    async def node_disconnected(self, node_id: str) -> None:
+        """This replica holds no stream of `node_id` any more."""
         ...
 
 

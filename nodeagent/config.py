@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast, get_args
 
+from telltale import pki
 from telltale.netutil import is_loopback_host, split_host_port
 from telltale.nodeagent.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
@@ -34,9 +35,12 @@ DEFAULT_SPOOL_BATCHES = 4096
 DEFAULT_SPOOL_BYTES = 256 * 1024**2
 DEFAULT_HOST_STATE_POLL_S = 10.0
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
+DEFAULT_TLS_DIR = Path("/etc/telltale/tls")
 
 Enforcement = Literal["auto", "on", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 ENFORCEMENT_MODES: tuple[str, ...] = get_args(Enforcement)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
@@ -101,6 +105,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("socket", "socket_path", "path", "unix socket the shim reports to", metavar="PATH"),
     Setting("state_dir", "state_dir", "path", "directory of the node identity and the spool", metavar="PATH"),
     Setting("plaintext", "plaintext", "bool", "talk to the controller without TLS (loopback only)"),
+    Setting(
+        "tls_ca", "tls_ca", "path", "CA certificate that signed the controllers' certificates", metavar="PATH"
+    ),
+    Setting(
+        "tls_cert",
+        "tls_cert",
+        "path",
+        "this node's certificate (`telltale pki issue node`); its identity is the node id",
+        metavar="PATH",
+    ),
+    Setting("tls_key", "tls_key", "path", "the private key of tls_cert", metavar="PATH"),
     Setting("spool_batches", "spool_batches", "count", "most unacknowledged batches kept", metavar="N"),
     Setting(
         "spool_bytes",
@@ -126,6 +141,7 @@ SETTINGS: tuple[Setting, ...] = (
         choices=ENFORCEMENT_MODES,
     ),
     Setting("log_level", "log_level", "choice", "log level", choices=LOG_LEVELS),
+    Setting("log_format", "log_format", "choice", "log lines: text, or json lines", choices=LOG_FORMATS),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -143,12 +159,16 @@ class AgentConfig:
     socket_path: Path = DEFAULT_SOCKET
     state_dir: Path = DEFAULT_STATE_DIR
     plaintext: bool = False
+    tls_ca: Path = DEFAULT_TLS_DIR / "ca.crt"
+    tls_cert: Path = DEFAULT_TLS_DIR / "node.crt"
+    tls_key: Path = DEFAULT_TLS_DIR / "node.key"
     spool_batches: int = DEFAULT_SPOOL_BATCHES
     spool_bytes: int = DEFAULT_SPOOL_BYTES
     host_state: bool = True
     host_state_poll_interval: float = DEFAULT_HOST_STATE_POLL_S
     enforcement: Enforcement = "auto"
     log_level: LogLevel = "warning"
+    log_format: LogFormat = "text"
     config_file: Path | None = field(default=None, compare=False)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -170,8 +190,9 @@ class AgentConfig:
         """Raise ConfigError naming the first unusable setting and where it was given.
 
         Checks the value ranges (for an AgentConfig built directly rather than by `load_config`), that
-        every controller address is HOST:PORT, and that plain text is asked for explicitly and only
-        towards controllers on loopback (TLS is not configurable yet).
+        every controller address is HOST:PORT, that plain text is asked for explicitly and only
+        towards controllers on loopback, and otherwise that the TLS files are usable: a node
+        certificate with its key, and the CA (see `tls_material`).
         """
         for setting in SETTINGS:
             try:
@@ -186,20 +207,62 @@ class AgentConfig:
             except ValueError:
                 raise ConfigError(f"{where}: {address!r} is not HOST:PORT") from None
         if not self.plaintext:
-            raise ConfigError(
-                "TLS is not configured: pass --plaintext (or set plaintext = true in the configuration "
-                "file, or TELLTALE_AGENT_PLAINTEXT=1) to talk to a controller on loopback without "
-                "encryption (for a local demo or tests only)"
-            )
-        for address, host in hosts:
-            if not is_loopback_host(host):
-                raise ConfigError(
-                    f"{where}: {address} is not a loopback address; plaintext (no encryption) "
-                    "is only allowed to a controller on this host"
-                )
+            self.tls_material()
+        else:
+            for address, host in hosts:
+                if not is_loopback_host(host):
+                    raise ConfigError(
+                        f"{where}: {address} is not a loopback address; plaintext (no encryption) "
+                        "is only allowed to a controller on this host"
+                    )
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
             where = self.where("socket")
             raise ConfigError(f"{where}: {self.socket_path} is too long for a unix socket path")
+
+    def tls_material(self) -> TlsMaterial:
+        """The CA, certificate and key files' contents and the node id the certificate names.
+
+        Raises ConfigError naming the setting at fault: a missing file (saying how to configure TLS
+        or ask for plaintext), a key that does not belong to the certificate, a certificate that is
+        not a node certificate.
+        """
+        contents = []
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, key)
+            try:
+                contents.append(path.read_bytes())
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"TLS is not configured: {self.where(key)}: {path}: no such file. Give the CA, this "
+                    "node's certificate and key (tls_ca, tls_cert, tls_key; `telltale pki issue node`), "
+                    "or pass --plaintext (plaintext = true, TELLTALE_AGENT_PLAINTEXT=1) to talk to a "
+                    "controller on loopback without encryption (for a local demo or tests only)"
+                ) from None
+            except OSError as exc:
+                raise ConfigError(f"{self.where(key)}: {path}: {exc.strerror or exc}") from None
+        ca, cert, key = contents
+        if not pki.is_pem_certificate(ca):
+            raise ConfigError(f"{self.where('tls_ca')}: {self.tls_ca} holds no PEM certificate")
+        problem = pki.check_pair(cert, key)
+        if problem:
+            raise ConfigError(f"{self.where('tls_cert')}/{self.where('tls_key')}: {problem}")
+        identity = pki.identity_of_pem(cert)
+        if identity is None or identity.kind != "node":
+            raise ConfigError(
+                f"{self.where('tls_cert')}: {self.tls_cert} is not a node certificate "
+                f"(issue one with `telltale pki issue node --name NODE_ID`)"
+            )
+        return TlsMaterial(ca=ca, cert=cert, key=key, node_id=identity.name)
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """What the agent presents and trusts, read once at startup; `node_id` is the certificate's."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+    node_id: str
 
 
 class _Invalid(ValueError):

@@ -79,7 +79,9 @@ class Agent:
         """
         config.validate()
         self.config = config
-        self.connector = connector or GrpcConnector()
+        # With TLS the node id is the one its certificate names (the controller checks it).
+        tls = None if config.plaintext else config.tls_material()
+        self.connector = connector or GrpcConnector(tls=tls)
         # Stable across this object's reconnects: a controller seeing two instance ids for one node
         # id at once knows two agents claim that identity.
         self.instance_id = identity.instance_id()
@@ -87,7 +89,7 @@ class Agent:
         self.stopping = False  # a stop was requested: the link is not retried any more
         counters = Counters()
         self.state = AgentState(
-            node_id=identity.node_id(config.state_dir),
+            node_id=tls.node_id if tls else identity.node_id(config.state_dir),
             spool=Spool(
                 config.state_dir / "spool",
                 capacity=config.spool_batches,

@@ -13,11 +13,12 @@ import contextlib
 import queue
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import trio
 
+from telltale.nodeagent.config import TlsMaterial
 from telltale.v1 import agent_pb2, agent_pb2_grpc
 
 RESPONSE_BUFFER = 64
@@ -89,16 +90,29 @@ async def _wait_ready(channel: grpc.Channel) -> None:
 
 
 class GrpcConnector:
-    """Opens AgentService streams with grpcio's synchronous client (plaintext for now)."""
+    """Opens AgentService streams with grpcio's synchronous client: mutual TLS with `tls` (the CA
+    that signed the controllers' certificates, and this node's certificate), else plaintext."""
 
-    def __init__(self, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, *, connect_timeout: float = 5.0, tls: TlsMaterial | None = None) -> None:
         self._connect_timeout = connect_timeout
+        self._credentials = (
+            None
+            if tls is None
+            else grpc.ssl_channel_credentials(
+                root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
+            )
+        )
+
+    def _channel(self, endpoint: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        if self._credentials is None:
+            return grpc.insecure_channel(endpoint, options=options)
+        return grpc.secure_channel(endpoint, self._credentials, options=options)
 
     @asynccontextmanager
     async def open(self, endpoint: str) -> AsyncIterator[LinkSession]:
-        channel = grpc.insecure_channel(
+        channel = self._channel(
             endpoint,
-            options=[
+            [
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
                 # A policy update carries every policy's blocked networks: well over gRPC's 4 MiB
@@ -110,7 +124,11 @@ class GrpcConnector:
             with trio.move_on_after(self._connect_timeout) as waiting:
                 await _wait_ready(channel)
             if waiting.cancelled_caught:
-                raise LinkClosed(f"controller {endpoint} not reachable within {self._connect_timeout:g}s")
+                # A refused TLS handshake (wrong CA, certificate rejected) looks the same from here.
+                tls = " (or its TLS handshake failed)" if self._credentials is not None else ""
+                raise LinkClosed(
+                    f"controller {endpoint} not reachable within {self._connect_timeout:g}s{tls}"
+                )
             async with self._stream(channel) as session:
                 yield session
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import telltale
-from telltale.cli import alerts, catalog, nodes, policy, workloads
-from telltale.cli.client import CliError
+from telltale import logs
+from telltale.cli import alerts, catalog, nodes, pki, policy, token, workloads
+from telltale.cli.client import ApiCredentials, CliError, use_credentials
 from telltale.nodeagent import config as agent_config
 from telltale.nodeagent.defaults import DEFAULT_SOCKET
 
@@ -34,9 +34,24 @@ def _controller(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         etcd_endpoints=[e for item in args.etcd_endpoints for e in item.split(",") if e],
         etcd_prefix=args.etcd_prefix,
+        etcd_ca=Path(args.etcd_ca) if args.etcd_ca else None,
+        etcd_cert=Path(args.etcd_cert) if args.etcd_cert else None,
+        etcd_key=Path(args.etcd_key) if args.etcd_key else None,
+        etcd_user=args.etcd_user,
+        etcd_password_file=Path(args.etcd_password_file) if args.etcd_password_file else None,
+        etcd_password=os.environ.get("TELLTALE_ETCD_PASSWORD", ""),
+        lease_ttl=args.lease_ttl,
+        retention_closed_age_s=args.retention_closed_age * 86_400,
+        retention_max_alerts=args.retention_max_alerts,
         plaintext=args.plaintext,
         geoip_database=Path(args.geoip_database) if args.geoip_database else None,
         country_overrides=Path(args.country_overrides) if args.country_overrides else None,
+        metrics_listen=args.metrics_listen,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        agent_listen=args.agent_listen,
+        bootstrap_token_file=Path(args.bootstrap_token_file) if args.bootstrap_token_file else None,
     )
     try:
         asyncio.run(serve(config))
@@ -61,7 +76,7 @@ def _agent(args: argparse.Namespace) -> int:
         raise CliError(str(exc), code=2) from None
     if args.print_config:
         return 0
-    logging.getLogger().setLevel(config.log_level.upper())
+    logs.configure(config.log_level, config.log_format)
 
     from telltale.nodeagent.daemon import run_agent
 
@@ -134,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=agent_config.LOG_LEVELS,
         help="daemon log level (default warning; the agent also reads it from its configuration)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        help="daemon log lines: text, or json (one object per line) (default text)",
+    )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
     _add_daemon_commands(sub)
@@ -142,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_commands(sub)
     nodes.add_commands(sub)
     workloads.add_commands(sub)
+    token.add_commands(sub)
+    pki.add_commands(sub)
     return parser
 
 
@@ -166,10 +188,64 @@ def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         action="append",
         default=[],
         metavar="HOST:PORT[,…]",
-        help="use this etcd cluster instead of an embedded one",
+        help="every member of the etcd cluster to use (http:// or https://) instead of an embedded etcd",
     )
     p.add_argument("--etcd-prefix", default="/telltale/v1/", help="key prefix in etcd (default %(default)s)")
-    p.add_argument("--plaintext", action="store_true", help="serve without TLS (loopback only)")
+    p.add_argument("--etcd-ca", metavar="PEM", help="CA of the etcd members' certificates (TLS to etcd)")
+    p.add_argument("--etcd-cert", metavar="PEM", help="client certificate for etcd, with --etcd-key")
+    p.add_argument("--etcd-key", metavar="PEM", help="private key of --etcd-cert")
+    p.add_argument("--etcd-user", default="", help="etcd user (etcd authentication enabled)")
+    p.add_argument(
+        "--etcd-password-file",
+        metavar="FILE",
+        help="file holding the etcd user's password (else $TELLTALE_ETCD_PASSWORD)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="TTL of this replica's etcd lease: how soon others notice it died (default %(default)s)",
+    )
+    p.add_argument(
+        "--retention-closed-age",
+        type=float,
+        default=30,
+        metavar="DAYS",
+        help="delete acknowledged and not-an-issue alerts not seen for this long (default %(default)s)",
+    )
+    p.add_argument(
+        "--retention-max-alerts",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="keep at most N alerts, deleting the oldest, closed ones first (default %(default)s)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="serve without TLS and without authentication (loopback only; a demo or tests)",
+    )
+    p.add_argument(
+        "--tls-cert", metavar="PATH", help="the controller's certificate (`telltale pki issue controller`)"
+    )
+    p.add_argument("--tls-key", metavar="PATH", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help="CA of the node (and API client) certificates: agents must present one",
+    )
+    p.add_argument(
+        "--agent-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="where agents connect with mutual TLS (default: the --listen host, port 7444)",
+    )
+    p.add_argument(
+        "--bootstrap-token-file",
+        metavar="PATH",
+        help="when no API token exists, create an admin token and write it to PATH (mode 0600)",
+    )
     p.add_argument(
         "--geoip-database",
         metavar="PATH",
@@ -180,6 +256,17 @@ def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--country-overrides",
         metavar="FILE",
         help="YAML or CSV mapping networks to country codes, consulted first",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: no metrics endpoint)",
+    )
+    # Also accepted before the subcommand; SUPPRESS keeps that value when the flag is absent here.
+    p.add_argument("--log-level", choices=logs.LOG_LEVELS, default=argparse.SUPPRESS, help="log level")
+    p.add_argument(
+        "--log-format", choices=logs.LOG_FORMATS, default=argparse.SUPPRESS, help="log lines: text or json"
     )
     p.set_defaults(func=_controller)
 
@@ -244,7 +331,7 @@ def _add_agent_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                 metavar=setting.metavar,
                 help=f"{setting.help} ({where})",
             )
-        elif setting.key == "log_level":
+        elif setting.key in ("log_level", "log_format"):
             # Also accepted before the subcommand (`telltale --log-level debug agent`): SUPPRESS keeps
             # that value when this flag is absent.
             p.add_argument(
@@ -280,9 +367,8 @@ def _add_agent_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=(args.log_level or "warning").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    use_credentials(ApiCredentials.from_args(args))
+    logs.configure(args.log_level or "warning", args.log_format or "text")
     try:
         return int(args.func(args))
     except CliError as exc:
