@@ -128,15 +128,20 @@ void *call_resolve(void **slot, const char *name);
  * dlerror(). */
 void calls_resolve(void);
 
-/* Finds the OpenSSL 3 functions the crypto hooks stand for in the libraries loaded now, and pins
- * those libraries (hooks_crypto.c). Called where the shim already walks the loaded objects: at
- * initialisation (even when inert) and after each dlopen the shim makes; never from a hook's
- * call path. Takes the loader's lock; dlerror() is left as it was. */
+/* Finds the OpenSSL 3 functions the crypto hooks stand for in the libraries loaded now, pinning
+ * those libraries first (hooks_crypto.c). Called at initialisation (even when inert) and after
+ * every dlopen that returns through the shim's hook (even when inert); never from a hook's call
+ * path, nor with the loader's lock held. Takes the loader's lock; makes loader calls that succeed
+ * (a program's pending dlerror() is only ever read right after its own dlopen succeeded). */
 void crypto_resolve_loaded(void);
+/* Every dlopen and dlmopen hook calls it, before the call: something new may be loaded. */
+void crypto_note_dlopen(void);
 
 /* The address of the function `name` of symbol version `version` defined by the loaded object at
- * `base` whose dynamic section is `dynamic` (elfsym.c); NULL when it defines none. Reads memory
- * only: no lock, no system call, no allocation. */
-void *shim_elf_symbol(uintptr_t base, const void *dynamic, const char *name, const char *version);
+ * `base` whose dynamic section is `dynamic`, its d_ptr entries `relocated` in place or not
+ * (shim_dynamic_relocated) (elfsym.c); NULL when it defines none. Reads memory only: no lock, no
+ * system call, no allocation. */
+void *shim_elf_symbol(uintptr_t base, const void *dynamic, int relocated, const char *name,
+                      const char *version);
 
 #endif /* TELLTALE_CALLS_H */

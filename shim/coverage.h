@@ -54,13 +54,16 @@ void env_plan_make(struct env_plan *p, char *const envp[]);
 char *const *env_plan_apply(const struct env_plan *p, char *const envp[], char **slots, char *text);
 
 /* Declares `name`, valid until the end of the enclosing block: `envp` or its repaired copy, on the
- * stack; `name##_plan` says whether it could be repaired. */
+ * stack; `name##_plan` says whether it could be repaired. `envp` is evaluated once (for `environ`,
+ * one read: another thread may assign it meanwhile, and the plan and the copy must be of one
+ * array). */
 #define SHIM_ENV_REPAIR(name, envp)                                                         \
+    char *const *const name##_envp = (envp);                                                \
     struct env_plan name##_plan;                                                            \
-    env_plan_make(&name##_plan, (envp));                                                    \
+    env_plan_make(&name##_plan, name##_envp);                                               \
     char *name##_slots[name##_plan.slots];                                                  \
     char name##_text[name##_plan.text];                                                     \
-    char *const *name = env_plan_apply(&name##_plan, (envp), name##_slots, name##_text)
+    char *const *name = env_plan_apply(&name##_plan, name##_envp, name##_slots, name##_text)
 
 /* ---- coverage self-audit (coverage.c) -------------------------------------------------------- */
 

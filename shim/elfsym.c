@@ -8,11 +8,14 @@
 #include <elf.h>
 #include <link.h>
 
-/* A d_ptr of the dynamic section: glibc relocates them in place on most architectures, not on
- * those whose dynamic section is read-only (nor in the vDSO); an unrelocated one is below base. */
-static uintptr_t dyn_ptr(uintptr_t base, ElfW(Addr) v)
+/* A d_ptr of the dynamic section: relocated in place (an address), or a link-time value to which
+ * the load address is added (wrapping: an object loaded below its link address has a "negative"
+ * base). Which one is decided like glibc does (shim_dynamic_relocated), never by comparing
+ * values: when it relocates a dynamic section, it does DT_HASH, DT_STRTAB, DT_SYMTAB, DT_VERSYM and
+ * DT_GNU_HASH (among others), never DT_VERDEF. */
+static uintptr_t dyn_ptr(uintptr_t base, int relocated, ElfW(Addr) v)
 {
-    return (uintptr_t)v < base ? base + (uintptr_t)v : (uintptr_t)v;
+    return relocated ? (uintptr_t)v : base + (uintptr_t)v;
 }
 
 #if __ELF_NATIVE_CLASS == 64
@@ -53,7 +56,8 @@ static int sym_matches(const struct dynamic *d, uint32_t i, const char *name, un
     return ndx == 0 || (d->versym[i] & 0x7fff) == ndx;
 }
 
-void *shim_elf_symbol(uintptr_t base, const void *dynamic, const char *name, const char *version)
+void *shim_elf_symbol(uintptr_t base, const void *dynamic, int relocated, const char *name,
+                      const char *version)
 {
     struct dynamic d = {.base = base};
     if (dynamic == NULL)
@@ -61,22 +65,23 @@ void *shim_elf_symbol(uintptr_t base, const void *dynamic, const char *name, con
     for (const ElfW(Dyn) *e = dynamic; e->d_tag != DT_NULL; e++) {
         switch (e->d_tag) {
         case DT_SYMTAB:
-            d.symtab = (const ElfW(Sym) *)dyn_ptr(base, e->d_un.d_ptr);
+            d.symtab = (const ElfW(Sym) *)dyn_ptr(base, relocated, e->d_un.d_ptr);
             break;
         case DT_STRTAB:
-            d.strtab = (const char *)dyn_ptr(base, e->d_un.d_ptr);
+            d.strtab = (const char *)dyn_ptr(base, relocated, e->d_un.d_ptr);
             break;
         case DT_GNU_HASH:
-            d.gnu_hash = (const uint32_t *)dyn_ptr(base, e->d_un.d_ptr);
+            d.gnu_hash = (const uint32_t *)dyn_ptr(base, relocated, e->d_un.d_ptr);
             break;
         case DT_HASH:
-            d.sysv_hash = (const uint32_t *)dyn_ptr(base, e->d_un.d_ptr);
+            d.sysv_hash = (const uint32_t *)dyn_ptr(base, relocated, e->d_un.d_ptr);
             break;
         case DT_VERSYM:
-            d.versym = (const ElfW(Half) *)dyn_ptr(base, e->d_un.d_ptr);
+            d.versym = (const ElfW(Half) *)dyn_ptr(base, relocated, e->d_un.d_ptr);
             break;
         case DT_VERDEF:
-            d.verdef = (const ElfW(Verdef) *)dyn_ptr(base, e->d_un.d_ptr);
+            /* glibc never relocates this one */
+            d.verdef = (const ElfW(Verdef) *)dyn_ptr(base, 0, e->d_un.d_ptr);
             break;
         case DT_VERDEFNUM:
             d.verdefnum = (size_t)e->d_un.d_val;
@@ -118,8 +123,15 @@ void *shim_elf_symbol(uintptr_t base, const void *dynamic, const char *name, con
         const uint32_t *chain = buckets + nbuckets;
         if (nbuckets == 0)
             return NULL;
+        /* A chain ends at a word with its low bit set; a malformed one without it is bounded by
+         * the number of symbols (DT_HASH's count, or the room between the symbol and string tables). */
+        uint32_t limit = symoffset + (1u << 20);
+        if (d.sysv_hash != NULL)
+            limit = d.sysv_hash[1];
+        else if ((uintptr_t)d.strtab > (uintptr_t)d.symtab) /* .dynstr follows .dynsym */
+            limit = (uint32_t)(((uintptr_t)d.strtab - (uintptr_t)d.symtab) / sizeof(ElfW(Sym)));
         uint32_t h = gnu_hash(name);
-        for (uint32_t i = buckets[h % nbuckets]; i >= symoffset; i++) {
+        for (uint32_t i = buckets[h % nbuckets]; i >= symoffset && i < limit; i++) {
             uint32_t c = chain[i - symoffset];
             if ((c | 1) == (h | 1) && sym_matches(&d, i, name, ndx)) {
                 found = i;

@@ -22,23 +22,25 @@
  * its own use) are not reported. The hooks exist only where a program loads OpenSSL.
  *
  * The real functions are found ahead of the calls, where the shim walks the loaded objects anyway:
- * at initialisation (even when inert) and after each dlopen the shim makes. Each loaded libcrypto
- * and libssl is searched for the function with OpenSSL 3's version by reading its dynamic symbol
- * table (elfsym.c), in load order, and a library that provides one is pinned (dlopen RTLD_NOLOAD),
- * so that a privately loaded one (dlopen without RTLD_GLOBAL, as Python's _hashlib and _ssl are)
- * stays loaded under the pointer. A hook therefore never calls dlsym, dlopen or dl_iterate_phdr:
- * a pending dlerror() of the program survives its first call, and a fork child whose parent had
- * another thread holding the loader's lock at fork does not wait for it forever. A function not
- * found by the last walk (its library was loaded by a dlopen the shim passed straight through, or
- * while inert) is looked up at each call in the loader's list of objects, read without its lock,
- * until a walk pins it. A hook always calls the real function, whatever the shim is doing; only
- * when no OpenSSL 3 definition is loaded at all does it return what an absent function would give
+ * at initialisation (even when inert) and after every dlopen that returns through the shim's hook
+ * (even when inert). Each loaded libcrypto and libssl is first pinned (dlopen RTLD_NOLOAD), so that
+ * a privately loaded one (dlopen without RTLD_GLOBAL, as Python's _hashlib and _ssl are) stays
+ * loaded under the pointer, then searched, through the pinned handle's own link_map, for the
+ * function with OpenSSL 3's version by reading its dynamic symbol table (elfsym.c), in load order.
+ * A hook's call is then one load: it never calls dlsym, dlopen or dl_iterate_phdr, leaves a
+ * pending dlerror() alone and never waits for the loader's lock (which a fork child can find held
+ * for good), and never reads the loader's list of objects without its lock. Only an OpenSSL
+ * brought in by a dlopen the shim passed straight to the loader (a bare name), with no dlopen
+ * through the hook since, is looked for at the call (crypto_unresolved, once). A hook always calls
+ * the real function, whatever the shim is doing; only when no OpenSSL 3 definition is loaded at
+ * all does it return what an absent function would give
  * a caller that checks (NULL, 0). No OpenSSL header is needed: the types are opaque here.
  */
 #include "calls.h"
 
 #include <dlfcn.h>
 #include <link.h>
+#include <pthread.h>
 #include <strings.h>
 
 /* OpenSSL's values (ssl.h, prov/tls1.h, ssl3.h). */
@@ -89,107 +91,203 @@ static int is_openssl(const char *name)
     return strncmp(base, "libcrypto.so", 12) == 0 || strncmp(base, "libssl.so", 9) == 0;
 }
 
-static const ElfW(Dyn) *dynamic_of(const struct dl_phdr_info *info)
-{
-    for (int i = 0; i < info->dlpi_phnum; i++)
-        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
-            return (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
-    return NULL;
-}
-
 enum { LIBS_MAX = 4 };
 
-/* What one pass over the loaded objects found: the functions still missing, and the libraries
- * (their loader names) that provide them. The callback runs under the loader's lock: it only
- * reads memory and copies. */
-struct crypto_search {
-    void *found[FN_COUNT];
-    int lib_of[FN_COUNT];
+/* The loader names of the OpenSSL libraries loaded now (at most LIBS_MAX). The callback runs
+ * under the loader's lock: it only reads and copies. */
+struct crypto_names {
     char path[LIBS_MAX][CALLER_MAX];
     int n;
 };
 
-static int find_functions(struct dl_phdr_info *info, size_t size, void *data)
+static int collect_openssl(struct dl_phdr_info *info, size_t size, void *data)
 {
-    struct crypto_search *q = data;
+    struct crypto_names *q = data;
     (void)size;
     if (!is_openssl(info->dlpi_name) || q->n >= LIBS_MAX)
         return 0;
     size_t len = strlen(info->dlpi_name);
-    if (len >= CALLER_MAX)
-        return 0;
-    const ElfW(Dyn) *dyn = dynamic_of(info);
-    int used = 0;
-    for (unsigned fn = FN_FIRST_CRYPTO; fn < FN_COUNT; fn++) {
-        if (q->found[fn] != NULL || __atomic_load_n(&crypto_slot[fn], __ATOMIC_RELAXED) != NULL)
-            continue;
-        void *p = shim_elf_symbol(info->dlpi_addr, dyn, crypto_name[fn], OPENSSL_3_VERSION);
-        if (p != NULL) {
-            q->found[fn] = p;
-            q->lib_of[fn] = q->n;
-            used = 1;
-        }
-    }
-    if (used)
+    if (len < CALLER_MAX)
         memcpy(q->path[q->n++], info->dlpi_name, len + 1);
     return 0;
 }
 
+/* 1 when every hook's slot is filled. */
+static int crypto_all_found(void)
+{
+    for (unsigned fn = FN_FIRST_CRYPTO; fn < FN_COUNT; fn++)
+        if (__atomic_load_n(&crypto_slot[fn], __ATOMIC_ACQUIRE) == NULL)
+            return 0;
+    return 1;
+}
+
+/* Pins the loaded library `name` (a loader name, or an OpenSSL soname), then fills the empty
+ * slots from the pinned object's own link_map: pinned first, so the object read is the one that
+ * stays loaded (a dlclose and reload between a lookup and a pin would otherwise leave a slot
+ * pointing into the unloaded copy). Returns the number of slots filled; the library stays pinned
+ * only when it filled one. With the shim busy; makes loader calls (the loader's lock). */
+static int crypto_pin_and_fill(const char *name)
+{
+    void *h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == NULL) {
+        (void)dlerror(); /* ours */
+        return 0;
+    }
+    struct link_map *lm = NULL;
+    int filled = 0;
+    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm != NULL && is_openssl(lm->l_name)) {
+        int relocated = shim_dynamic_relocated(lm->l_ld);
+        for (unsigned fn = FN_FIRST_CRYPTO; fn < FN_COUNT; fn++) {
+            if (__atomic_load_n(&crypto_slot[fn], __ATOMIC_ACQUIRE) != NULL)
+                continue;
+            void *p = shim_elf_symbol((uintptr_t)lm->l_addr, lm->l_ld, relocated,
+                                      crypto_name[fn], OPENSSL_3_VERSION);
+            if (p == NULL)
+                continue;
+            void *expected = NULL;
+            __atomic_store_n(&call_impl[fn], p, __ATOMIC_RELAXED);
+            if (__atomic_compare_exchange_n(&crypto_slot[fn], &expected, p, 0, __ATOMIC_RELEASE,
+                                            __ATOMIC_ACQUIRE))
+                filled++;
+            else
+                __atomic_store_n(&call_impl[fn], expected, __ATOMIC_RELAXED);
+        }
+    } else {
+        (void)dlerror();
+    }
+    if (filled == 0)
+        dlclose(h); /* nothing of it is used: not pinned */
+    return filled;
+}
+
+/* The offset from the thread pointer of glibc's pending-dlerror() state (__libc_dlerror_result,
+ * GLIBC_PRIVATE, glibc 2.34 and later: a pointer, NULL when no error is pending), in libc's static
+ * TLS; 0 when unknown. Found at initialisation (crypto_resolve_loaded's first run). */
+static intptr_t dlerror_state_offset;
+static int dlerror_state_looked;
+
+static void dlerror_state_find(void)
+{
+    if (__atomic_load_n(&dlerror_state_looked, __ATOMIC_ACQUIRE))
+        return;
+    void *p = dlvsym(RTLD_DEFAULT, "__libc_dlerror_result", "GLIBC_PRIVATE");
+    (void)dlerror();
+    if (p != NULL)
+        __atomic_store_n(&dlerror_state_offset,
+                         (intptr_t)((char *)p - (char *)__builtin_thread_pointer()), __ATOMIC_RELAXED);
+    __atomic_store_n(&dlerror_state_looked, 1, __ATOMIC_RELEASE);
+}
+
+/* This thread's pending-dlerror() state, or NULL when unknown. */
+static void **dlerror_state(void)
+{
+    intptr_t off = __atomic_load_n(&dlerror_state_offset, __ATOMIC_RELAXED);
+    return off != 0 ? (void **)((char *)__builtin_thread_pointer() + off) : NULL;
+}
+
+enum { OPENSSL_SONAMES = 2 };
+static const char *const openssl_sonames[OPENSSL_SONAMES] = {"libcrypto.so.3", "libssl.so.3"};
+
+/* 1 in a fork child: dl_iterate_phdr's lock (which glibc does not re-initialise there, unlike
+ * dlopen's) may be held for good by a thread of the parent. */
+static int crypto_forked;
+
+static void crypto_atfork_child(void)
+{
+    __atomic_store_n(&crypto_forked, 1, __ATOMIC_RELAXED);
+}
+
 void crypto_resolve_loaded(void)
 {
-    unsigned fn;
-    for (fn = FN_FIRST_CRYPTO; fn < FN_COUNT; fn++)
-        if (__atomic_load_n(&crypto_slot[fn], __ATOMIC_RELAXED) == NULL)
-            break;
-    if (fn == FN_COUNT)
-        return; /* all found */
+    static int once;
+    if (!__atomic_exchange_n(&once, 1, __ATOMIC_ACQ_REL)) { /* at initialisation */
+        dlerror_state_find();
+        if (pthread_atfork(NULL, NULL, crypto_atfork_child) != 0)
+            crypto_atfork_child(); /* never walk with dl_iterate_phdr then */
+    }
+    if (crypto_all_found())
+        return;
     int saved = errno;
     int busy = shim_busy;
     shim_busy = 1; /* the dlopen below passes through the shim's own hook unobserved */
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    struct crypto_search q;
-    memset(&q, 0, sizeof q);
-    dl_iterate_phdr(find_functions, &q);
-    for (int i = 0; i < q.n; i++) {
-        /* Pinned: a library loaded privately could otherwise be unloaded under the pointers. It
-         * is loaded, so this succeeds and leaves no error for dlerror(). */
-        if (dlopen(q.path[i], RTLD_LAZY | RTLD_NOLOAD) == NULL) {
-            (void)dlerror(); /* ours: the program's dlopen just succeeded, or has not run yet */
-            continue;
-        }
-        for (fn = FN_FIRST_CRYPTO; fn < FN_COUNT; fn++) {
-            if (q.found[fn] == NULL || q.lib_of[fn] != i)
-                continue;
-            __atomic_store_n(&call_impl[fn], q.found[fn], __ATOMIC_RELAXED);
-            __atomic_store_n(&crypto_slot[fn], q.found[fn], __ATOMIC_RELEASE);
-        }
+    struct crypto_names q;
+    q.n = 0;
+    if (!__atomic_load_n(&crypto_forked, __ATOMIC_RELAXED)) {
+        dl_iterate_phdr(collect_openssl, &q);
+    } else { /* OpenSSL 3 by its sonames */
+        for (unsigned i = 0; i < OPENSSL_SONAMES; i++)
+            memcpy(q.path[q.n++], openssl_sonames[i], strlen(openssl_sonames[i]) + 1);
     }
+    for (int i = 0; i < q.n && !crypto_all_found(); i++)
+        (void)crypto_pin_and_fill(q.path[i]); /* in load order: the first definition wins */
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     shim_busy = busy;
     errno = saved;
 }
 
-/* A hook's function not found at the last walk (OpenSSL loaded by a dlopen the shim passed
- * straight through, or while the shim is inert): looked up in the loader's list of objects, read
- * without its lock (a debugger's way), for this call only, since that library is not pinned. No
- * loader call, no system call, dlerror() untouched. NULL when no loaded OpenSSL 3 provides it. */
-static __attribute__((noinline, cold)) void *crypto_unresolved(unsigned fn)
+/* Bumped by every dlopen and dlmopen through the shim's hooks (passed straight through or not):
+ * a slot a fallback could not fill is only looked for again once something new can be loaded. */
+static unsigned crypto_loads;
+static unsigned crypto_missed_at[FN_COUNT]; /* crypto_loads + 1 when the fallback last failed */
+
+void crypto_note_dlopen(void)
 {
-    for (const struct link_map *l = _r_debug.r_map; l != NULL; l = l->l_next) {
-        if (!is_openssl(l->l_name))
-            continue;
-        void *p = shim_elf_symbol((uintptr_t)l->l_addr, l->l_ld, crypto_name[fn], OPENSSL_3_VERSION);
-        if (p != NULL) {
-            __atomic_store_n(&call_impl[fn], p, __ATOMIC_RELAXED);
-            return p;
-        }
-    }
-    return NULL;
+    __atomic_fetch_add(&crypto_loads, 1, __ATOMIC_RELAXED);
 }
 
-/* The real function of hook `fn`. Never calls the loader and never depends on the shim's state:
- * a hook called while the shim is busy on this thread (from a signal handler, from a name
- * lookup's resolver), or in a fork child, still gets it. */
+/* The fallback of a hook whose slot is empty. Practically unreachable: every dlopen that returns
+ * through the shim's hook, and the start, fills the slots of every OpenSSL 3 then loaded; a hook
+ * only runs where OpenSSL 3 is loaded, so it can only get here when that OpenSSL was brought in by
+ * a dlopen passed straight to the loader (a bare name, which the shim cannot call itself without
+ * changing its search path) and no dlopen has returned through the hook since. Then, like a walk:
+ * the OpenSSL 3 libraries are pinned by soname (dlopen RTLD_NOLOAD: the loader's lock, which
+ * glibc re-initialises in a fork child; never dl_iterate_phdr, whose lock it does not) and their
+ * symbols read; failing that, dlvsym(RTLD_NEXT) for this call only. The real function is
+ * returned whenever one is loaded. Costs loader calls once per library brought in this way.
+ * A dlerror() the program has not read yet is set aside meanwhile and put back (glibc's
+ * __libc_dlerror_result, 2.34 and later); with an older glibc it may be consumed. Unlike the
+ * hooks' usual path, this is not async-signal-safe: a signal handler making such a first call
+ * while its thread is inside the loader or malloc could deadlock. */
+static __attribute__((noinline, cold)) void *crypto_unresolved(unsigned fn)
+{
+    unsigned loads = __atomic_load_n(&crypto_loads, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&crypto_missed_at[fn], __ATOMIC_RELAXED) == loads + 1)
+        return NULL; /* looked for since the last dlopen: none */
+    int saved = errno;
+    int busy = shim_busy;
+    shim_busy = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    void **pending = dlerror_state();
+    void *program_error = NULL;
+    if (pending != NULL) { /* set aside: our loader calls then neither clear nor replace it */
+        program_error = *pending;
+        *pending = NULL;
+    }
+    void *p = NULL;
+    for (unsigned i = 0; i < OPENSSL_SONAMES && p == NULL; i++) {
+        (void)crypto_pin_and_fill(openssl_sonames[i]);
+        p = __atomic_load_n(&crypto_slot[fn], __ATOMIC_ACQUIRE);
+    }
+    if (p == NULL) {
+        p = dlvsym(RTLD_NEXT, crypto_name[fn], OPENSSL_3_VERSION);
+        if (p != NULL)
+            __atomic_store_n(&call_impl[fn], p, __ATOMIC_RELAXED);
+        else
+            __atomic_store_n(&crypto_missed_at[fn], loads + 1, __ATOMIC_RELAXED);
+    }
+    while (dlerror() != NULL) /* ours: the second call frees it */
+        ;
+    if (pending != NULL)
+        *pending = program_error;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    shim_busy = busy;
+    errno = saved;
+    return p;
+}
+
+/* The real function of hook `fn`: a load. A hook called while the shim is busy on this thread
+ * (from a signal handler, from a name lookup's resolver), or in a fork child, gets it too. */
 static inline void *crypto_real(unsigned fn)
 {
     void *p = __atomic_load_n(&crypto_slot[fn], __ATOMIC_ACQUIRE);

@@ -16,9 +16,10 @@
  * address), of the objects that loaded it and of the program, and loads into the caller's
  * namespace. A hook that calls dlopen itself becomes that caller, so the hook only calls through
  * when the result cannot depend on it: a name with a '/' and no "$", from a caller in the base
- * namespace (any namespace for dlmopen). Otherwise (every bare name) it jumps straight to the real
- * dlopen (a sibling call, so the loader still sees the program's caller) and what was loaded is
- * reported by the next walk: the next dlopen, or the end of the process.
+ * namespace (any namespace for dlmopen), even in an inert process, so that the OpenSSL functions
+ * it may bring in are found right after it (hooks_crypto.c). Otherwise (every bare name) it jumps
+ * straight to the real dlopen (a sibling call, so the loader still sees the program's caller) and
+ * what was loaded is reported by the next walk: the next dlopen, or the end of the process.
  *
  * Environment: TELLTALE_START_LIBRARIES=0 leaves out the libraries loaded with the program (they
  * are still noted as seen, so only later loads are reported).
@@ -332,11 +333,16 @@ static void lib_failed(const char *file, int err)
 
 /* ---- dlopen, dlmopen ----------------------------------------------------------------------------- */
 
-/* 1 when calling the real dlopen from the shim gives the same result as from `caller`; then the
- * shim is entered (the caller must shim_leave after reporting). */
-static int lib_enter_call_through(const char *file, const void *caller, int any_namespace)
+/* 1 when calling the real dlopen from the shim gives the same result as from `caller`: the hook
+ * then calls it itself, and runs lib_after. Checked in an inert process too (its OpenSSL slots are
+ * filled after the call); not while the shim is busy on this thread (its own pinning dlopen, or a
+ * signal handler or resolver within the shim's work), which goes straight through. */
+static int lib_can_call_through(const char *file, const void *caller, int any_namespace)
 {
-    if (!shim_enter())
+    if (shim_busy && !shim_reclaim(__builtin_frame_address(0)))
+        return 0;
+    if (SHIM_UNLIKELY(__atomic_load_n(&shim_init_state, __ATOMIC_ACQUIRE) != INIT_DONE) &&
+        !shim_init_lazy())
         return 0;
     int saved = errno, ok = 0;
     Dl_info info;
@@ -356,14 +362,17 @@ static int lib_enter_call_through(const char *file, const void *caller, int any_
     ok = 1;
 out:
     errno = saved;
-    if (!ok)
-        shim_leave();
     return ok;
 }
 
-/* After a dlopen that the shim called: reports the result. Inside shim_enter. */
+/* After a dlopen that the shim called: finds the OpenSSL functions it may have brought in (even
+ * when inert: found now, not at a hook's call), then reports the result when active. */
 static void lib_after(const char *file, void *handle, int err)
 {
+    if (handle != NULL)
+        crypto_resolve_loaded();
+    if (!shim_enter())
+        return;
     if (handle == NULL) {
         lib_failed(file, err);
     } else {
@@ -371,7 +380,6 @@ static void lib_after(const char *file, void *handle, int err)
         if (file == NULL || dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0)
             lm = NULL;
         lib_walk(0, 0, file, lm);
-        crypto_resolve_loaded(); /* an OpenSSL it brought in: found now, not at a hook's call */
     }
     shim_leave();
 }
@@ -389,7 +397,8 @@ SHIM_EXPORT SHIM_SIBCALL void *dlopen(const char *file, int mode)
     SHIM_NOTE_CALLER();
     if (SHIM_UNLIKELY(!SHIM_RESOLVE(dlopen)))
         return NULL;
-    if (!lib_enter_call_through(file, __builtin_return_address(0), 0))
+    crypto_note_dlopen();
+    if (!lib_can_call_through(file, __builtin_return_address(0), 0))
         return real_dlopen(file, mode); /* sibling call: the loader sees the program's caller */
     void *handle = real_dlopen(file, mode);
     int err = errno;
@@ -403,7 +412,8 @@ SHIM_EXPORT SHIM_SIBCALL void *dlmopen(Lmid_t lmid, const char *file, int mode)
     SHIM_NOTE_CALLER();
     if (SHIM_UNLIKELY(!SHIM_RESOLVE(dlmopen)))
         return NULL;
-    if (!lib_enter_call_through(file, __builtin_return_address(0), 1))
+    crypto_note_dlopen();
+    if (!lib_can_call_through(file, __builtin_return_address(0), 1))
         return real_dlmopen(lmid, file, mode);
     void *handle = real_dlmopen(lmid, file, mode);
     int err = errno;

@@ -20,20 +20,19 @@
  * A program may leave the real call without returning: a signal handler that siglongjmps out of a
  * slow lookup (alarm-based resolver timeouts, libcurl's synchronous resolver). The thread would then
  * stay busy, its hooked calls unreported, for good. So a lookup records, while it holds the guard
- * across the real call, its hook's frame address (shim_lookup_frame) and a token in a word of that
- * frame. Any hook that finds the guard held calls shim_reclaim (only then: the fast path tests
- * shim_busy alone), which takes the guard back when the lookup is over:
- *
- *   - the calling hook's frame is not below the lookup hook's, and it runs on the thread's normal
- *     stack (not a signal stack, where frame addresses say nothing): that frame is gone;
- *   - or the word no longer holds the token: the frame was unwound and its stack reused by a
- *     deeper call chain. It is read with process_vm_readv, which fails instead of faulting if the
- *     stack it was on has been unmapped since (a coroutine's).
+ * across the real call, its hook's frame address (shim_lookup_frame) and the thread's alternate
+ * signal stack (one sigaltstack call per lookup, before the real call). Any hook that finds the
+ * guard held calls shim_reclaim (only then: the fast path tests shim_busy alone), which takes the
+ * guard back when its own frame is at or above the lookup hook's frame and not on that signal
+ * stack: the lookup's frame is gone. It makes no system call and reads no memory but the thread's
+ * own variables, so a hooked call made within a lookup (a name service module's socket, connect,
+ * close; a signal handler's) costs two compares, and a seccomp filter sees nothing of it.
  *
  * A call made within the lookup (the resolver's, a signal handler's on the same stack) runs below
- * the frame, whose word is intact: the guard stays. A lookup whose frame was unwound but not
- * overwritten, seen only from deeper calls, keeps the thread silent until a call from higher up.
- * After its real call returns, a lookup holds the guard again whatever happened meanwhile.
+ * the frame: the guard stays. So, after a siglongjmp, a call made from a frame deeper than the
+ * abandoned lookup's stays unreported (the resolver's, as far as the shim can tell) until a call
+ * from a shallower frame takes the guard back. After its real call returns, a lookup holds the
+ * guard again whatever happened meanwhile.
  */
 #include "shim.h"
 
@@ -42,8 +41,6 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/syscall.h>
-#include <sys/uio.h>
 
 SHIM_REAL(getaddrinfo);
 SHIM_REAL(gethostbyname);
@@ -166,44 +163,29 @@ static void lookup_report(struct lookup *k)
 }
 
 __thread const void *shim_lookup_frame __attribute__((tls_model("initial-exec")));
-/* A word in the frame of that hook holding lookup_token while the hook is there: a frame since
- * unwound and reused no longer holds it. */
-static __thread const volatile uint64_t *lookup_canary __attribute__((tls_model("initial-exec")));
-static __thread uint64_t lookup_token __attribute__((tls_model("initial-exec")));
+/* The alternate signal stack of the thread when its lookup began ([lo, hi); empty when none or
+ * unknown), and whether the lookup itself runs on it. */
+static __thread uintptr_t lookup_alt_lo __attribute__((tls_model("initial-exec")));
+static __thread uintptr_t lookup_alt_hi __attribute__((tls_model("initial-exec")));
+static __thread int lookup_on_alt __attribute__((tls_model("initial-exec")));
 
-/* 1 when the lookup hook's canary no longer holds its token (its frame was reused). The word is
- * read with process_vm_readv, which fails instead of faulting if the stack it was on is gone (a
- * coroutine's, unmapped since); 0 when it cannot be read. */
-static int lookup_canary_lost(void)
-{
-    uint64_t word = 0;
-    struct iovec local = {.iov_base = &word, .iov_len = sizeof word};
-    struct iovec remote = {.iov_base = (void *)(uintptr_t)lookup_canary, .iov_len = sizeof word};
-    if (syscall(SYS_process_vm_readv, (long)getpid(), &local, 1UL, &remote, 1UL, 0UL) !=
-        (long)sizeof word)
-        return 0;
-    return word != lookup_token;
-}
-
-/* Out of line and cold: the hot path of every hook only tests shim_busy. */
+/* Out of line and cold: the hot path of every hook only tests shim_busy. No system call, no
+ * memory read but this thread's variables. */
 __attribute__((noinline, cold)) int shim_reclaim(const void *frame)
 {
-    stack_t ss;
     const void *held = shim_lookup_frame;
     if (held == NULL)
         return 0; /* the guard is the shim's own work */
-    int saved = errno, over;
-    if ((uintptr_t)frame < (uintptr_t)held) {
-        /* Below the lookup's frame: a call made within the lookup (the resolver's, a signal
-         * handler's), unless the lookup is over and this call chain reuses its stack. */
-        over = lookup_canary_lost();
-    } else {
-        /* At or above it: the lookup's frame is gone, unless this runs on a signal stack (frame
-         * addresses there say nothing about the lookup's). */
-        over = (sigaltstack(NULL, &ss) == 0 && !(ss.ss_flags & SS_ONSTACK)) ||
-               lookup_canary_lost();
-    }
-    errno = saved;
+    uintptr_t f = (uintptr_t)frame;
+    int on_alt = f - lookup_alt_lo < lookup_alt_hi - lookup_alt_lo;
+    int over;
+    if (lookup_on_alt)
+        /* While a lookup made on the signal stack runs, the thread stays on it (the kernel keeps
+         * nested handlers there): a call elsewhere means it was left. */
+        over = !on_alt || f >= (uintptr_t)held;
+    else
+        /* A signal handler on the signal stack says nothing about the lookup's frame. */
+        over = !on_alt && f >= (uintptr_t)held;
     if (!over)
         return 0;
     shim_lookup_frame = NULL;
@@ -214,20 +196,24 @@ __attribute__((noinline, cold)) int shim_reclaim(const void *frame)
 
 /* Enters the shim for a lookup of `name` before the real call, leaving errno as it was (a
  * success leaves errno alone: the shim's own setup must not show). Called by the hook, whose frame
- * is `frame` and which holds `canary` in it; on 1, the real call follows with shim_lookup_frame
- * set, and lookup_done comes after it. */
-static inline __attribute__((always_inline)) int lookup_enter(const char *name, const void *frame,
-                                                              volatile uint64_t *canary)
+ * is `frame`; on 1, the real call follows with shim_lookup_frame set, and lookup_done comes after
+ * it. */
+static inline __attribute__((always_inline)) int lookup_enter(const char *name, const void *frame)
 {
     int saved = errno;
     if (SHIM_UNLIKELY(shim_busy))
         (void)shim_reclaim(frame);
     int entered = name != NULL && shim_enter();
     if (entered) {
-        uint64_t token = ((uint64_t)(uintptr_t)canary ^ 0x7474a5a5c3c3e1e1ULL) + ++lookup_token;
-        *canary = token;
-        lookup_token = token;
-        lookup_canary = canary;
+        stack_t ss;
+        if (sigaltstack(NULL, &ss) == 0 && !(ss.ss_flags & SS_DISABLE)) {
+            lookup_alt_lo = (uintptr_t)ss.ss_sp;
+            lookup_alt_hi = (uintptr_t)ss.ss_sp + ss.ss_size;
+            lookup_on_alt = (ss.ss_flags & SS_ONSTACK) != 0;
+        } else {
+            lookup_alt_lo = lookup_alt_hi = 0; /* none, or refused: frames alone decide */
+            lookup_on_alt = 0;
+        }
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
         shim_lookup_frame = frame;
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -250,8 +236,7 @@ SHIM_EXPORT int getaddrinfo(const char *node, const char *service, const struct 
                             struct addrinfo **res)
 {
     SHIM_REAL_OR_FAIL(getaddrinfo, EAI_SYSTEM);
-    volatile uint64_t canary;
-    int entered = lookup_enter(node, __builtin_frame_address(0), &canary);
+    int entered = lookup_enter(node, __builtin_frame_address(0));
     int ret = real_getaddrinfo(node, service, hints, res);
     int err = errno;
     if (entered) {
@@ -298,8 +283,7 @@ static void hostent_r_event(const char *function, const char *name, int ret,
 SHIM_EXPORT struct hostent *gethostbyname(const char *name)
 {
     SHIM_REAL_OR_FAIL(gethostbyname, NULL);
-    volatile uint64_t canary;
-    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     struct hostent *he = real_gethostbyname(name);
     int err = errno, herr = h_errno;
     if (entered) {
@@ -315,8 +299,7 @@ SHIM_EXPORT struct hostent *gethostbyname(const char *name)
 SHIM_EXPORT struct hostent *gethostbyname2(const char *name, int af)
 {
     SHIM_REAL_OR_FAIL(gethostbyname2, NULL);
-    volatile uint64_t canary;
-    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     struct hostent *he = real_gethostbyname2(name, af);
     int err = errno, herr = h_errno;
     if (entered) {
@@ -339,8 +322,7 @@ SHIM_EXPORT int gethostbyname_r(const char *name, struct hostent *ret_buf, char 
                                 size_t buflen, struct hostent **result, int *h_errnop)
 {
     SHIM_REAL_OR_FAIL(gethostbyname_r, ENOSYS);
-    volatile uint64_t canary;
-    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     int ret = real_gethostbyname_r(name, ret_buf, buf, buflen, result, h_errnop);
     int err = errno, herr = h_errno;
     if (entered) {
@@ -359,8 +341,7 @@ SHIM_EXPORT int gethostbyname2_r(const char *name, int af, struct hostent *ret_b
                                  size_t buflen, struct hostent **result, int *h_errnop)
 {
     SHIM_REAL_OR_FAIL(gethostbyname2_r, ENOSYS);
-    volatile uint64_t canary;
-    int entered = lookup_enter(name, __builtin_frame_address(0), &canary);
+    int entered = lookup_enter(name, __builtin_frame_address(0));
     int ret = real_gethostbyname2_r(name, af, ret_buf, buf, buflen, result, h_errnop);
     int err = errno, herr = h_errno;
     if (entered) {

@@ -107,6 +107,7 @@ static int add_module(struct dl_phdr_info *info, size_t size, void *data)
 
 typedef int (*find_object_fn)(void *, struct dl_find_object *);
 static find_object_fn find_object; /* _dl_find_object, NULL before glibc 2.35; atomic */
+static int find_object_known;      /* 1 once the constructor looked it up; atomic */
 static int forked;                 /* 1 in a fork child: the loader's lock may be held for good */
 
 /* The main program's path, read once per image: 0 unread, 1 being read, 2 read; atomic. */
@@ -135,6 +136,30 @@ static size_t main_program(char *out, size_t cap)
     return n;
 }
 
+int shim_dynamic_relocated(const void *dynamic)
+{
+    find_object_fn find = __atomic_load_n(&find_object, __ATOMIC_ACQUIRE);
+    if (find == NULL && !__atomic_load_n(&find_object_known, __ATOMIC_ACQUIRE))
+        find = (find_object_fn)dlvsym(RTLD_DEFAULT, "_dl_find_object", "GLIBC_2.35"); /* before
+        our constructor: the caller is making loader calls already */
+    struct dl_find_object fo;
+    if (find == NULL)
+        return 1; /* glibc before 2.35 relocates in place wherever it can write (x86, arm) */
+    if (find((void *)dynamic, &fo) != 0 || fo.dlfo_map_start == NULL)
+        return 1;
+    /* The ELF header begins the first page of the object's mapping (its first segment maps file
+     * offset 0); its program headers are read there only when they lie within that page. */
+    const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)fo.dlfo_map_start;
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_phentsize != sizeof(ElfW(Phdr)) ||
+        eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) > 4096)
+        return 1;
+    const ElfW(Phdr) *ph = (const ElfW(Phdr) *)((const char *)eh + eh->e_phoff);
+    for (unsigned i = 0; i < eh->e_phnum; i++)
+        if (ph[i].p_type == PT_DYNAMIC)
+            return (ph[i].p_flags & PF_W) != 0;
+    return 1;
+}
+
 static void modules_atfork_child(void)
 {
     __atomic_store_n(&forked, 1, __ATOMIC_RELAXED);
@@ -145,6 +170,7 @@ __attribute__((constructor)) static void modules_constructor(void)
     int saved = errno;
     void *f = dlvsym(RTLD_DEFAULT, "_dl_find_object", "GLIBC_2.35");
     __atomic_store_n(&find_object, (find_object_fn)f, __ATOMIC_RELEASE);
+    __atomic_store_n(&find_object_known, 1, __ATOMIC_RELEASE);
     if (f == NULL && pthread_atfork(NULL, NULL, modules_atfork_child) != 0)
         __atomic_store_n(&forked, 1, __ATOMIC_RELAXED); /* no refresh that could hang */
     errno = saved;

@@ -129,7 +129,13 @@ static int lists_shim(const char *value)
  * exec. A raw system call, allowed in a vfork child or a signal handler. */
 static int self_readable(void)
 {
-    return syscall(SYS_faccessat, AT_FDCWD, preload_entry + NAME_LEN(PRELOAD_NAME), R_OK, 0) == 0;
+    /* The loader opens the preload with the effective ids: faccessat2 with AT_EACCESS checks
+     * those (plain faccessat checks the real ones); kernels before 5.8 lack it. */
+    const char *self = preload_entry + NAME_LEN(PRELOAD_NAME);
+    long r = syscall(SYS_faccessat2, AT_FDCWD, self, R_OK, AT_EACCESS);
+    if (r != 0 && errno == ENOSYS)
+        r = syscall(SYS_faccessat, AT_FDCWD, self, R_OK);
+    return r == 0;
 }
 
 void env_plan_make(struct env_plan *p, char *const envp[])
@@ -151,11 +157,13 @@ void env_plan_make(struct env_plan *p, char *const envp[])
 
     size_t n = 0;
     long preload = -1;
+    const char *preload_value = NULL;
     int has_socket = 0, has_workload = 0;
-    for (; envp != NULL && envp[n] != NULL; n++) {
-        const char *e = envp[n];
-        if (e[0] == 'L' && starts_with(e, PRELOAD_NAME, NAME_LEN(PRELOAD_NAME)))
+    for (const char *e; envp != NULL && (e = envp[n]) != NULL; n++) { /* each pointer read once */
+        if (e[0] == 'L' && starts_with(e, PRELOAD_NAME, NAME_LEN(PRELOAD_NAME))) {
             preload = (long)n; /* the loader uses the last one */
+            preload_value = e + NAME_LEN(PRELOAD_NAME);
+        }
         else if (e[0] == 'T' && starts_with(e, SOCKET_NAME, NAME_LEN(SOCKET_NAME)))
             has_socket = 1;
         else if (e[0] == 'T' && starts_with(e, WORKLOAD_NAME, NAME_LEN(WORKLOAD_NAME)))
@@ -167,8 +175,8 @@ void env_plan_make(struct env_plan *p, char *const envp[])
     int lost = 0;
     if (preload < 0) {
         add |= ADD_PRELOAD;
-    } else if (!captured || !lists_shim(envp[preload] + NAME_LEN(PRELOAD_NAME))) {
-        text = NAME_LEN(PRELOAD_NAME) + self_len + 1 + strlen(envp[preload] + NAME_LEN(PRELOAD_NAME)) + 1;
+    } else if (!captured || !lists_shim(preload_value)) {
+        text = NAME_LEN(PRELOAD_NAME) + self_len + 1 + strlen(preload_value) + 1;
     }
     if ((add & ADD_PRELOAD) || text)
         lost |= !captured || self_state != VALUE_KEPT || !self_readable();
@@ -208,9 +216,13 @@ char *const *env_plan_apply(const struct env_plan *p, char *const envp[], char *
     size_t j = 0;
     for (size_t i = 0; i < p->entries && envp[i] != NULL; i++)
         slots[j++] = envp[i];
-    if (p->preload_at >= 0 && (size_t)p->preload_at < j) {
+    /* Each entry's pointer is read once, into slots: an entry the plan saw as LD_PRELOAD is only
+     * rewritten if the copy still has it there (the array may be changed in place meanwhile by
+     * another thread's setenv or unsetenv, as glibc's own exec would also see). */
+    if (p->preload_at >= 0 && (size_t)p->preload_at < j &&
+        starts_with(slots[p->preload_at], PRELOAD_NAME, NAME_LEN(PRELOAD_NAME))) {
         /* "LD_PRELOAD=<shim> <former entries>", cut to the room planned. */
-        const char *former = envp[p->preload_at] + NAME_LEN(PRELOAD_NAME);
+        const char *former = slots[p->preload_at] + NAME_LEN(PRELOAD_NAME);
         size_t at = NAME_LEN(PRELOAD_NAME) + self_len;
         memcpy(text, preload_entry, at);
         if (*former && at + 1 < p->text) {

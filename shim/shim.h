@@ -264,7 +264,7 @@ extern __thread const void *shim_lookup_frame __attribute__((tls_model("initial-
  * program left it with siglongjmp from a signal handler): `frame` is not below the lookup hook's
  * frame, on the thread's normal stack. Returns 0 otherwise (the shim's own work, a call made
  * within the lookup, a signal handler on an alternate stack). Costs nothing unless a lookup holds
- * the guard; then a compare, and a sigaltstack system call when the frame is not below. */
+ * the guard; then a few compares: no system call, no memory read but the thread's variables. */
 int shim_reclaim(const void *frame);
 
 /* Completes initialisation when a hook runs before the constructor; returns 1 when done. */
@@ -542,6 +542,11 @@ size_t shim_module_of(const void *addr, char *out, size_t cap, uintptr_t *base);
  * nothing with _dl_find_object, or in a fork child). Takes the loader's lock: only for the
  * library walk to call, never from a lookup. */
 void shim_modules_refresh(void);
+/* 1 when the loader relocated the d_ptr entries of the loaded dynamic section at `dynamic` in
+ * place, as glibc 2.35 and later do only when its PT_DYNAMIC segment is writable; 0 when they are
+ * link-time values (to add the load address to). Lock-free (_dl_find_object and the object's
+ * mapped ELF header); before glibc 2.35, 1. */
+int shim_dynamic_relocated(const void *dynamic);
 /* Fork child: drops a module table whose rebuild another thread had begun (it never finishes). */
 void shim_modules_reset(void);
 

@@ -346,8 +346,9 @@ def test_a_lookup_left_by_siglongjmp_does_not_silence_the_thread(
     agent: Agent, programs: dict[str, Path], tmp_path: Path, where: str
 ) -> None:
     """After a SIGALRM handler siglongjmps out of a lookup (an alarm-based resolver timeout), the
-    thread's next connect is reported without waiting for another lookup, whether it is made from
-    above the abandoned lookup's frame or from deeper, over its reused stack."""
+    thread's next connect made from above the abandoned lookup's frame is reported without waiting
+    for another lookup; one made from deeper, over its reused stack, is not (the shim cannot tell
+    it from the resolver's own) and leaves the next one from above to be the first occurrence."""
     fifo = tmp_path / "aliases"
     os.mkfifo(fifo)  # HOSTALIASES nobody writes: the resolver's open of it blocks
     with socket.socket() as listener:
@@ -370,6 +371,26 @@ def test_a_lookup_left_by_siglongjmp_does_not_silence_the_thread(
     assert [r.kind for r in recs] == [RecordKind.PROC_START, RecordKind.CONNECT]
     assert recs[1].sockaddr == inet("127.0.0.1", port)
     assert recs[1].caller == str(programs["lookup_longjmp"])
+
+
+def test_calls_within_a_lookup_make_no_system_call_of_the_shim(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Under a seccomp filter that kills the process on process_vm_readv, lookups whose name
+    service makes hooked calls (socket, connect, close) run to the end: the shim's check of the
+    guard those calls meet makes no system call. The lookups are reported, the name service's
+    calls are not."""
+    fake = tmp_path / "libfakeresolver.so"
+    shimkit.gcc("-shared", "-fPIC", "-o", str(fake), str(shimkit.SOURCES / "libs" / "fake_resolver.c"))
+    env = shim_env(agent.path, LD_PRELOAD=f"{shim_path()} {fake}")
+    res = run(programs["seccomp_lookup"], env=env, cwd=tmp_path, check=False)
+    assert (res.returncode, res.stdout) == (0, "resolved\n"), res
+    recs = agent.records()
+    ignored = {RecordKind.PROC_START, RecordKind.PRCTL}  # the program's own prctl calls
+    assert [(r.kind, r.flags, r.count, r.name) for r in recs if r.kind not in ignored] == [
+        (RecordKind.RESOLVE, NO_FLAGS, 1, "localhost"),
+        (RecordKind.RESOLVE, RecordFlag.REPEAT, 2, "localhost"),
+    ]
 
 
 def test_raw_socket_is_reported(agent: Agent, programs: dict[str, Path], tmp_path: Path) -> None:

@@ -293,6 +293,63 @@ def test_each_openssl_version_keeps_its_own_functions(agent: Agent, tmp_path: Pa
     assert records[0].library == str(tmp_path / "ssl3" / "libcrypto.so.3")
 
 
+def test_openssl_loaded_below_its_link_address_is_read_right(agent: Agent, tmp_path: Path) -> None:
+    """A libcrypto.so.3 linked at the top of the address space (-Ttext-segment) is loaded below its
+    link address, so its load offset wraps around: the shim reads its dynamic section as the
+    loader does (relocated in place, being writable) instead of guessing from the values, finds
+    EVP_md5 and reports its use, with the shim active or inert."""
+    lib_dir = tmp_path / "high"
+    lib_dir.mkdir()
+    script = tmp_path / "openssl3.map"
+    script.write_text("OPENSSL_3.0.0 { global: EVP_md5; local: *; };\n")
+    _gcc(
+        "-shared",
+        "-fPIC",
+        '-DFAKE_LIB="3"',
+        f"-Wl,--version-script={script}",
+        "-Wl,-soname,libcrypto.so.3",
+        "-Wl,-Ttext-segment=0x7fffffffe000",
+        "-o",
+        str(lib_dir / "libcrypto.so.3"),
+        str(SOURCES / "two_openssl.c"),
+    )
+    program = tmp_path / "md5_main"
+    _gcc(
+        "-o",
+        str(program),
+        str(SOURCES / "md5_main.c"),
+        f"-L{lib_dir}",
+        "-l:libcrypto.so.3",
+        f"-Wl,-rpath,{lib_dir}",
+    )
+    plain = run(program, env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path)
+    inert = run(program, env=shim_env(None), cwd=tmp_path)
+    active = run(program, env=shim_env(agent.path), cwd=tmp_path)
+    assert plain.stdout == inert.stdout == active.stdout == "md5 of libcrypto 3\n"
+    records = of_kind(agent.records(), RecordKind.CRYPTO)
+    assert crypto_of(records) == [("EVP_md5", "MD5", None, "digest", 1)]
+    assert records[0].library == str(lib_dir / "libcrypto.so.3")
+
+
+def test_a_gnu_hash_chain_without_its_end_is_bounded(tmp_path: Path) -> None:
+    """The shim's symbol lookup (shim/elfsym.c, built into a test program) stops a GNU hash chain
+    that lacks its end bit at the last symbol, instead of reading on past the table (here into an
+    inaccessible page)."""
+    program = tmp_path / "elfsym_chain"
+    shim_dir = Path(__file__).parents[1] / "shim"
+    gcc(
+        "-O1",
+        "-D_GNU_SOURCE",
+        f"-I{shim_dir}",
+        "-o",
+        str(program),
+        str(Path(__file__).parent / "shim" / "units" / "elfsym_chain.c"),
+        str(shim_dir / "elfsym.c"),
+    )
+    res = run(program, env={"PATH": os.environ.get("PATH", "/bin")}, cwd=tmp_path, check=False)
+    assert (res.returncode, res.stdout) == (0, "absent\n"), res
+
+
 @pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
 def test_first_openssl_call_keeps_a_pending_dlerror(
     agent: Agent, programs: dict[str, Path], tmp_path: Path
@@ -349,13 +406,83 @@ def test_first_openssl_call_in_a_fork_child_does_not_wait_for_the_loader(
     assert records[0].caller == str(plugin)
 
 
+def _unload_setup(tmp_path: Path, plugins: int) -> tuple[Path, Path]:
+    """crypto_unload, DIR/libplug1.so .. libplugN.so (distinct files, so distinct objects) and a
+    fake libcrypto.so.3 in DIR/fake (EVP_md5@@OPENSSL_3.0.0 returning a marker; unlike OpenSSL's,
+    it does not keep itself loaded)."""
+    program = tmp_path / "crypto_unload"
+    _gcc("-pthread", "-o", str(program), str(SOURCES / "crypto_unload.c"))
+    plugin_src = tmp_path / "plug.c"
+    plugin_src.write_text("int plug_value(void) { return 1; }\n")
+    first = tmp_path / "libplug1.so"
+    _gcc("-shared", "-fPIC", "-o", str(first), str(plugin_src))
+    for i in range(2, plugins + 1):
+        shutil.copyfile(first, tmp_path / f"libplug{i}.so")
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    script = tmp_path / "openssl3.map"
+    script.write_text("OPENSSL_3.0.0 { global: EVP_md5; local: *; };\n")
+    _gcc(
+        "-shared",
+        "-fPIC",
+        '-DFAKE_LIB="3"',
+        f"-Wl,--version-script={script}",
+        "-Wl,-soname,libcrypto.so.3",
+        "-o",
+        str(fake / "libcrypto.so.3"),
+        str(SOURCES / "two_openssl.c"),
+    )
+    return program, fake
+
+
+@pytest.mark.skipif(ctypes.util.find_library("crypto") is None, reason="needs OpenSSL")
+def test_evp_md5_never_fails_while_other_libraries_are_unloaded(agent: Agent, tmp_path: Path) -> None:
+    """OpenSSL 3 loaded by a bare name (passed straight to the loader), EVP_md5 called in a loop
+    by one thread while the main thread unloads 300 plugins: every call gets the real function,
+    with the shim active or inert (a stress test: the unlocked walk of the loader's list this
+    replaces returned NULL in most runs)."""
+    program, _ = _unload_setup(tmp_path, 300)
+    for _ in range(3):
+        for env in (shim_env(agent.path), shim_env(None)):
+            res = run(program, str(tmp_path), "300", env=env, cwd=tmp_path, check=False)
+            assert res.returncode == 0, res
+
+
+@pytest.mark.parametrize("active", [True, False], ids=["active", "inert"])
+def test_openssl_loaded_by_a_bare_name_is_found_once_and_pinned(
+    agent: Agent, tmp_path: Path, active: bool
+) -> None:
+    """A libcrypto.so.3 brought in by a bare-name dlopen has its function found once and kept:
+    the library is pinned by the shim (still loaded after the program's dlclose), every call is
+    counted at its one call site (the first reported, the others dedup hits), active or inert;
+    not looked up again at each call from the loader's list."""
+    program, fake = _unload_setup(tmp_path, 5)
+    env = shim_env(agent.path if active else None, LD_LIBRARY_PATH=str(fake))
+    res = run(program, str(tmp_path), "5", env=env, cwd=tmp_path)
+    lines = res.stdout.splitlines()
+    assert lines[1:] == ["pinned"], res
+    calls = int(lines[0].split()[1])
+    records = of_kind(agent.records(), RecordKind.CRYPTO)
+    if not active:
+        assert records == []
+        return
+    assert records[0].flags == NO_FLAGS
+    assert {r.flags for r in records[1:]} <= {RecordFlag.REPEAT}
+    assert {(r.function, r.call_site, r.library) for r in records} == {
+        ("EVP_md5", records[0].call_site, str(fake / "libcrypto.so.3"))
+    }
+    assert sum(r.count for r in records) == calls
+
+
 @pytest.mark.skipif(not HAVE_OPENSSL_HEADERS, reason="needs OpenSSL's headers")
 def test_a_lookup_left_by_siglongjmp_leaves_the_shim_working(
     agent: Agent, programs: dict[str, Path], tmp_path: Path
 ) -> None:
     """A lookup a SIGALRM handler jumps out of (libcurl's resolver timeout) does not leave the
-    thread's shim busy: EVP_md5, its first call, gets the real function and is reported from both
-    of its call sites, the next lookup is reported, and so is what follows."""
+    thread's shim busy: EVP_md5 gets the real function at both of its call sites; the first call,
+    made from deeper than the abandoned lookup's frame, is taken for the resolver's and not
+    reported, the next lookup (from main, above it) takes the guard back and is reported, and so
+    is what follows: the second EVP_md5 call site and the connect."""
     fifo = tmp_path / "aliases"
     os.mkfifo(fifo)  # HOSTALIASES nobody writes: the resolver's open of it blocks
     with socket.socket() as listener:
@@ -371,7 +498,7 @@ def test_a_lookup_left_by_siglongjmp_leaves_the_shim_working(
     assert [(r.kind, r.name) for r in records if r.kind == RecordKind.RESOLVE] == [
         (RecordKind.RESOLVE, "localhost")
     ]
-    assert crypto_of(of_kind(records, RecordKind.CRYPTO)) == [("EVP_md5", "MD5", None, "digest", 1)] * 2
+    assert crypto_of(of_kind(records, RecordKind.CRYPTO)) == [("EVP_md5", "MD5", None, "digest", 1)]
     (connect,) = of_kind(records, RecordKind.CONNECT)
     assert connect.sockaddr is not None
     assert (connect.sockaddr.address, connect.sockaddr.port) == ("127.0.0.1", port)

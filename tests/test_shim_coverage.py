@@ -74,6 +74,28 @@ def env_lines(stdout: str) -> list[str]:
 ENV_VARIANTS = ["execve", "execvpe", "execle", "fexecve", "execveat", "posix_spawn", "posix_spawnp"]
 
 
+def test_environ_assigned_by_another_thread_during_exec_is_read_once(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """While one thread assigns environ back and forth between two environments, 1000 vfork
+    children execv env: each gets one of the two whole, plus telltale's variables (environ is
+    read once per exec, so the plan of the repair and the copy it makes are of one array)."""
+    ours = [f"TELLTALE_SOCKET={agent.path}", "TELLTALE_WORKLOAD=app=test"]
+    env_a = [
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=1",
+        f"LD_PRELOAD={shim_path()} libc.so.6",
+        "B=2",
+        *ours,
+    ]
+    env_b = ["H=1", "B=2", f"LD_PRELOAD={shim_path()}", *ours]
+    res = run(programs["exec_envrace"], "1000", env=shim_env(agent.path), cwd=tmp_path)
+    children = res.stdout.split("--\n")
+    assert children[-1] == ""
+    assert len(children) == 1001
+    bad = [c for c in children[:-1] if c.splitlines() not in (env_a, env_b)]
+    assert bad == [], bad[:3]
+
+
 @pytest.mark.parametrize("variant", ENV_VARIANTS)
 def test_clean_environment_keeps_the_shim(
     agent: Agent, programs: dict[str, Path], tmp_path: Path, variant: str
@@ -205,6 +227,25 @@ def test_unreachable_shim_is_not_passed_on(agent: Agent, programs: dict[str, Pat
         GapReason.ENVIRONMENT_STRIPPED,
         ExecVariant.EXECV,
     )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing the real user id needs root")
+def test_shim_readable_by_the_effective_user_is_passed_on(
+    agent: Agent, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A process whose real user (nobody) cannot reach the shim's file but whose effective user
+    (root), the one the loader opens it as, can, still passes the shim on to a program it runs with
+    a clean environment: no gap is reported. (The child, run in secure-execution mode because its
+    ids differ, has its LD_PRELOAD removed by the loader, but keeps telltale's other variables.)"""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    copy = private / "libtelltale_shim.so"
+    shutil.copy(shim_path(), copy)
+    copy.chmod(0o600)
+    env = {**shim_env(agent.path), "LD_PRELOAD": str(copy)}
+    res = run(programs["exec_ruid"], ENV, env=env, cwd=tmp_path)
+    assert env_lines(res.stdout) == ["A=1", f"TELLTALE_SOCKET={agent.path}", "TELLTALE_WORKLOAD=app=test"]
+    assert gaps(agent.records()) == []
 
 
 # ---- coverage self-audit ---------------------------------------------------------------------

@@ -4,7 +4,8 @@
  *
  *   above   connect is called from main, above the frame the lookup was called from;
  *   deep    connect is called from below a large buffer main's callee fills first, so from
- *           deeper on the stack than the abandoned lookup was, over its reused frames.
+ *           deeper on the stack than the abandoned lookup was, over its reused frames; then
+ *           again, to the same address, from main (above).
  *
  * The lookup is kept waiting by HOSTALIASES naming FIFO, a pipe nobody writes: the resolver opens
  * it for a name without dots that /etc/hosts does not have, and the open blocks. Prints
@@ -62,6 +63,8 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (strcmp(argv[3], "deep") == 0) {
         if (connect_deep(&a) != 0)
+            die("connect");
+        if (connect_once(SOCK_STREAM, &a) != 0)
             die("connect");
     } else {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
