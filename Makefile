@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast check lint typecheck contracts bench shim clean
+.PHONY: help demo test test-fast fuzz check lint typecheck contracts bench shim clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/telltale/v1/*.proto) $(wildcard shim/*.c shim/*.h shim/shim.map shim/Makefile) $(wildcard native/*.c)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP) ## set up and run the whole test suite
 
 test-fast: $(STAMP) ## run the tests that start no daemons
 	$(BIN)/pytest -q -m "not e2e"
+
+fuzz: $(STAMP) ## long fuzzing of records and policies: 100,000 cases per target (docs/hostile-input.md)
+	TELLTALE_FUZZ=long $(BIN)/pytest -q tests/fuzz --timeout=0 --hypothesis-show-statistics
 
 check: lint typecheck contracts ## ruff, mypy (strict) and the import contracts
 

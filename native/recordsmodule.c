@@ -493,13 +493,15 @@ PyDoc_STRVAR(drain_doc,
 "reference path, or None for a zero-length message (an empty message or the end of the\n"
 "stream: the caller tells them apart; reading stops after the batch that holds one). status is 0 when the socket has nothing more queued,\n"
 "1 when `limit` messages were read, 2 when reading failed (the connection is unusable).\n"
-"Messages longer than 4096 bytes are cut to 4096, as recv(4096) does. Raises MemoryError.");
+"A message longer than 4096 bytes comes back as its first 4097 bytes, for the reference path to\n"
+"reject as too long (never cut to a length that might pass). Raises MemoryError.");
 
 static PyObject *drain(PyObject *self, PyObject *args) {
     (void)self;
     int fd, limit;
     if (!PyArg_ParseTuple(args, "ii:drain", &fd, &limit)) return NULL;
-    static uint8_t bufs[BATCH][MAX_RECORD];
+    /* One byte more than a record may have: a longer message is seen as too long, not cut to fit. */
+    static uint8_t bufs[BATCH][MAX_RECORD + 1];
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     PyObject *items = PyList_New(0);
@@ -509,7 +511,7 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         unsigned want = (unsigned)(limit - got < BATCH ? limit - got : BATCH);
         for (unsigned i = 0; i < want; i++) {
             iov[i].iov_base = bufs[i];
-            iov[i].iov_len = MAX_RECORD;
+            iov[i].iov_len = MAX_RECORD + 1;
             memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
             msgs[i].msg_hdr.msg_iov = &iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;

@@ -11,6 +11,20 @@ the reference: both paths give equal events and count the same records as malfor
 events reach the sink serialized, in runs of one workload per wake-up, so that nothing on the way
 to the spool handles an event as a Python object.
 
+Records are attributed by what the kernel says, not by what they claim. The kernel gives each
+connection its peer's pid and uid (SO_PEERCRED); a record's pid is believed only when it is that
+pid or one of its descendants (a vfork child writes on its parent's connection), as /proc shows
+them, or when that cannot be told any more (no process has that pid: a child that exited before
+its record was read; or the peer has exited, re-parenting its children); only pids found in the
+peer's tree are relied on for attribution. A record naming a live process outside the tree of the
+live peer is forged: dropped and counted as malformed.
+A connection that sends no workload descriptor joins the workload of the closest process, on the
+kernel's chain from the record's process up through the peer's ancestors, that a connection of a
+workload tracks. A descriptor naming a workload that is already live is accepted only from a
+process of its tree or of the same user as one of its processes; any other claim is refused
+(counted as malformed) and leaves the connection unattributed. What a same-user process can still
+do is in docs/hostile-input.md.
+
 Nothing a peer sends ends the intake or the agent: a record that does not decode is dropped and
 counted as malformed and the connection keeps being read; an invalid workload descriptor leaves
 the connection unattributed; drop counts a record claims are bounded and the totals saturate; and
@@ -40,6 +54,7 @@ from typing import Any, Protocol
 import trio
 
 from telltale.nodeagent import workload as workload_descriptor
+from telltale.nodeagent.attribution import ProcessTable, ProcFS, chain, of_peer_tree
 from telltale.nodeagent.batcher import Counters
 from telltale.nodeagent.convert import event_prefix, fill_process, to_event
 from telltale.nodeagent.records import RecordError, RecordKind, decode
@@ -64,6 +79,8 @@ ACCEPT_RETRY_S = 0.1
 # accept() failing because of the one pending connection: skip it.
 _ACCEPT_IGNORABLE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _UCRED = struct.Struct("3i")
+# Per connection, how many pids found to be of the peer's tree, or forged, are remembered.
+MAX_JUDGED_PIDS = 256
 
 # Where events go: a run of serialized telltale.v1.Event messages, in arrival order, all referring
 # to one workload (None: unattributed). The list is the sink's to keep. The native path's events are
@@ -141,6 +158,8 @@ class Workloads:
     # per process, not per connection, since a process that reconnects keeps counting. Bounded:
     # the oldest entries are forgotten.
     shim_drops: OrderedDict[int, tuple[int, int]] = field(default_factory=OrderedDict)
+    # workload id -> the uids of its live connections' peers, with how many connections each.
+    uids: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def active(self) -> int:
@@ -149,8 +168,14 @@ class Workloads:
 
 @dataclass
 class _Connection:
-    peer_pid: int
+    peer_pid: int  # from the kernel (SO_PEERCRED); 0 when unknown
+    peer_uid: int = -1  # from the kernel; -1 when unknown
     workload: common_pb2.Workload | None = None
+    # Record pids judged so far (at most MAX_JUDGED_PIDS): True when of the peer's tree.
+    judged: dict[int, bool] = field(default_factory=dict)
+    # The peer and its ancestors (attribution.chain), read once: looked up on every record until the
+    # connection is attributed.
+    peer_chain: list[int] | None = None
     # At most MAX_PROCESSES_PER_CONNECTION entries.
     processes: dict[int, common_pb2.ProcessInfo] = field(default_factory=dict)
     # convert.event_prefix of the workload and of `processes[pid]`, by pid (key _UNTRACKED: a pid
@@ -169,12 +194,13 @@ def _peer_closed(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _peer_pid(sock: socket.socket) -> int:
+def _peer(sock: socket.socket) -> tuple[int, int]:
+    """The peer's pid and uid as the kernel recorded them at connect(); (0, -1) if unknown."""
     try:
-        pid, _uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     except OSError:
-        return 0
-    return int(pid)
+        return 0, -1
+    return int(pid), int(uid)
 
 
 class Intake:
@@ -184,7 +210,8 @@ class Intake:
     accepted and closed at once, and counted in `counters.refused_connections`.
 
     `native` chooses the decoding path: None uses the native extension when it is built, False
-    never does, True requires it (RuntimeError here when it is not built).
+    never does, True requires it (RuntimeError here when it is not built). `processes` is where
+    attribution looks processes up (/proc by default).
     """
 
     def __init__(
@@ -196,6 +223,7 @@ class Intake:
         *,
         max_connections: int = MAX_CONNECTIONS,
         native: bool | None = None,
+        processes: ProcessTable | None = None,
     ) -> None:
         if native and native_records is None:
             raise RuntimeError("the native record decoder (telltale._native._records) is not built")
@@ -205,6 +233,7 @@ class Intake:
         self._sink = sink
         self._counters = counters
         self._workloads = workloads
+        self._processes = processes if processes is not None else ProcFS()
         self._open = 0
         self._refusing = False
 
@@ -244,7 +273,8 @@ class Intake:
             )
 
     async def _serve(self, sock: socket.socket) -> None:
-        conn = _Connection(peer_pid=_peer_pid(sock))
+        pid, uid = _peer(sock)
+        conn = _Connection(peer_pid=pid, peer_uid=uid)
         try:
             with sock:
                 drain = self._drain_native if self.native else self._drain
@@ -270,12 +300,18 @@ class Intake:
         for pid in conn.processes:
             if workloads.by_pid.get(pid) == workload.id:
                 del workloads.by_pid[pid]
+        uids = workloads.uids[workload.id]
+        if uids[conn.peer_uid] > 1:
+            uids[conn.peer_uid] -= 1
+        else:
+            del uids[conn.peer_uid]
         remaining = workloads.connections[workload.id] - 1
         if remaining:
             workloads.connections[workload.id] = remaining
         else:
             del workloads.connections[workload.id]
             del workloads.by_id[workload.id]
+            del workloads.uids[workload.id]
 
     def _drain(self, sock: socket.socket, conn: _Connection) -> bool:
         """Read what is queued (up to DRAIN_LIMIT records); False when the peer has gone.
@@ -289,7 +325,9 @@ class Intake:
         alive = True
         for _ in range(DRAIN_LIMIT):
             try:
-                data = sock.recv(MAX_RECORD)
+                # One byte more than a record may have: a longer message decodes as too long
+                # (malformed, counted) instead of being cut to a length that might pass.
+                data = sock.recv(MAX_RECORD + 1)
             except BlockingIOError:
                 break
             except OSError:
@@ -327,7 +365,6 @@ class Intake:
         items, status = native_records.drain(sock.fileno(), DRAIN_LIMIT)
         counters = self._counters
         by_pid = self._workloads.by_pid
-        prefixes = conn.prefixes
         sink = self._sink
         events: list[bytes] = []  # serialized, not yet handed to the sink
         owner = conn.workload  # the workload of `events`: conn.workload, refreshed when it may change
@@ -336,20 +373,22 @@ class Intake:
         try:
             for item in items:
                 if isinstance(item, tuple):
-                    pid, ppid, dropped, seq, body = item
+                    pid, _ppid, dropped, seq, body = item
+                    if not self._believed(conn, pid):
+                        continue
                     records += 1
                     if dropped:
                         self._count_shim_drops(pid, dropped, seq)
                     if owner is None:
-                        self._adopt(conn, pid, ppid)
+                        self._adopt(conn, pid)
                         if conn.workload is not None:
                             if events:
                                 sink(events, owner)
                                 events = []
                             owner = conn.workload
-                    if pid not in by_pid and owner is not None:
+                    if pid not in by_pid and owner is not None and conn.judged.get(pid):
                         self._track(conn, owner, pid)
-                    prefix = prefixes.get(pid)
+                    prefix = conn.prefixes.get(pid)
                     if prefix is None:
                         prefix = self._prefix(conn, pid)
                     events.append(prefix + body)
@@ -393,8 +432,10 @@ class Intake:
             self._counters.count_malformed()
             log.debug("dropped malformed record from pid %d: %s", conn.peer_pid, exc)
             return None
-        self._counters.records += 1  # not sent anywhere: needs no saturation
         pid = record.pid
+        if not self._believed(conn, pid):
+            return None
+        self._counters.records += 1  # not sent anywhere: needs no saturation
         if record.kind == RecordKind.PROC_START:
             if record.seq == 1:
                 # The first record of a new image or fork child: its drop count starts from zero.
@@ -409,9 +450,9 @@ class Intake:
         if record.dropped:
             self._count_shim_drops(pid, record.dropped, record.seq)
         if conn.workload is None:
-            self._adopt(conn, pid, record.ppid)
+            self._adopt(conn, pid)
         workload = conn.workload
-        if workload is not None and pid not in self._workloads.by_pid:
+        if workload is not None and pid not in self._workloads.by_pid and conn.judged.get(pid):
             self._track(conn, workload, pid)
         return to_event(record, workload.id if workload else "", conn.processes.get(pid)).SerializeToString()
 
@@ -421,14 +462,43 @@ class Intake:
             self._workloads.by_pid[pid] = workload.id
             conn.processes.setdefault(pid, common_pb2.ProcessInfo(pid=pid))
 
-    def _adopt(self, conn: _Connection, pid: int, ppid: int) -> None:
-        """Tie a connection that sent no descriptor to the workload of its process or parent.
+    def _believed(self, conn: _Connection, pid: int) -> bool:
+        """Whether a record of `pid` may be taken on `conn`; counts and logs a forged one.
+
+        Believed: the peer itself, a live process whose parents lead to the peer (recorded in
+        `conn.judged` as True: attribution may rely on it), a pid no live process has (a child
+        already gone), or any pid once the peer is gone (neither recorded: attribution never
+        relies on them). Forged: a live process outside the tree of the live peer.
+        """
+        known = conn.judged.get(pid)
+        if known is None:
+            verdict = of_peer_tree(self._processes, conn.peer_pid, pid)
+            if verdict is not None and len(conn.judged) < MAX_JUDGED_PIDS:
+                conn.judged[pid] = verdict
+            known = verdict is not False
+        if not known:
+            self._counters.count_malformed()
+            log.debug("dropped a record of pid %d from pid %d: not of its tree", pid, conn.peer_pid)
+        return known
+
+    def _peer_chain(self, conn: _Connection) -> list[int]:
+        if conn.peer_chain is None:
+            conn.peer_chain = chain(self._processes, conn.peer_pid)
+        return conn.peer_chain
+
+    def _adopt(self, conn: _Connection, pid: int) -> None:
+        """Tie a connection that sent no descriptor to the workload of the closest tracked process
+        on the kernel's chain from the record's process (when of the peer's tree) up through the
+        peer's ancestors. Never by what a record claims: a record naming another workload's pid
+        is forged and never gets here.
 
         A child that shares its parent's memory until exec (vfork, as Python's subprocess does)
         and lost the inherited connection reports on a new one before its own start record.
         """
-        for candidate in (pid, ppid, conn.peer_pid):
-            workload_id = self._workloads.by_pid.get(candidate)
+        by_pid = self._workloads.by_pid
+        of_tree = pid != conn.peer_pid and conn.judged.get(pid)
+        for candidate in chain(self._processes, pid) if of_tree else self._peer_chain(conn):
+            workload_id = by_pid.get(candidate)
             if workload_id is not None:
                 self._attach(conn, self._workloads.by_id[workload_id])
                 return
@@ -436,7 +506,18 @@ class Intake:
     def _attach(self, conn: _Connection, workload: common_pb2.Workload) -> None:
         conn.workload = workload
         conn.prefixes.clear()
-        self._workloads.connections[workload.id] = self._workloads.connections.get(workload.id, 0) + 1
+        workloads = self._workloads
+        workloads.connections[workload.id] = workloads.connections.get(workload.id, 0) + 1
+        uids = workloads.uids.setdefault(workload.id, {})
+        uids[conn.peer_uid] = uids.get(conn.peer_uid, 0) + 1
+
+    def _may_join(self, conn: _Connection, workload_id: str) -> bool:
+        """Whether the peer of `conn` may claim the live workload `workload_id`: it is in the tree
+        of a tracked process of that workload, or runs as the user of one of its connections."""
+        if conn.peer_uid in self._workloads.uids.get(workload_id, {}):
+            return True
+        by_pid = self._workloads.by_pid
+        return any(by_pid.get(pid) == workload_id for pid in self._peer_chain(conn))
 
     def _start(self, descriptor: str, conn: _Connection) -> None:
         if conn.workload is not None or not descriptor:
@@ -446,7 +527,19 @@ class Intake:
         except workload_descriptor.DescriptorError as exc:
             log.warning("pid %d sent an invalid workload descriptor: %s", conn.peer_pid, exc)
             return
-        self._attach(conn, self._workloads.by_id.setdefault(decoded.id, decoded))
+        live = self._workloads.by_id.get(decoded.id)
+        if live is not None and not self._may_join(conn, decoded.id):
+            self._counters.count_malformed()
+            log.warning(
+                "pid %d (uid %d) claims workload %s of another user's processes: left unattributed",
+                conn.peer_pid,
+                conn.peer_uid,
+                decoded.id,
+            )
+            return
+        if live is None:
+            live = self._workloads.by_id[decoded.id] = decoded
+        self._attach(conn, live)
 
     def _count_shim_drops(self, pid: int, dropped: int, seq: int) -> None:
         """The shim reports its drops cumulatively per process; count only the increase.

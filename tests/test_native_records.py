@@ -15,6 +15,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from recordstrategies import framed_records
 
 from telltale.nodeagent.convert import event_prefix, to_event
 from telltale.nodeagent.records import (
@@ -310,75 +311,9 @@ def test_the_fast_path_takes_any_buffer() -> None:
 
 # ---- property-based: random and damaged records ------------------------------------------------
 
-_TEXT = st.one_of(st.text(max_size=40).map(str.encode), st.binary(max_size=40))
-_FIXED: dict[int, int] = {
-    T.CREDS: 24,
-    T.RESULT: 8,
-    T.SOCKINFO: 12,
-    T.BACKLOG: 4,
-    T.CHILD_PID: 4,
-    T.REQUEST: 4,
-    T.TARGET_PID: 4,
-    T.OPTION: 4,
-    T.ARGUMENT: 8,
-    T.MEMFD_FLAGS: 4,
-    T.FILE_FLAGS: 4,
-    T.FILE_MODE: 4,
-}
-
-
-@st.composite
-def _body(draw: st.DrawFn, tag: int) -> bytes:
-    """A field body for `tag`: mostly plausible, sometimes arbitrary."""
-    if draw(st.integers(0, 9)) == 0:
-        return draw(st.binary(max_size=30))
-    if tag in _FIXED:
-        return draw(st.binary(min_size=_FIXED[tag], max_size=_FIXED[tag]))
-    if tag in (T.VARIANT, T.CHANGE):
-        return bytes([draw(st.integers(0, 13))])
-    if tag == T.IDS:
-        return draw(st.binary(min_size=8, max_size=24).filter(lambda b: len(b) % 8 == 0))
-    if tag == T.GROUPS:
-        return b"".join(struct.pack("<I", g) for g in draw(st.lists(st.integers(0, 2**32 - 1), max_size=65)))
-    if tag == T.SOCKADDR:
-        family = draw(st.sampled_from([socket.AF_INET, socket.AF_INET6, socket.AF_UNIX, 0, 17, 65535]))
-        return struct.pack("<H", family) + draw(st.one_of(_TEXT, st.binary(min_size=26, max_size=40)))
-    if tag in (T.ARGV, T.ADDRESSES):
-        items = draw(st.lists(_TEXT.map(lambda b: b.replace(b"\0", b"")), max_size=5))
-        return b"".join(i + b"\0" for i in items)[: draw(st.integers(0, 300))]
-    if tag == T.FUNCTION:
-        return draw(st.sampled_from([b"setuid", b"setresgid", b"setgroups", b"openat", b"capset", b""]))
-    return draw(_TEXT)
-
-
-@st.composite
-def records(draw: st.DrawFn) -> bytes:
-    """A framed record of any kind with random fields (known, unknown, repeated), sometimes damaged."""
-    kind = draw(st.integers(0, 21))
-    tags = draw(st.lists(st.one_of(st.integers(0, 36), st.sampled_from([40, 41, 45, 50])), max_size=8))
-    fields = [fld(tag, draw(_body(tag))) for tag in tags]
-    raw = bytearray(
-        rec(
-            kind,
-            *fields,
-            flags=draw(st.integers(0, 0xFFFF)),
-            pid=draw(st.integers(0, 2**32 - 1)),
-            ppid=draw(st.sampled_from([0, 1, 2**32 - 1])),
-            count=draw(st.sampled_from([0, 1, 2**32 - 1])),
-            time_ns=draw(st.integers(0, 2**64 - 1)),
-            dropped=draw(st.sampled_from([0, 5])),
-        )
-    )
-    damage = draw(st.sampled_from(["none", "none", "flip", "cut"]))
-    if damage == "flip":
-        raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
-    elif damage == "cut":
-        del raw[draw(st.integers(0, len(raw) - 1)) :]
-    return bytes(raw)
-
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records(), st.sampled_from([PROCESS, None]))
+@given(framed_records(), st.sampled_from([PROCESS, None]))
 def test_fuzz_the_fast_path_agrees_with_the_reference(
     raw: bytes, process: common_pb2.ProcessInfo | None
 ) -> None:

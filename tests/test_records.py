@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recordkit import fld, reason, rec, sockaddr_in, sockaddr_in6
+from recordstrategies import valid_records
 
 from telltale.nodeagent.records import (
     HEADER_SIZE,
@@ -532,90 +533,6 @@ def test_fuzz_well_framed_fields(kind: RecordKind, fields: Sequence[tuple[int, b
         *(out.addresses or ()),
     ):
         assert text is None or isinstance(text, str)
-
-
-text_bytes = st.binary(max_size=200)
-u32 = st.integers(0, 2**32 - 1)
-i32 = st.integers(-(2**31), 2**31 - 1)
-
-
-def _draw_privilege_fields(draw: st.DrawFn, fields: list[bytes], expected: dict[str, object]) -> None:
-    """Maybe adds IDS, GROUPS and ARGUMENT fields (a part of `valid_records`)."""
-    if draw(st.booleans()):
-        ids = tuple(draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=3)))
-        fields.append(fld(FieldTag.IDS, struct.pack(f"<{len(ids)}q", *ids)))
-        expected["ids"] = ids
-    if draw(st.booleans()):
-        groups = tuple(draw(st.lists(u32, max_size=64)))
-        fields.append(fld(FieldTag.GROUPS, struct.pack(f"<{len(groups)}I", *groups)))
-        expected["groups"] = groups
-    if draw(st.booleans()):
-        argument = draw(st.integers(0, 2**64 - 1))
-        fields.append(fld(FieldTag.ARGUMENT, struct.pack("<Q", argument)))
-        expected["argument"] = argument
-
-
-@st.composite
-def valid_records(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
-    """A valid record and the attribute values it must decode to."""
-    expected: dict[str, object] = {}
-    fields: list[bytes] = []
-    if draw(st.booleans()):
-        exe = draw(text_bytes)
-        fields.append(fld(FieldTag.EXE, exe))
-        expected["exe"] = exe.decode("utf-8", "backslashreplace")
-    if draw(st.booleans()):
-        args = draw(st.lists(st.binary(max_size=20).filter(lambda a: b"\0" not in a), max_size=8))
-        fields.append(fld(FieldTag.ARGV, b"".join(a + b"\0" for a in args)))
-        expected["argv"] = tuple(a.decode("utf-8", "backslashreplace") for a in args)
-    if draw(st.booleans()):
-        creds = draw(st.tuples(u32, u32, u32, u32, u32, u32))
-        fields.append(fld(FieldTag.CREDS, struct.pack("<6I", *creds)))
-        expected["creds"] = creds
-    if draw(st.booleans()):
-        result = draw(st.tuples(i32, i32))
-        fields.append(fld(FieldTag.RESULT, struct.pack("<ii", *result)))
-        expected["result"] = result
-    if draw(st.booleans()):
-        info = draw(st.tuples(i32, i32, i32))
-        fields.append(fld(FieldTag.SOCKINFO, struct.pack("<iii", *info)))
-        expected["sockinfo"] = info
-    if draw(st.booleans()):
-        port = draw(st.integers(0, 65535))
-        address = draw(st.ip_addresses(v=4))
-        fields.append(fld(FieldTag.SOCKADDR, sockaddr_in(str(address), port)))
-        expected["sockaddr"] = SockAddr("inet", str(address), port, sockaddr_in(str(address), port))
-    if draw(st.booleans()):
-        variant = draw(st.sampled_from(list(ExecVariant)))
-        fields.append(fld(FieldTag.VARIANT, bytes([variant])))
-        expected["variant"] = variant
-    if draw(st.booleans()):
-        child = draw(u32)
-        fields.append(fld(FieldTag.CHILD_PID, struct.pack("<I", child)))
-        expected["child_pid"] = child
-    if draw(st.booleans()):
-        name = draw(st.binary(max_size=256))
-        fields.append(fld(FieldTag.NAME, name))
-        expected["name"] = name.decode("utf-8", "backslashreplace")
-    if draw(st.booleans()):
-        addrs = draw(
-            st.lists(st.binary(min_size=1, max_size=20).filter(lambda a: b"\0" not in a), max_size=8)
-        )
-        fields.append(fld(FieldTag.ADDRESSES, b"".join(a + b"\0" for a in addrs)))
-        expected["addresses"] = tuple(a.decode("utf-8", "backslashreplace") for a in addrs)
-    _draw_privilege_fields(draw, fields, expected)
-    order = draw(st.permutations(range(len(fields))))
-    header = {
-        "kind": draw(st.sampled_from(list(RecordKind))),
-        "flags": draw(st.integers(0, 15)),
-        "pid": draw(u32),
-        "seq": draw(u32),
-        "count": draw(u32),
-        "time_ns": draw(st.integers(0, 2**64 - 1)),
-    }
-    raw = rec(*(fields[i] for i in order), **header)
-    expected.update(header)
-    return raw, expected
 
 
 @FUZZ

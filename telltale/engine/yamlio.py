@@ -61,7 +61,9 @@ class _Reader:
         if node.tag in _SCALAR_TAGS:
             try:
                 return self.loader.construct_object(node)
-            except (yaml.YAMLError, ValueError, KeyError, TypeError):  # an explicit tag on a bad value
+            # An explicit tag on a bad value: PyYAML's constructors raise whatever the text makes
+            # them hit (`!!int` with no value: IndexError).
+            except (yaml.YAMLError, ValueError, LookupError, TypeError, ArithmeticError):
                 self.errors.append(Violation(path, f"{node.value!r} is not a valid {node.tag} (line {line})"))
                 return None
         self.errors.append(Violation(path, f"unsupported YAML tag {node.tag} (line {line})"))

@@ -28,6 +28,7 @@ import trio.testing
 from helpers import eventually
 
 from telltale.nodeagent import workload as descriptor
+from telltale.nodeagent.attribution import ProcFS
 from telltale.nodeagent.batcher import U64_MAX, Counters
 from telltale.nodeagent.intake import (
     ACCEPT_RETRY_S,
@@ -186,6 +187,22 @@ class Harness:
 EventCheck = Callable[[common_pb2.Event, common_pb2.Workload | None], None]
 
 
+class ChildrenOfPeer:
+    """A process table in which every pid the tests invent is a live child of the peer (this test
+    process, which opens every client connection), or of the parent `tree` names: records are
+    believed as they claim and attribution follows `tree`."""
+
+    def __init__(self, tree: dict[int, int] | None = None) -> None:
+        self.tree = tree or {}
+
+    def parent(self, pid: int) -> int | None:
+        if pid in self.tree:
+            return self.tree[pid]
+        if pid == os.getpid():
+            return os.getppid()
+        return 1 if pid == os.getppid() else os.getpid()
+
+
 async def start_intake(
     nursery: trio.Nursery, tmp_path: Path, sink: EventCheck | None = None, **options: Any
 ) -> Harness:
@@ -204,7 +221,11 @@ async def start_intake(
     typed: EventSink = collect
 
     intake = Intake(
-        harness.path, typed, harness.counters, harness.workloads, **{"native": _NATIVE, **options}
+        harness.path,
+        typed,
+        harness.counters,
+        harness.workloads,
+        **{"native": _NATIVE, "processes": ChildrenOfPeer(), **options},
     )
     await nursery.start(intake.run)
     return harness
@@ -409,7 +430,7 @@ async def test_the_native_and_python_paths_deliver_the_same_events_and_counts(
 @trio.testing.trio_test
 async def test_a_child_connection_without_descriptor_joins_its_parents_workload(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        h = await start_intake(nursery, tmp_path)
+        h = await start_intake(nursery, tmp_path, processes=ChildrenOfPeer({1001: 1000}))
         with await h.client() as parent, await h.client() as child, await h.client() as stranger:
             await parent.send(proc_start(pid=1000))
             await h.wait_events(1)
@@ -558,7 +579,7 @@ async def test_a_garbage_spewing_client_cannot_crash_the_intake(tmp_path: Path) 
 @trio.testing.trio_test
 async def test_a_workload_is_forgotten_when_its_last_connection_closes(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        h = await start_intake(nursery, tmp_path)
+        h = await start_intake(nursery, tmp_path, processes=ChildrenOfPeer({1001: 1000}))
         for n in range(50):  # short-lived workloads, one after the other
             with await h.client() as client:
                 await client.send(
@@ -581,6 +602,7 @@ async def test_a_workload_is_forgotten_when_its_last_connection_closes(tmp_path:
             assert h.workloads.by_pid == {1000: "w-shop"}
         await eventually(lambda: h.workloads.active == 0, "the parent to be gone")
         assert (h.workloads.by_id, h.workloads.connections, h.workloads.by_pid) == ({}, {}, {})
+        assert h.workloads.uids == {}
         nursery.cancel_scope.cancel()
 
 
@@ -802,3 +824,90 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ---- attribution by the kernel's word, not the record's ----------------------------------------
+
+
+class Tree:
+    """A process table holding exactly `tree` (pid -> parent), plus this test process (the peer of
+    every client connection) unless `peer_gone`."""
+
+    def __init__(self, tree: dict[int, int], *, peer_gone: bool = False) -> None:
+        self.tree = dict(tree)
+        if not peer_gone:
+            self.tree[os.getpid()] = 1
+
+    def parent(self, pid: int) -> int | None:
+        return self.tree.get(pid)
+
+
+@trio.testing.trio_test
+async def test_a_record_naming_a_live_process_outside_the_peers_tree_is_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    """pid 1000 is a child of the peer; pid 4000 a live stranger (its parent init); 5000 no process."""
+    peer = os.getpid()
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path, processes=Tree({1000: peer, 4000: 1}))
+        with await h.client() as client:
+            await client.send(proc_start(pid=1000))
+            await client.send(connect(pid=4000, ppid=1000, port=1))  # forged
+            await client.send(connect(pid=5000, ppid=1000, port=2))  # gone: believed
+            await client.send(connect(pid=1000, port=3))
+            events = await h.wait_events(3)
+            await eventually(lambda: _handled(h.counters, 4), "every record")
+            assert [e.socket.address.port for e in events[1:]] == [2, 3]
+            assert (h.counters.records, h.counters.malformed) == (3, 1)
+            assert all(e.workload_id == "w-shop" for e in events)
+            assert h.workloads.by_pid == {1000: "w-shop"}, "a pid that is no process is not relied on"
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_once_the_peer_is_gone_its_records_pids_are_taken_but_not_relied_on(tmp_path: Path) -> None:
+    """A vfork child re-parented after its parent (the peer) exited can no longer be told from a
+    stranger: its record is taken, attributed to the connection's workload, and not tracked."""
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path, processes=Tree({4000: 1}, peer_gone=True))
+        with await h.client() as client:
+            await client.send(proc_start(pid=1000))
+            await client.send(connect(pid=4000, ppid=1))
+            events = await h.wait_events(2)
+            assert [e.workload_id for e in events] == ["w-shop", "w-shop"]
+            assert h.counters.malformed == 0
+            assert 4000 not in h.workloads.by_pid
+        nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_a_connection_is_not_adopted_by_the_pid_or_parent_a_record_claims(tmp_path: Path) -> None:
+    """A connection without descriptor whose records name a workload's process as themselves or as
+    their parent stays unattributed when the kernel does not put it in that process's tree."""
+    peer = os.getpid()
+    async with trio.open_nursery() as nursery:
+        h = await start_intake(nursery, tmp_path, processes=Tree({1000: peer, 2001: peer}))
+        with await h.client() as workload, await h.client() as stranger:
+            await workload.send(proc_start(pid=1000))
+            await h.wait_events(1)
+            await stranger.send(connect(pid=2001, ppid=1000))  # of the peer's tree, not of 1000's
+            await stranger.send(connect(pid=1000, ppid=1))  # 1000 is of the peer's tree: believed
+            events = await h.wait_events(3)
+            assert [e.workload_id for e in events] == ["w-shop", "", "w-shop"]
+            assert h.workloads.connections == {"w-shop": 2}, "the record of 1000 attached it"
+        nursery.cancel_scope.cancel()
+
+
+def test_procfs_reads_the_parent_whatever_the_command_name() -> None:
+    """/proc/PID/stat's command name may hold spaces and parentheses; a missing pid is None."""
+    assert ProcFS().parent(os.getpid()) == os.getppid()
+    assert ProcFS().parent(0) is None
+
+
+def test_procfs_parses_a_hostile_command_name(tmp_path: Path) -> None:
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "stat").write_bytes(b"77 (a) S 1 (x) R 42 77 77 0 -1\n")
+    (tmp_path / "78").mkdir()
+    (tmp_path / "78" / "stat").write_bytes(b"garbage")
+    table = ProcFS(tmp_path)
+    assert (table.parent(77), table.parent(78), table.parent(79)) == (42, None, None)

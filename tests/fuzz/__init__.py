@@ -1,0 +1,1 @@
+"""Fuzzing of what telltale takes from outside: shim records, agent connections, policy documents."""
