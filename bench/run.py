@@ -30,6 +30,7 @@ BENCHMARKS = (
     ("decode", "record decoder throughput"),
     ("intake", "agent intake throughput"),
     ("latency", "end-to-end alert latency"),
+    ("fleet", "fleet scale: agents per controller, policy propagation, event load"),
     ("enforce", "network enforcement apply time"),
 )
 

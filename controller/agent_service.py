@@ -1,13 +1,14 @@
 """AgentService: the one bidirectional stream each node agent keeps open.
 
-Per stream: Hello → Welcome; every EventBatch is evaluated on arrival and recorded exactly once,
-coalesced with the batches that arrive while a write is in flight, then acknowledged, in order
-(see coalescer.py and ingest.commit_batches); every policy-state change is pushed as a
-PolicyUpdate and the node's acknowledgement is recorded. While a replica holds a node's stream it
-keeps a liveness key for the node on its own lease (NodeLiveness), so the elected replica can mark
-the node offline when this one dies without saying goodbye. The node record is only ever written
-with compare-and-swap, so a stale stream (the same node reconnected elsewhere) cannot undo
-what the live one wrote.
+Per stream: Hello → Welcome; every EventBatch is evaluated on arrival and handed to the replica's
+recorder (recorder.py), which records it exactly once together with what every other stream
+queued meanwhile, then it is acknowledged, in order; every policy-state change is pushed as a
+PolicyUpdate and the node's acknowledgement is recorded (through the recorder too, as are
+registration, heartbeats and going offline). While a replica holds a node's stream it keeps a
+liveness key for the node on its own lease (NodeLiveness), so the elected replica can mark the
+node offline when this one dies without saying goodbye. The node record is only ever written with
+compare-and-swap, so a stale stream (the same node reconnected elsewhere) cannot undo what the
+live one wrote.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aetcd
@@ -24,21 +25,20 @@ import grpc
 
 from telltale.controller import metrics
 from telltale.controller.auth import node_identity
-from telltale.controller.coalescer import Coalescer, NodeRecord
 from telltale.controller.coverage import gaps_by_workload, record_workload
-from telltale.controller.errors import ControllerError, Unavailable, status_of
+from telltale.controller.errors import ControllerError, status_of
 from telltale.controller.ingest import BatchStep, Evaluated, apply_node_state, evaluate, workloads_of
 from telltale.controller.policies import PolicyView
 from telltale.controller.recent import RecentEvents, batch_events
+from telltale.controller.recorder import Change, Recorder
 from telltale.controller.rpc import store_unavailable
-from telltale.controller.store import Conflict, NodeLiveness, Store, Versioned
+from telltale.controller.store import NodeLiveness, Store, Versioned
 from telltale.v1 import agent_pb2, agent_pb2_grpc, inventory_pb2
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_MS = 5000
 OUTBOUND_QUEUE = 64
-NODE_WRITE_ATTEMPTS = 8
 MAX_KNOWN_WORKLOADS = 10_000
 
 
@@ -61,6 +61,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self.recent = recent if recent is not None else RecentEvents()
         self.streams: dict[str, int] = {}  # node id -> open streams on this replica
         self.liveness = liveness
+        self.recorder = Recorder(store)
 
     # The stream is written with context.write() from its own task, so the handler returns None
     # rather than being a generator of responses.
@@ -84,15 +85,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"hello.node_id {first.hello.node_id!r} is not the node of the certificate ({certified!r})",
             )
-        session = _Session(self, first.hello, context)
         node_id = first.hello.node_id
+        session = _Session(self, first.hello, context)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         metrics.stream_opened(session)
+        live = None
         try:
             if self.liveness is not None:
                 # Before the node record says ONLINE, so the leader never sees an online record
                 # of this stream without its liveness key.
-                await self.liveness.node_connected(node_id)
+                live = await self.liveness.node_connected(node_id)
             await session.run(requests)
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
@@ -101,12 +103,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             metrics.stream_closed(session)
             self.streams[node_id] -= 1
-            if not self.streams[node_id]:
+            last = not self.streams[node_id]
+            if last:
                 del self.streams[node_id]
-                await session.mark_offline()
-                if self.liveness is not None:
-                    with contextlib.suppress(Exception):
-                        await self.liveness.node_disconnected(node_id)
+            await session.close(mark_offline=last)
+            if live is not None and self.liveness is not None:
+                with contextlib.suppress(Exception):
+                    await self.liveness.node_disconnected(live)
 
 
 class _Session:
@@ -120,13 +123,13 @@ class _Session:
         self.policies = service.policies
         self.hello = hello
         self.context = context
-        self.record = NodeRecord(Versioned(inventory_pb2.Node(node_id=hello.node_id), 0))
-        self.coalescer = Coalescer(self.store, self.record, self._committed)
+        self.recording = service.recorder.attach(hello.node_id)
         self.outbound: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue(OUTBOUND_QUEUE)
+        self.recorded: asyncio.Queue[tuple[Evaluated, asyncio.Future[BatchStep | None]]] = asyncio.Queue()
         self.known_workloads: set[str] = set()
 
     async def run(self, requests: AsyncIterator[agent_pb2.ConnectRequest]) -> None:
-        await self._update_node(self._registered)
+        await (await self.recording.change(self._registered))
         log.info(
             "node %s (%s) connected, last seq %d",
             self.hello.node_id,
@@ -144,17 +147,18 @@ class _Session:
         )
         writer = asyncio.create_task(self._write_loop())
         pusher = asyncio.create_task(self._push_policies())
-        recorder = asyncio.create_task(self.coalescer.run())
+        acker = asyncio.create_task(self._acknowledge())
         reader = asyncio.create_task(self._read_loop(requests))
+        failed = self.recording.failed
         try:
             # The stream ends when the agent ends it (once what it sent is recorded), when the
             # client goes away, or when recording fails (its error aborts the call).
-            await asyncio.wait((reader, writer, recorder), return_when=asyncio.FIRST_COMPLETED)
-            for task in (recorder, reader):
+            await asyncio.wait((reader, writer, acker, failed), return_when=asyncio.FIRST_COMPLETED)
+            for task in (failed, acker, reader):
                 if task.done():
                     task.result()
         finally:
-            for task in (reader, pusher, recorder, writer):
+            for task in (reader, pusher, acker, writer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -162,31 +166,18 @@ class _Session:
     async def _read_loop(self, requests: AsyncIterator[agent_pb2.ConnectRequest]) -> None:
         async for request in requests:
             await self._handle(request)
-        await self.coalescer.drain()
+        await self.recording.drain()
 
     @property
     def node(self) -> Versioned[inventory_pb2.Node]:
-        """The node record as this stream last wrote or read it."""
-        return self.record.value
+        """The node record as the recorder last wrote or read it."""
+        return self.recording.node
 
     # -- the node record -------------------------------------------------------------------
-    async def _update_node(self, change: Callable[[inventory_pb2.Node], None]) -> None:
-        """Apply `change` to the stored node record with compare-and-swap, re-reading on conflict."""
-        record = self.record
-        async with record.lock:
-            for _ in range(NODE_WRITE_ATTEMPTS):
-                updated = inventory_pb2.Node()
-                updated.CopyFrom(record.value.value)
-                change(updated)
-                try:
-                    revision = await self.store.put_node(updated, record.value.mod_revision)
-                except Conflict:
-                    stored = await self.store.get_node(self.hello.node_id)
-                    record.value = stored or Versioned(inventory_pb2.Node(node_id=self.hello.node_id), 0)
-                    continue
-                record.value = Versioned(updated, revision)
-                return
-        raise Unavailable(f"node {self.hello.node_id}: its record keeps changing; retry")
+    async def _update_node(self, change: Change) -> None:
+        """Queue `change` of the node record; the recorder applies it in order (a failure fails
+        the stream)."""
+        await self.recording.change(change)
 
     def _registered(self, node: inventory_pb2.Node) -> None:
         hello = self.hello
@@ -204,17 +195,19 @@ class _Session:
         node.enforcement.CopyFrom(hello.enforcement)
         node.last_seen.GetCurrentTime()
 
-    async def mark_offline(self) -> None:
-        """Mark the node offline, unless another stream (another replica, a newer agent) owns it now."""
-        node = inventory_pb2.Node()
-        node.CopyFrom(self.node.value)
-        if node.instance_id != self.hello.instance_id or node.controller_id != self.service.controller_id:
-            return
-        node.liveness = inventory_pb2.NODE_LIVENESS_OFFLINE
-        node.last_seen.GetCurrentTime()
-        with contextlib.suppress(Conflict, Exception):
-            await self.store.put_node(node, self.node.mod_revision)
-        log.info("node %s disconnected", node.node_id)
+    async def close(self, *, mark_offline: bool) -> None:
+        """Leave the recorder; first mark the node offline if asked, unless another stream
+        (another replica, a newer agent) owns it now (judged on the record as stored)."""
+        instance_id, controller_id = self.hello.instance_id, self.service.controller_id
+
+        def offline(node: inventory_pb2.Node) -> None:
+            if node.instance_id != instance_id or node.controller_id != controller_id:
+                return
+            node.liveness = inventory_pb2.NODE_LIVENESS_OFFLINE
+            node.last_seen.GetCurrentTime()
+
+        await self.recording.close(offline if mark_offline else None)
+        log.info("node %s disconnected", self.hello.node_id)
 
     # -- the stream ------------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -276,17 +269,23 @@ class _Session:
 
     async def _handle_batch(self, batch: agent_pb2.EventBatch) -> None:
         now_ns = time.time_ns()
-        await self.coalescer.submit(evaluate(batch, self.hello.node_id, self.policies.policy_set, now_ns))
+        item = evaluate(batch, self.hello.node_id, self.policies.policy_set, now_ns)
+        self.recorded.put_nowait((item, await self.recording.record_batch(item)))
 
-    async def _committed(self, item: Evaluated, step: BatchStep) -> None:
-        """The transaction holding a batch committed: remember its events, record its workloads,
-        acknowledge it."""
-        batch = item.batch
-        metrics.observe_batch(batch, step, step.before, step.after, time.time_ns())
-        if not step.duplicate:
-            self.service.recent.add(batch_events(batch, self.hello.node_id), item.now_ns)
-            await self._record_workloads(batch)
-        await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=batch.seq)))
+    async def _acknowledge(self) -> None:
+        """Acknowledge batches in order, each once the transaction holding it committed: remember
+        its events, record its workloads, send the BatchAck. Raises what recording raised."""
+        while True:
+            item, recorded = await self.recorded.get()
+            step = await recorded
+            assert step is not None
+            batch = item.batch
+            metrics.observe_batch(batch, step, step.before, step.after, time.time_ns())
+            if not step.duplicate:
+                self.service.recent.add(batch_events(batch, self.hello.node_id), item.now_ns)
+                await self._record_workloads(batch)
+            await self.outbound.put(agent_pb2.ConnectResponse(batch_ack=agent_pb2.BatchAck(seq=batch.seq)))
+            self.recording.release()
 
     async def _record_workloads(self, batch: agent_pb2.EventBatch) -> None:
         """Record each workload once per stream, and again when the batch reports coverage gaps

@@ -13,16 +13,21 @@ reflection are open to everyone. An RPC missing from the table is refused (fail 
 checks the table against the service descriptors.
 
 No credentials: UNAUTHENTICATED. Credentials without the right: PERMISSION_DENIED, naming the role
-needed. With auth off (plaintext mode on loopback) every caller is an anonymous admin. Secrets are
-never logged: tokens are named by id.
+needed. A streaming call opened with a token checks it again (Recheck: every RECHECK_S, before a
+response and while none flows, and at the token's expiry) and ends with UNAUTHENTICATED once the
+token is revoked or expired. With auth off (plaintext mode on loopback) every caller is an
+anonymous admin. Secrets are never logged: tokens are named by id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +112,7 @@ class Caller:
     name: str  # "token ops (id 0123456789ab)", "node n1", "anonymous (plaintext)"
     role: Role | None = None  # API role; None for a node identity
     node_id: str = ""  # set for a node identity
+    expires_ns: int = 0  # a token's expiry (ns since the epoch); 0: none, or not a token
 
     def __str__(self) -> str:
         return self.name
@@ -203,7 +209,7 @@ class Authorizer:
         if verdict != Verdict.OK or record is None:
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, "the API token is unknown or revoked")
         role = Role(record.role)
-        caller = Caller(f"token {record.name} (id {record.id})", role)
+        caller = Caller(f"token {record.name} (id {record.id})", role, expires_ns=record.expires_ns)
         assert isinstance(rule, Role)
         if role < rule:
             raise Denied(
@@ -235,14 +241,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         authorizer = self.authorizer
 
-        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            if authorizer is None:
-                _caller.set(PLAINTEXT_CALLER)
-                return
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+            """The caller, or the call aborted (Denied, or the store unavailable)."""
+            assert authorizer is not None
             peer = peer_identity(context)
             try:
                 metadata = cast(Iterable[tuple[str, str | bytes]], context.invocation_metadata() or ())
-                caller = await authorizer.authorize(method, rule, peer, bearer_token(metadata))
+                return await authorizer.authorize(method, rule, peer, bearer_token(metadata))
             except Denied as exc:
                 log.info(
                     "refused %s from %s (%s): %s",
@@ -259,16 +264,105 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     "cannot check the token now: the shared state (etcd) is unavailable "
                     f"({type(exc).__name__})",
                 )
+            raise AssertionError("unreachable: context.abort raises")
+
+        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> Recheck | None:
+            if authorizer is None:
+                _caller.set(PLAINTEXT_CALLER)
+                return None
+            caller = await check(context)
             _caller.set(caller)
+            if caller.role is None:
+                return None  # a certificate identity: fixed for the connection's life
+            return Recheck(functools.partial(check, context), caller.expires_ns)
 
         return _guarded(handler, admit)
 
 
-def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any],
-    admit: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """`handler` with `admit(context)` awaited before its behaviour runs."""
+RECHECK_S: Final = 1.0
+"""How often a streaming RPC opened with a token checks the token again (revocation, expiry)."""
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """How a streaming RPC opened with a token checks it again: `check()` returns the caller or
+    aborts the call; `expires_ns` is the token's expiry (0: none)."""
+
+    check: Callable[[], Awaitable[Caller]]
+    expires_ns: int
+
+
+Admit = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Recheck | None]]
+
+
+def _next_wait(last_check: float, expires_ns: int) -> float:
+    """Seconds until the next check is due: RECHECK_S after the last one, or the token's expiry."""
+    wait = last_check + RECHECK_S - time.monotonic()
+    if expires_ns:
+        wait = min(wait, (expires_ns - time.time_ns()) / 1e9)
+    return max(wait, 0.0)
+
+
+async def _check_again(recheck: Recheck, expiry: int) -> tuple[float, int]:
+    """Check the token (or abort the call); the time of the check, and the expiry still to wake
+    up for (0 once it has passed and the token was found valid anyway: no busy loop)."""
+    await recheck.check()
+    return time.monotonic(), expiry if expiry > time.time_ns() else 0
+
+
+async def _rechecked_generator(responses: AsyncIterator[Any], recheck: Recheck) -> AsyncIterator[Any]:
+    """`responses`, while the token they were opened with stays valid: it is checked again before a
+    response when the last check is RECHECK_S old, every RECHECK_S while none flows, and at its
+    expiry; a failed check aborts the call (UNAUTHENTICATED, or UNAVAILABLE)."""
+    last_check, expiry = time.monotonic(), recheck.expires_ns
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(responses))
+            done, _ = await asyncio.wait({pending}, timeout=_next_wait(last_check, expiry))
+            if _next_wait(last_check, expiry) <= 0:
+                last_check, expiry = await _check_again(recheck, expiry)
+            if not done:
+                continue
+            try:
+                response = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            yield response
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+        with contextlib.suppress(Exception):
+            await cast(Any, responses).aclose()
+
+
+async def _rechecked_call(behaviour: Awaitable[Any], recheck: Recheck) -> Any:
+    """Await a streaming behaviour that writes its responses itself, checking the token as
+    _rechecked_generator does; a failed check cancels the behaviour and aborts the call."""
+    task = asyncio.ensure_future(behaviour)
+    last_check, expiry = time.monotonic(), recheck.expires_ns
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_next_wait(last_check, expiry))
+            if done:
+                return task.result()
+            last_check, expiry = await _check_again(recheck, expiry)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _guarded(handler: grpc.RpcMethodHandler[Any, Any], admit: Admit) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with `admit(context)` awaited before its behaviour runs; a streaming response
+    opened with a token ends when the token is revoked or expires (Recheck)."""
+    streaming = handler.unary_stream is not None or handler.stream_stream is not None
 
     def wrap(inner: Behavior) -> Behavior:
         if inspect.isasyncgenfunction(inner):
@@ -276,14 +370,19 @@ def _guarded(
             async def generator(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                await admit(context)
-                async for response in inner(request, context):
+                recheck = await admit(context)
+                responses = inner(request, context)
+                if recheck is not None:
+                    responses = _rechecked_generator(responses, recheck)
+                async for response in responses:
                     yield response
 
             return generator
 
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await admit(context)
+            recheck = await admit(context)
+            if streaming and recheck is not None:
+                return await _rechecked_call(inner(request, context), recheck)
             return await inner(request, context)
 
         return call

@@ -3,7 +3,10 @@
 and alert retention.
 
 Every write here is a compare-and-swap, so a leader that has just lost the election (and not yet
-noticed) cannot undo what a stream or the new leader wrote.
+noticed) cannot undo what a stream or the new leader wrote. The writes do not yet also compare the
+leader key (``mod_revision(election/leader) == the revision held``): the store's methods
+(expire_node, delete_alerts, seed_policies) take no extra compare, and membership.py stops the
+duties once the lease has gone unrefreshed for TTL x 2/3, before etcd could expire it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,20 @@
 """The etcd client of a controller: several endpoints, TLS and user/password authentication.
 
 aetcd 1.0 dials one ``host:port`` over an insecure channel. `EtcdClient` keeps aetcd's API and
-behaviour and only builds the channel differently: every endpoint of the cluster in one gRPC
-target (``ipv4:h1:p1,h2:p2`` / ``ipv6:[a]:p,…``) balanced round robin, so the client survives the
-loss of any member; TLS (`grpc.ssl_channel_credentials`) when the endpoints say ``https://`` or a
-CA / client certificate is given; an etcd user authenticated once per connection.
+behaviour and only builds the channel differently:
+
+- plaintext: every endpoint of the cluster in one gRPC target (``ipv4:h1:p1,h2:p2`` /
+  ``ipv6:[a]:p,…``) balanced round robin, so the client survives the loss of any member;
+- TLS (`grpc.ssl_channel_credentials`, when the endpoints say ``https://`` or a CA / client
+  certificate is given): one channel at a time, to one endpoint, which checks that member's
+  certificate against that endpoint's own name (a multi-address target would check every member
+  against one name). When a request fails with UNAVAILABLE the client moves to the next endpoint,
+  as etcd's Go client does: it closes the channel, opens one to the next endpoint (names resolved
+  by gRPC then, not once at start), authenticates again, and retries the request there if it
+  cannot have reached etcd (the connection failed, or the member had no leader); otherwise the
+  error goes to the caller, who retries. Watches on the old channel end, and their owners watch
+  again (policies.py, duties.py, membership.py already do after any watch error or end);
+- an etcd user authenticated once per connection, and again when etcd says the token expired.
 
 The password never appears in a repr, a log line or an error message.
 """
@@ -12,7 +22,9 @@ The password never appears in a repr, a log line or an error message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +37,12 @@ from aetcd import watcher as aetcd_watcher
 
 from telltale.netutil import split_host_port
 
+log = logging.getLogger(__name__)
+
 # Listings read whole prefixes; grpc's default 4 MiB would cap them far too low.
 MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10
+RETIRE_GRACE_S = 1.0  # after a fail-over, how long requests in flight on the old channel may finish
 
 
 class EtcdConfigError(ValueError):
@@ -130,15 +145,29 @@ def _token_expired(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in (exc.details() or "")
 
 
+def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
+    """True when an UNAVAILABLE request cannot have been applied by etcd: the connection could not
+    be made, or the member had no leader (etcd refuses before proposing). Safe to send again."""
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details or "connection refused" in details or "no leader" in details
+    )
+
+
 class _Reauthenticating:
-    """A gRPC stub whose unary calls authenticate again, once, when etcd says the token expired.
+    """A gRPC stub of the client's current channel whose unary calls authenticate again, once,
+    when etcd says the token expired; and, on a client that fails over (TLS, several endpoints),
+    move the client to the next endpoint on UNAVAILABLE, sending the request again there when it
+    cannot have been delivered (at most once per endpoint).
 
     aetcd authenticates once per connection and passes ``metadata=client.metadata`` to every call;
-    a retried call gets the fresh token instead."""
+    a retried call gets the current token instead."""
 
-    def __init__(self, stub: Any, client: EtcdClient) -> None:
+    def __init__(self, stub: Any, client: EtcdClient, attribute: str, channel: grpc.aio.Channel) -> None:
         self._stub = stub
         self._client = client
+        self._attribute = attribute  # the client's attribute holding the current wrapper
+        self._channel = channel
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._stub, name)
@@ -146,28 +175,39 @@ class _Reauthenticating:
             return method
 
         async def call(request: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(request, **kwargs)
-            except grpc.aio.AioRpcError as exc:
-                if not _token_expired(exc):
-                    raise
-            await self._client.reauthenticate()
-            kwargs["metadata"] = self._client.metadata
-            return await method(request, **kwargs)
+            current = self
+            attempts = self._client.endpoint_count if self._client.fails_over else 1
+            for attempt in range(attempts):
+                try:
+                    return await current._authenticated(name, request, kwargs)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or not self._client.fails_over:
+                        raise
+                    await self._client.fail_over(current._channel, exc)
+                    if not _not_delivered(exc) or attempt == attempts - 1:
+                        raise
+                current = getattr(self._client, self._attribute)
+                if "metadata" in kwargs:
+                    kwargs["metadata"] = self._client.metadata
+            raise AssertionError("unreachable")
 
         return call
 
-
-def _is_name(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return True
-    return False
+    async def _authenticated(self, name: str, request: Any, kwargs: dict[str, Any]) -> Any:
+        method = getattr(self._stub, name)
+        try:
+            return await method(request, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            if not _token_expired(exc):
+                raise
+        await self._client.reauthenticate()
+        kwargs["metadata"] = self._client.metadata
+        return await method(request, **kwargs)
 
 
 class EtcdClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd's client on a channel to every endpoint, with TLS and authentication as configured."""
+    """aetcd's client on a channel to the endpoints (see the module's docstring), with TLS and
+    authentication as configured."""
 
     channel: grpc.aio.Channel | None
     _is_connecting: bool
@@ -178,18 +218,18 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         settings.validate()
         self.settings = settings
         self._addresses = settings.addresses()
+        self._current = 0  # with TLS: the index of the endpoint in use
+        self._switch_lock = asyncio.Lock()
         host, port = self._addresses[0]
         options: dict[str, Any] = {
             "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
-            "grpc.lb_policy_name": "round_robin",
             # Notice a dead member soon, also while only a watch stream is open.
             "grpc.keepalive_time_ms": 10_000,
             "grpc.keepalive_timeout_ms": 5_000,
             "grpc.keepalive_permit_without_calls": 1,
         }
-        if settings.tls and len(self._addresses) > 1 and _is_name(host):
-            # The certificate is checked against the first endpoint's name, not a resolved address.
-            options["grpc.ssl_target_name_override"] = host
+        if not settings.tls:
+            options["grpc.lb_policy_name"] = "round_robin"
         self._auth_lock = asyncio.Lock()
         super().__init__(
             host=host,
@@ -200,18 +240,90 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
             options=options,
         )
 
+    @property
+    def endpoint_count(self) -> int:
+        """How many endpoints the client may use."""
+        return len(self._addresses)
+
+    @property
+    def fails_over(self) -> bool:
+        """True when the client uses one endpoint at a time and moves on failure (TLS, several
+        endpoints); False when one channel spans them all (plaintext) or there is only one."""
+        return self.settings.tls and len(self._addresses) > 1
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint in use ("host:port"; every endpoint, comma-separated, without TLS)."""
+        if self.fails_over:
+            return channel_target([self._addresses[self._current]])
+        return ",".join(channel_target([a]) for a in self._addresses)
+
     def _channel(self) -> grpc.aio.Channel:
-        target = channel_target(self._addresses)
         options = list(self._options.items())
         if not self.settings.tls:
-            return grpc.aio.insecure_channel(target, options=options)
+            return grpc.aio.insecure_channel(channel_target(self._addresses), options=options)
         s = self.settings
         credentials = grpc.ssl_channel_credentials(
             root_certificates=s.ca.read_bytes() if s.ca else None,
             private_key=s.key.read_bytes() if s.key else None,
             certificate_chain=s.cert.read_bytes() if s.cert else None,
         )
+        # One endpoint: gRPC resolves its name and checks the member's certificate against it.
+        target = channel_target([self._addresses[self._current]])
         return grpc.aio.secure_channel(target, credentials, options=options)
+
+    async def _authenticate(self, channel: grpc.aio.Channel) -> None:
+        """Authenticate the configured user on `channel` (nothing without a user). Raises
+        EtcdAuthError when etcd refuses the user, grpc.aio.AioRpcError when it cannot answer."""
+        if self._username is None or self._password is None:
+            return
+        self.auth_stub = rpc.AuthStub(channel)
+        request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+        try:
+            response = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+        except rpc.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise
+            # etcd's message names neither the password nor the token.
+            raise EtcdAuthError(f"etcd refused user {self._username!r}: {exc.details()}") from None
+        self.metadata = (("token", response.token),)
+
+    def _use(self, channel: grpc.aio.Channel) -> None:
+        """Make `channel` the one every stub and new watch uses."""
+        self.channel = channel
+        self.kvstub = _Reauthenticating(rpc.KVStub(channel), self, "kvstub", channel)
+        self.clusterstub = _Reauthenticating(rpc.ClusterStub(channel), self, "clusterstub", channel)
+        self.leasestub = _Reauthenticating(rpc.LeaseStub(channel), self, "leasestub", channel)
+        self.maintenancestub = _Reauthenticating(
+            rpc.MaintenanceStub(channel), self, "maintenancestub", channel
+        )
+        # "hasleader": a member cut off from the quorum ends our watches instead of leaving
+        # them silent, so they are re-established on a member that has a leader.
+        watch_metadata = (*(self.metadata or ()), ("hasleader", "true"))
+        self._watcher = aetcd_watcher.Watcher(
+            rpc.WatchStub(channel), timeout=self._timeout, metadata=watch_metadata
+        )
+
+    async def _open(self) -> None:
+        """Open a channel to the current endpoint (with TLS, trying the next ones while the user
+        cannot be authenticated because a member is unreachable) and use it. Raises EtcdAuthError
+        when etcd refuses the user, aetcd.ConnectionFailedError when no member answers."""
+        attempts = self.endpoint_count if self.fails_over else 1
+        for attempt in range(attempts):
+            channel = self._channel()
+            try:
+                await self._authenticate(channel)
+            except rpc.AioRpcError as exc:
+                await channel.close(None)
+                if attempt == attempts - 1:
+                    raise aetcd.ConnectionFailedError(f"no etcd member answered: {exc.details()}") from None
+                self._current = (self._current + 1) % len(self._addresses)
+                continue
+            except BaseException:
+                await channel.close(None)
+                raise
+            self._use(channel)
+            return
 
     async def connect(self) -> None:
         """Open the channel (and authenticate, if a user is configured); what aetcd's connect()
@@ -223,31 +335,37 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
             return
         try:
             self._is_connecting = True
-            channel = self._channel()
-            if self._username is not None and self._password is not None:
-                self.auth_stub = rpc.AuthStub(channel)
-                request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-                try:
-                    response = await self.auth_stub.Authenticate(request, timeout=self._timeout)
-                except rpc.AioRpcError as exc:
-                    await channel.close(None)
-                    # etcd's message names neither the password nor the token.
-                    raise EtcdAuthError(f"etcd refused user {self._username!r}: {exc.details()}") from None
-                self.metadata = (("token", response.token),)
-            self.channel = channel
-            self.kvstub = _Reauthenticating(rpc.KVStub(channel), self)
-            self.clusterstub = _Reauthenticating(rpc.ClusterStub(channel), self)
-            self.leasestub = _Reauthenticating(rpc.LeaseStub(channel), self)
-            self.maintenancestub = _Reauthenticating(rpc.MaintenanceStub(channel), self)
-            # "hasleader": a member cut off from the quorum ends our watches instead of leaving
-            # them silent, so they are re-established on a member that has a leader.
-            watch_metadata = (*(self.metadata or ()), ("hasleader", "true"))
-            self._watcher = aetcd_watcher.Watcher(
-                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=watch_metadata
-            )
+            await self._open()
             self._connected.set()
         finally:
             self._is_connecting = False
+
+    async def fail_over(self, failed: grpc.aio.Channel | None, error: BaseException | None = None) -> None:
+        """Move to the next endpoint after a request on `failed` found its member unavailable; a
+        no-op when another request moved already (or the client does not fail over). The old
+        channel is closed: its watches end, and their owners watch again on the new one."""
+        if not self.fails_over:
+            return
+        async with self._switch_lock:
+            if failed is not self.channel or not self._connected.is_set():
+                return
+            before = self.endpoint
+            old_channel, old_watcher = self.channel, self._watcher
+            self._current = (self._current + 1) % len(self._addresses)
+            await self._open()
+            log.warning(
+                "etcd member %s unavailable (%s); using %s",
+                before,
+                error.details() if isinstance(error, grpc.aio.AioRpcError) else error or "no answer",
+                self.endpoint,
+            )
+        if old_watcher is not None:
+            with contextlib.suppress(Exception):
+                await old_watcher.shutdown()
+        if old_channel is not None:
+            with contextlib.suppress(Exception):
+                # Requests still in flight there (a member that is slow, not dead) get a moment.
+                await old_channel.close(RETIRE_GRACE_S)
 
     async def reauthenticate(self) -> None:
         """Get a fresh auth token (after etcd said the current one expired); concurrent callers
@@ -267,7 +385,23 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
                 self._watcher._metadata = (*self.metadata, ("hasleader", "true"))
 
     async def refresh_lease(self, lease_id: int) -> Any:
-        """aetcd's refresh_lease, authenticating again once if the token expired."""
+        """aetcd's refresh_lease, authenticating again once if the token expired, and (failing
+        over) moving to the next endpoint when the member is unavailable: a keepalive may be sent
+        again."""
+        attempts = self.endpoint_count if self.fails_over else 1
+        for attempt in range(attempts):
+            channel = self.channel
+            try:
+                return await self._refresh_lease_once(lease_id)
+            except aetcd.ConnectionFailedError as exc:
+                if not self.fails_over:
+                    raise
+                await self.fail_over(channel, exc)
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _refresh_lease_once(self, lease_id: int) -> Any:
         try:
             return await super().refresh_lease(lease_id)
         except aetcd.UnauthenticatedError as exc:

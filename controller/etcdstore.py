@@ -14,11 +14,13 @@ from aetcd.utils import prefix_range_end
 from telltale.controller.store import (
     DEFAULT_PREFIX,
     MAX_BATCH_ALERTS,
+    MAX_TXN_KEYS,
     Absent,
     AlertChange,
     Conflict,
     PolicyState,
     Replaced,
+    Stale,
     Versioned,
     key_name,
     same_content,
@@ -380,6 +382,66 @@ class EtcdStore:
         if not ok:
             raise Conflict(f"node {node.node_id}: the batch's alerts or node record changed concurrently")
         return int(responses[0].response_put.header.revision)
+
+    async def commit_records(
+        self,
+        nodes: Sequence[tuple[inventory_pb2.Node, int]],
+        alerts: Sequence[tuple[alert_pb2.Alert, int]],
+    ) -> int:
+        count = len(nodes) + len(alerts)
+        if not 0 < count <= MAX_TXN_KEYS:
+            raise ValueError(f"{count} keys in one commit, the limit is 1 to {MAX_TXN_KEYS}")
+        txn = self._client.transactions
+        compare, success, failure = [], [], []
+        keys: set[bytes] = set()
+        for node, revision in nodes:
+            key = self._node_key(node.node_id)
+            keys.add(key)
+            compare.append(self._expect(key, revision))
+            success.append(txn.put(key, node.SerializeToString()))
+            failure.append(txn.get(key))
+        for alert, revision in alerts:
+            key = self._alert_key(alert.fingerprint)
+            keys.add(key)
+            compare.append(self._expect(key, revision))
+            stored = alert_pb2.Alert()
+            stored.CopyFrom(alert)
+            stored.ClearField("revision")
+            success.append(txn.put(key, stored.SerializeToString()))
+            failure.append(txn.get(key))
+        if len(keys) != count:
+            raise ValueError("a commit may write each key only once")
+        ok, responses = await self._client.transaction(compare=compare, success=success, failure=failure)
+        if ok:
+            return int(responses[0].response_put.header.revision)
+        # The failure branch read every key in the same transaction: report the ones that moved.
+        moved_nodes: dict[str, Versioned[inventory_pb2.Node] | None] = {}
+        moved_alerts: dict[str, Versioned[alert_pb2.Alert] | None] = {}
+        for index, found in enumerate(responses):
+            current = found[0][1] if found else None
+            revision = int(current.mod_revision) if current is not None else 0
+            if index < len(nodes):
+                node = nodes[index][0]
+                if revision != nodes[index][1]:
+                    value = inventory_pb2.Node()
+                    if current is not None:
+                        value.ParseFromString(found[0][0])
+                    moved_nodes[node.node_id] = Versioned(value, revision) if current is not None else None
+            else:
+                written, expected = alerts[index - len(nodes)]
+                if revision != expected:
+                    stored_alert = None
+                    if current is not None:
+                        parsed = alert_pb2.Alert()
+                        parsed.ParseFromString(found[0][0])
+                        parsed.revision = revision
+                        stored_alert = Versioned(parsed, revision)
+                    moved_alerts[written.fingerprint] = stored_alert
+        raise Stale(
+            f"{len(moved_nodes)} node records and {len(moved_alerts)} alerts changed concurrently",
+            moved_nodes,
+            moved_alerts,
+        )
 
     async def list_nodes(self) -> list[inventory_pb2.Node]:
         result = await self._client.get_prefix(self._key("nodes") + b"/")

@@ -5,6 +5,11 @@ into the stored alerts, and written together with the node record that carries t
 sequence number, in one compare-and-swap transaction. So a batch is either recorded whole or not
 at all: a batch re-sent after a lost acknowledgement, or one a stale stream on another replica
 already recorded, is recognised by its sequence number and never counted twice.
+
+On a replica the recorder (recorder.py) does the writing, for all streams together; this module
+gives it the pieces (evaluate, advance_node, merge_groups) and keeps commit_batches, which records
+one node's batches on its own: the recorder uses it for a batch with more distinct alerts than one
+transaction holds.
 """
 
 from __future__ import annotations
@@ -99,20 +104,25 @@ def advance_node(node: inventory_pb2.Node, batch: agent_pb2.EventBatch, now_ns: 
     return updated
 
 
+def merge_groups(current: alert_pb2.Alert | None, per_node: dict[str, Group], now_ns: int) -> alert_pb2.Alert:
+    """The alert after folding in the findings of one fingerprint, node by node in the order given:
+    each node's findings coalesced into one (counts summed, times spanned) and merged as seen on
+    that node. `current` is the alert as stored (None: new) and is not changed."""
+    alert = current
+    for node_id, group in per_node.items():
+        [(finding, (event, workload))] = coalesce((f, (e, w)) for f, e, w in group)
+        alert = merge(
+            alert, finding, node_id=node_id, sample_event=event, sample_workload=workload, now_ns=now_ns
+        )
+    assert alert is not None, "at least one node's findings"
+    return alert
+
+
 async def _merged(
     store: Store, fingerprint: str, group: Group, node_id: str, now_ns: int
 ) -> tuple[alert_pb2.Alert, int]:
     current = await store.get_alert(fingerprint)
-    # The group is one fingerprint: coalescing sums it into one finding, merged once.
-    [(finding, (event, workload))] = coalesce((f, (e, w)) for f, e, w in group)
-    alert = merge(
-        current.value if current is not None else None,
-        finding,
-        node_id=node_id,
-        sample_event=event,
-        sample_workload=workload,
-        now_ns=now_ns,
-    )
+    alert = merge_groups(current.value if current is not None else None, {node_id: group}, now_ns)
     return alert, current.mod_revision if current is not None else 0
 
 
@@ -130,7 +140,7 @@ class Evaluated:
 
 
 def evaluate(batch: agent_pb2.EventBatch, node_id: str, policies: PolicySet, now_ns: int) -> Evaluated:
-    """Evaluate a batch for later recording (see commit_batches)."""
+    """Evaluate a batch for later recording (see recorder.py and commit_batches)."""
     return Evaluated(batch, evaluate_batch(batch, node_id, policies, now_ns), now_ns)
 
 

@@ -36,11 +36,13 @@ from google.protobuf.message import Message
 
 from telltale.controller.store import (
     MAX_BATCH_ALERTS,
+    MAX_TXN_KEYS,
     Absent,
     AlertChange,
     Conflict,
     PolicyState,
     Replaced,
+    Stale,
     Versioned,
     key_name,
     same_content,
@@ -427,6 +429,52 @@ class MemoryStore:
         if revision is None:
             raise Conflict(f"node {node.node_id}: the batch's alerts or node record changed concurrently")
         return revision
+
+    async def commit_records(
+        self,
+        nodes: Sequence[tuple[inventory_pb2.Node, int]],
+        alerts: Sequence[tuple[alert_pb2.Alert, int]],
+    ) -> int:
+        count = len(nodes) + len(alerts)
+        if not 0 < count <= MAX_TXN_KEYS:
+            raise ValueError(f"{count} keys in one commit, the limit is 1 to {MAX_TXN_KEYS}")
+        await asyncio.sleep(0)
+        compare: list[tuple[str, int]] = []
+        puts: list[tuple[str, bytes]] = []
+        for node, expected in nodes:
+            key = _NODES + key_name(node.node_id)
+            compare.append((key, expected))
+            puts.append((key, node.SerializeToString()))
+        for alert, expected in alerts:
+            key = _ALERTS + key_name(alert.fingerprint)
+            compare.append((key, expected))
+            puts.append((key, _without_revision(alert)))
+        if len({key for key, _ in puts}) != count:
+            raise ValueError("a commit may write each key only once")
+        revision = self._txn(compare, puts)
+        if revision is not None:
+            return revision
+        moved_nodes: dict[str, Versioned[inventory_pb2.Node] | None] = {}
+        moved_alerts: dict[str, Versioned[alert_pb2.Alert] | None] = {}
+        for node, expected in nodes:
+            entry = self._kv.get(_NODES + key_name(node.node_id))
+            if (entry.mod_revision if entry is not None else 0) != expected:
+                moved_nodes[node.node_id] = (
+                    Versioned(_parsed(inventory_pb2.Node, entry.value), entry.mod_revision)
+                    if entry is not None
+                    else None
+                )
+        for alert, expected in alerts:
+            entry = self._kv.get(_ALERTS + key_name(alert.fingerprint))
+            if (entry.mod_revision if entry is not None else 0) != expected:
+                moved_alerts[alert.fingerprint] = (
+                    Versioned(self._alert(entry), entry.mod_revision) if entry is not None else None
+                )
+        raise Stale(
+            f"{len(moved_nodes)} node records and {len(moved_alerts)} alerts changed concurrently",
+            moved_nodes,
+            moved_alerts,
+        )
 
     async def list_nodes(self) -> list[inventory_pb2.Node]:
         await asyncio.sleep(0)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import signal
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -242,6 +243,9 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
     config.validate()
     countries = config.countries()
     tls = config.server_tls()
+    for flag, key in (("--tls-key", config.tls_key), ("--etcd-key", config.etcd_key)):
+        if key is not None:
+            warn_if_readable_by_others(flag, key)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -362,6 +366,27 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
         await stop.wait()
         log.warning("telltale controller %s stopping", controller_id, extra={"controller_id": controller_id})
         await health_servicer.enter_graceful_shutdown()
+
+
+def warn_if_readable_by_others(flag: str, path: Path) -> bool:
+    """Log a warning when the private key at `path` may be read by its group or by anyone (a key
+    should be mode 0600, or 0640 for a dedicated group at most: say so). True when it warned."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False  # reading it reports the problem
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return False
+    log.warning(
+        "%s %s is readable by %s (mode %04o): a private key should be mode 0600 (chmod 600 %s)",
+        flag,
+        path,
+        "everyone" if mode & stat.S_IRWXO else "its group",
+        stat.S_IMODE(mode),
+        path,
+        extra={"flag": flag, "path": str(path)},
+    )
+    return True
 
 
 def _serve_metrics(listen: str, policies: PolicyView, stack: contextlib.AsyncExitStack) -> None:

@@ -43,10 +43,32 @@ from telltale.v1 import alert_pb2, common_pb2, inventory_pb2, policy_pb2
 DEFAULT_PREFIX = "/telltale/v1/"
 # etcd refuses transactions of more than --max-txn-ops operations (128 by default); one is the node.
 MAX_BATCH_ALERTS = 100
+# etcd checks --max-txn-ops (128 by default) against each list of a transaction separately: the
+# compares, the success operations and the failure operations may each hold up to 128 (etcd's
+# checkTxnRequest takes the largest of the three). commit_records compares, puts and (on failure)
+# reads each key once, so each list is as long as the number of keys; 100 leaves room for an
+# operator's lower limit and keeps a transaction of alerts (a few KB each) well under etcd's
+# request size limit (--max-request-bytes, 1.5 MiB by default).
+MAX_TXN_KEYS = 100
 
 
 class Conflict(Exception):
     """A compare-and-swap lost: someone else changed the key first."""
+
+
+class Stale(Conflict):
+    """commit_records lost: the keys it compared that had moved, with their current values
+    (None: the key does not exist now), read in the same transaction."""
+
+    def __init__(
+        self,
+        message: str,
+        nodes: dict[str, Versioned[inventory_pb2.Node] | None],
+        alerts: dict[str, Versioned[alert_pb2.Alert] | None],
+    ) -> None:
+        super().__init__(message)
+        self.nodes = nodes
+        self.alerts = alerts
 
 
 class Absent(Exception):
@@ -203,6 +225,20 @@ class Store(Protocol):
         """
         ...
 
+    async def commit_records(
+        self,
+        nodes: Sequence[tuple[inventory_pb2.Node, int]],
+        alerts: Sequence[tuple[alert_pb2.Alert, int]],
+    ) -> int:
+        """Write node records and alerts atomically, each if its key is still at the mod revision
+        it was read at (0 = absent); returns the store revision of the write.
+
+        Raises Stale (a Conflict) when any key moved, and then nothing is written: it carries the
+        current value of every key that moved, so the caller can retry without reading again.
+        Raises ValueError when no key or more than MAX_TXN_KEYS keys are given, or a key twice.
+        """
+        ...
+
     async def list_nodes(self) -> list[inventory_pb2.Node]:
         """Every node."""
         ...
@@ -257,12 +293,12 @@ class NodeLiveness(Protocol):
     """Where a replica says which nodes' streams it holds (membership.Membership on etcd: a
     liveness key on the replica's lease, so the claim dies with the replica)."""
 
-    async def node_connected(self, node_id: str) -> None:
-        """This replica now holds a stream of `node_id`."""
+    async def node_connected(self, node_id: str) -> object:
+        """This replica now holds a stream of `node_id`; returns the stream's handle."""
         ...
 
-    async def node_disconnected(self, node_id: str) -> None:
-        """This replica holds no stream of `node_id` any more."""
+    async def node_disconnected(self, handle: object) -> None:
+        """The stream of `handle` (node_connected's) ended; call it for every stream."""
         ...
 
 

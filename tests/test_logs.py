@@ -86,6 +86,15 @@ SECRETS = [
     ("api_key: AKIA1234567890", "AKIA1234567890"),
     ("created tt_3f9a1c2b_Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eA for ops", "Zm9vYmFyYmF6cXV4"),
     ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----", "MIIEvQIBADANBg"),
+    ('settings {"password": "q1w2e3r4t5"} loaded', "q1w2e3r4t5"),
+    ("settings {'etcd_password': 'q1w2e3r4t5', 'user': 'u'} loaded", "q1w2e3r4t5"),
+    ("headers [('token', 'q1w2e3r4t5'), ('x', 'y')]", "q1w2e3r4t5"),
+    ("url /x?a=1&bearer=xtt_0123456789ab_Zm9vYmFyYmF6cXV4cXV1eA", "Zm9vYmFyYmF6cXV4"),
+    ("query q=%20tt_0123456789ab_Zm9vYmFyYmF6cXV4cXV1eA", "Zm9vYmFyYmF6cXV4"),
+    ("key passphrase=q1w2e3r4t5 used", "q1w2e3r4t5"),
+    ("db pwd: q1w2e3r4t5", "q1w2e3r4t5"),
+    ("argv telltale controller --etcd-password q1w2e3r4t5 --listen x", "q1w2e3r4t5"),
+    ("argv telltale policy list --token=q1w2e3r4t5", "q1w2e3r4t5"),
 ]
 
 
@@ -105,6 +114,25 @@ def test_no_secret_reaches_a_line_in_the_message_or_its_arguments(
     assert secret not in output
     assert logs.REDACTED in output
     assert "request:" in output
+
+
+def test_no_secret_reaches_a_line_through_the_stack(capture: tuple[io.StringIO, logging.Logger]) -> None:
+    """stack_info=True adds the caller's stack (a "stack" field); source lines in it are redacted."""
+    buffer, log = capture
+    log.warning("where", stack_info=True)  # the stack shows this line: password=q1w2e3r4t5
+    (entry,) = lines(buffer)
+    assert "test_no_secret_reaches_a_line_through_the_stack" in str(entry["stack"])
+    assert "q1w2e3r4t5" not in buffer.getvalue()
+    assert logs.REDACTED in str(entry["stack"])
+
+
+def test_a_redacted_line_keeps_what_is_not_a_secret() -> None:
+    """The flags that name a file keep their path; ordinary words that contain tt_ stay."""
+    assert (
+        logs.redact("--etcd-password-file /etc/pw --token-file /t")
+        == "--etcd-password-file /etc/pw --token-file /t"
+    )
+    assert logs.redact("a button_state and buttt_on") == "a button_state and buttt_on"
 
 
 def test_no_secret_reaches_a_line_through_a_field(capture: tuple[io.StringIO, logging.Logger]) -> None:

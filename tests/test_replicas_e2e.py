@@ -351,3 +351,22 @@ def _shell_occurrences(controller: LocalCluster) -> int:
             alert_pb2.ListAlertsRequest(), timeout=10
         )
     return sum(int(a.occurrences) for a in listing.alerts if a.alert_type == "process.shell_launched")
+
+
+def test_an_agent_reconnecting_at_once_to_the_same_replica_keeps_its_liveness_key(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """An agent whose stream ends and that opens the next one at once on the same replica keeps its
+    node's liveness key while the new stream is open (the old stream's cleanup never removes the
+    new stream's key)."""
+    with Replicas(tmp_path, etcd) as replicas:
+        controller = replicas.controllers[0]
+        for i in range(8):
+            node_id = f"reconnect-{i}"
+            first = replicas.agent(controller, node_id)
+            time.sleep(0.05)
+            first.call.cancel()
+            second = replicas.agent(controller, node_id)
+            time.sleep(0.5)  # the first stream's cleanup has run by now
+            assert replicas.etcd_value(f"node-live/{node_id}"), f"{node_id}: liveness key gone"
+            second.close()

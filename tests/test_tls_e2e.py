@@ -3,10 +3,14 @@ processes on loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,10 +23,15 @@ from telltale.procutil import tied_to_parent
 from telltale.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    alert_pb2,
+    alert_pb2_grpc,
+    common_pb2,
     inventory_pb2,
     inventory_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
+    token_pb2,
+    token_pb2_grpc,
 )
 
 pytestmark = pytest.mark.e2e
@@ -245,3 +254,138 @@ def test_a_plaintext_controller_says_that_authentication_is_off(tmp_path: Path) 
         process.wait(timeout=15)
     text = log_path.read_text()
     assert "plaintext mode: no TLS and no authentication, every caller is an admin" in text
+
+
+class _Watch:
+    """A WatchAlerts stream read on its own thread: when each response came, and how it ended."""
+
+    def __init__(self, controller: TlsController, token: str) -> None:
+        self.channel = controller.channel(token=token)
+        self.responses: list[float] = []
+        self.ended: tuple[float, grpc.StatusCode] | None = None
+        self.call = alert_pb2_grpc.AlertServiceStub(self.channel).WatchAlerts(
+            alert_pb2.WatchAlertsRequest(), timeout=60
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for _ in self.call:
+                self.responses.append(time.monotonic())
+            self.ended = (time.monotonic(), grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            self.ended = (time.monotonic(), exc.code())
+
+    def close(self) -> None:
+        self.call.cancel()  # type: ignore[attr-defined]
+        self.thread.join(5)
+        self.channel.close()
+
+
+def _viewer(controller: TlsController, name: str, expires_s: int = 0) -> token_pb2.CreateTokenResponse:
+    request = token_pb2.CreateTokenRequest(name=name, role=token_pb2.ROLE_VIEWER)
+    if expires_s:
+        request.expires_in.seconds = expires_s
+    with controller.channel(token=controller.admin_token()) as channel:
+        return token_pb2_grpc.TokenServiceStub(channel).CreateToken(request, timeout=10)  # type: ignore[no-any-return]
+
+
+def _alerting_agent(
+    controller: TlsController,
+) -> tuple[queue.SimpleQueue[agent_pb2.ConnectRequest | None], Any]:
+    """An agent stream of node web-01 that raises alerts when fed batches (see _batch)."""
+    node = controller.tls.files("node", "web-01")
+    channel = controller.channel(cert=node, address=controller.agents)
+    requests: queue.SimpleQueue[agent_pb2.ConnectRequest | None] = queue.SimpleQueue()
+    requests.put(agent_pb2.ConnectRequest(hello=agent_pb2.Hello(node_id="web-01", instance_id="i1")))
+
+    def outgoing() -> Iterator[agent_pb2.ConnectRequest]:
+        while (item := requests.get()) is not None:
+            yield item
+
+    call = agent_pb2_grpc.AgentServiceStub(channel).Connect(outgoing(), timeout=60)
+    threading.Thread(target=_drain, args=(call,), daemon=True).start()
+    return requests, (call, channel)
+
+
+def _drain(call: Any) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        for _ in call:
+            pass
+
+
+def _batch(seq: int) -> agent_pb2.ConnectRequest:
+    """A batch in which a Python program launches a shell: an alert of the Standard policy."""
+    workload = common_pb2.Workload(id="w-shop", application="shop")
+    event = common_pb2.Event(
+        kind=common_pb2.EVENT_KIND_EXEC,
+        workload_id=workload.id,
+        count=1,
+        process=common_pb2.ProcessInfo(pid=10, exe="/usr/bin/python3"),
+        exec=common_pb2.ExecDetail(path="/bin/sh"),
+    )
+    return agent_pb2.ConnectRequest(batch=agent_pb2.EventBatch(seq=seq, workloads=[workload], events=[event]))
+
+
+def test_a_watch_ends_soon_after_its_token_is_revoked(controller: TlsController) -> None:
+    """A WatchAlerts opened with a viewer token ends with UNAUTHENTICATED within ~2 s of RevokeToken,
+    while changes keep flowing."""
+    viewer = _viewer(controller, "watch-revoked")
+    watch = _Watch(controller, viewer.bearer_token)
+    requests, (call, channel) = _alerting_agent(controller)
+    try:
+        requests.put(_batch(1))
+        wait_for(lambda: bool(watch.responses), 10, "the watch to see a change")
+        with controller.channel(token=controller.admin_token()) as admin:
+            token_pb2_grpc.TokenServiceStub(admin).RevokeToken(
+                token_pb2.RevokeTokenRequest(id=viewer.token.id), timeout=10
+            )
+        revoked = time.monotonic()
+        for seq in range(2, 10):
+            requests.put(_batch(seq))  # each one updates the alert: a change for the watch
+            time.sleep(0.3)
+        wait_for(lambda: watch.ended is not None, 5, "the watch to end")
+        assert watch.ended is not None
+        assert watch.ended[1] == grpc.StatusCode.UNAUTHENTICATED
+        assert watch.ended[0] - revoked < 2.5
+        assert all(at < revoked + 1.5 for at in watch.responses)
+    finally:
+        requests.put(None)
+        call.cancel()
+        channel.close()
+        watch.close()
+
+
+def test_an_idle_watch_ends_when_its_token_expires(controller: TlsController) -> None:
+    """A WatchAlerts opened with a token that expires in 2 s ends with UNAUTHENTICATED at about
+    that time, although no change flows."""
+    short = _viewer(controller, "watch-expiring", expires_s=2)
+    opened = time.monotonic()
+    watch = _Watch(controller, short.bearer_token)
+    try:
+        wait_for(lambda: watch.ended is not None, 6, "the watch to end")
+        assert watch.ended is not None
+        assert watch.ended[1] == grpc.StatusCode.UNAUTHENTICATED
+        assert 1.0 < watch.ended[0] - opened < 3.5
+    finally:
+        watch.close()
+
+
+def test_the_controller_warns_when_its_key_is_readable_by_others(
+    controller: TlsController, tls: Pki, tmp_path: Path
+) -> None:
+    """A --tls-key that its group or everyone may read is named in a warning at start; 0600 is not."""
+    ctl = tls.files("controller", "ctl")
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(ctl.key.read_bytes())
+    loose.chmod(0o644)
+    careless = TlsController(tmp_path / "c", tls, log_level="warning")
+    args = careless.args()
+    args[args.index("--tls-key") + 1] = str(loose)
+    careless.args = lambda: args  # type: ignore[method-assign]
+    with careless:
+        wait_for(lambda: "is readable by everyone" in careless.log(), 10, "the warning")
+        assert f"--tls-key {loose}" in careless.log()
+        assert "chmod 600" in careless.log()
+    assert "is readable by" not in controller.log()  # the module's controller: keys of mode 0600

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 import telltale.v1
-from telltale.controller import auth
+from telltale.controller import auth, tokens
 from telltale.controller.auth import (
     NODE,
     OPEN,
@@ -37,6 +37,7 @@ from telltale.controller.tokens import (
     EtcdTokens,
     MemoryTokens,
     Role,
+    TokenRecord,
     TokenVerifier,
     Verdict,
     bootstrap_admin,
@@ -289,6 +290,10 @@ def test_create_token_validates_its_request() -> None:
                 (token_pb2.CreateTokenRequest(name="x"), "role"),
                 (token_pb2.CreateTokenRequest(role=token_pb2.ROLE_ADMIN), "name"),
                 (token_pb2.CreateTokenRequest(role=token_pb2.ROLE_ADMIN, name="x" * 129), "name"),
+                (token_pb2.CreateTokenRequest(role=token_pb2.ROLE_ADMIN, name="é" * 65), "name"),
+                (token_pb2.CreateTokenRequest(role=token_pb2.ROLE_ADMIN, name="ops\nFAKE LOG LINE"), "name"),
+                (token_pb2.CreateTokenRequest(role=token_pb2.ROLE_ADMIN, name="a\tb"), "name"),
+                (token_pb2.CreateTokenRequest(role=token_pb2.ROLE_ADMIN, name="a\x1b[2Jb"), "name"),
             ):
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await stub.CreateToken(request)
@@ -356,3 +361,91 @@ def test_the_security_doc_shows_the_same_table() -> None:
     rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| (\w+) \|$", doc, flags=re.MULTILINE)
     shown = {f"/telltale.v1.{service}/{method}": rule for service, method, rule in rows}
     assert shown == {method: auth.rule_label(rule) for method, rule in RULES.items()}
+
+
+class CountingTokens(MemoryTokens):
+    """MemoryTokens that counts lookups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        self.gets += 1
+        return await super().get(token_id)
+
+
+def test_a_secret_that_cannot_be_a_token_is_refused_without_a_lookup() -> None:
+    """A bearer of the right shape whose secret is not 32 bytes of canonical URL-safe base64 is
+    malformed, and costs no store read."""
+
+    async def body() -> None:
+        store = CountingTokens()
+        verifier = TokenVerifier(store)
+        token = new_token(Role.VIEWER, "v", creator="t", now_ns=1)
+        token_id, secret = split_token(token.bearer)  # type: ignore[misc]
+        non_canonical = secret[:-1] + ("B" if secret[-1] != "B" else "C")  # low bits set: not 32 bytes
+        for bearer in (f"tt_{token_id}_{non_canonical}", f"tt_{token_id}_{'-' * 42}_"):
+            assert (await verifier.verify(bearer))[0] == Verdict.MALFORMED
+        assert store.gets == 0
+
+    asyncio.run(body())
+
+
+def test_a_flood_of_unknown_ids_does_not_push_valid_tokens_out_of_the_cache() -> None:
+    """20,000 made-up ids are remembered as unknown in their own bounded cache; a valid token
+    stays cached (no new lookup) and the unknown ids' cache stays bounded."""
+
+    async def body() -> None:
+        store = CountingTokens()
+        clock = Clock()
+        verifier = TokenVerifier(store, clock=lambda: clock.ns, monotonic=lambda: clock.mono)
+        token = new_token(Role.VIEWER, "v", creator="t", now_ns=clock.ns)
+        await store.put(token.record)
+        assert (await verifier.verify(token.bearer))[0] == Verdict.OK
+        secret = split_token(token.bearer)[1]  # type: ignore[index]
+        for i in range(20_000):
+            assert (await verifier.verify(f"tt_{i:012x}_{secret}"))[0] == Verdict.UNKNOWN
+        before = store.gets
+        assert (await verifier.verify(token.bearer))[0] == Verdict.OK
+        assert store.gets == before
+        assert len(verifier._missing) <= tokens.MISSING_CACHE_SIZE
+        assert (await verifier.verify(f"tt_{19_999:012x}_{secret}"))[0] == Verdict.UNKNOWN
+        assert store.gets == before  # a recent unknown id is cached too
+
+    asyncio.run(body())
+
+
+def test_a_malformed_token_record_in_etcd_is_skipped_not_fatal(etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """Garbage under <prefix>tokens/ is logged and left out: listing, verifying and the bootstrap
+    go on, and the malformed record can still be revoked."""
+
+    async def body() -> None:
+        host, port = etcd.endpoint.split(":")
+        client = aetcd.Client(host=host, port=int(port), timeout=10)
+        await client.connect()
+        try:
+            prefix = f"/test/{uuid.uuid4().hex}/"
+            store = EtcdTokens(client, prefix)
+            for token_id, raw in (
+                ("00000000000a", b"not json"),
+                ("00000000000b", b'{"id": "00000000000b"}'),
+                ("00000000000c", b"[1, 2]"),
+                ("00000000000d", b'{"id": "00000000000d", "name": 5, "role": "admin", "secret_sha256": ""}'),
+                ("00000000000e", b"\xff\xfe"),
+            ):
+                await client.put(f"{prefix}tokens/{token_id}".encode(), raw)
+            assert await store.list() == []
+            assert await store.get("00000000000a") is None
+            created = await bootstrap_admin(store, tmp_path / "admin.token", now_ns=1)
+            assert created is not None
+            assert await store.list() == [created]
+            verifier = TokenVerifier(store)
+            assert (await verifier.verify((tmp_path / "admin.token").read_text().strip()))[0] == Verdict.OK
+            removed = await store.delete("00000000000a")
+            assert removed is not None
+            assert removed.id == "00000000000a"
+        finally:
+            await client.close()
+
+    asyncio.run(body())

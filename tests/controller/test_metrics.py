@@ -161,7 +161,8 @@ def test_a_batch_moves_the_counters_by_exactly_what_it_carried(controller: Contr
     assert moved("telltale_sequence_gaps_total") == 1
     assert moved("telltale_stream_lag_seconds_count") == 2
     assert 4.0 <= moved("telltale_stream_lag_seconds_sum") < 60.0
-    assert moved("telltale_store_request_duration_seconds_count", operation="commit_batch") == 2
+    # One transaction each: the registration, two batches (the resend writes nothing), the acknowledgement.
+    assert moved("telltale_store_request_duration_seconds_count", operation="commit_records") == 4
     assert value(after, "telltale_agents_policy_sync", state="out_of_sync") == 0
 
     def stream_counted() -> bool:

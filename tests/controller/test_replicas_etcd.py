@@ -100,8 +100,9 @@ def test_a_lost_lease_is_replaced_and_the_liveness_keys_written_again(etcd: Embe
         a = await Replica(etcd, prefix, "ctl-a").start()
         try:
             await _until(lambda: _true(a.membership.is_leader), "a to lead")
-            await a.membership.node_connected("node-1")
-            assert await a.store.live_nodes() == {"node-1": "ctl-a"}
+            handle = await a.membership.node_connected("node-1")
+            assert await a.store.live_nodes() == {"node-1": handle.value}
+            assert handle.value.startswith("ctl-a/")
             old_lease = a.membership.lease_id
             await a.client.revoke_lease(old_lease)  # as etcd does when the TTL passes unrefreshed
             assert await a.store.live_nodes() == {}
@@ -110,15 +111,62 @@ def test_a_lost_lease_is_replaced_and_the_liveness_keys_written_again(etcd: Embe
                 return (
                     a.membership.lease_id != old_lease
                     and a.membership.is_leader
-                    and await a.store.live_nodes() == {"node-1": "ctl-a"}
+                    and await a.store.live_nodes() == {"node-1": handle.value}
                 )
 
             await _until(recovered, "a new lease, the liveness key back, and leadership")
             assert await a.client.get(f"{prefix}controllers/ctl-a".encode()) is not None
             assert a.terms == 2
-            await a.membership.node_disconnected("node-1")
+            await a.membership.node_disconnected(handle)
             assert await a.store.live_nodes() == {}
         finally:
+            await a.stop()
+
+    _run(etcd, body)
+
+
+def test_a_stream_that_ends_after_the_nodes_next_one_opened_leaves_the_liveness_key(
+    etcd: EmbeddedEtcd,
+) -> None:
+    """Two overlapping streams of one node on one replica: the first ending after the second opened
+    (in either order of their etcd writes) leaves the key; the last one ending removes it; a stream
+    of the node on another replica is never undone by this one."""
+
+    async def body(prefix: str) -> None:
+        a = await Replica(etcd, prefix, "ctl-a").start()
+        b = await Replica(etcd, prefix, "ctl-b").start()
+        try:
+            first = await a.membership.node_connected("node-1")
+            second = await a.membership.node_connected("node-1")
+            assert first.value != second.value
+            await a.membership.node_disconnected(first)
+            assert await a.store.live_nodes() == {"node-1": second.value}
+            await a.membership.node_disconnected(first)  # twice: ignored
+            assert await a.store.live_nodes() == {"node-1": second.value}
+            await a.membership.node_disconnected(second)
+            assert await a.store.live_nodes() == {}
+
+            # The race of a reconnect: the first stream's cleanup is decided, its delete still in
+            # flight, while the next stream writes the key; whichever lands first, the key stays.
+            first = await a.membership.node_connected("node-1")
+            cleanup = asyncio.ensure_future(a.membership.node_disconnected(first))
+            second = await a.membership.node_connected("node-1")
+            await cleanup
+            assert await a.store.live_nodes() == {"node-1": second.value}
+            third = await a.membership.node_connected("node-1")
+            await a.membership.node_disconnected(third)  # the newest ends first, the older stays
+            assert "node-1" in await a.store.live_nodes()
+            await a.membership.node_disconnected(second)
+            assert await a.store.live_nodes() == {}
+
+            # The node moved to b while a's stream lingered: a's end leaves b's key.
+            on_a = await a.membership.node_connected("node-2")
+            on_b = await b.membership.node_connected("node-2")
+            await a.membership.node_disconnected(on_a)
+            assert await a.store.live_nodes() == {"node-2": on_b.value}
+            await b.membership.node_disconnected(on_b)
+        finally:
+            await b.stop()
             await a.stop()
 
     _run(etcd, body)
@@ -266,5 +314,101 @@ def test_the_client_authenticates_as_the_configured_user(tmp_path: Path) -> None
                 await client.connect()
             assert "telltale" in str(refused.value)
             assert "nope" not in str(refused.value)
+
+        asyncio.run(body())
+
+
+def test_a_leader_whose_keepalives_fail_stops_its_duties_before_the_lease_can_lapse(
+    etcd: EmbeddedEtcd,
+) -> None:
+    """When lease refreshes hang, the leader stops running the duties once none has succeeded for
+    TTL x 2/3, before etcd could expire the lease and another replica lead."""
+
+    async def body(prefix: str) -> None:
+        a = await Replica(etcd, prefix, "ctl-a").start()
+        try:
+            await _until(lambda: _true(a.membership.is_leader), "a to lead")
+            refreshed = a.membership._last_refresh
+            await _until(lambda: _true(a.membership._last_refresh != refreshed), "a refresh")
+
+            async def hang(lease_id: int) -> None:
+                await asyncio.Event().wait()
+
+            a.client.refresh_lease = hang  # type: ignore[method-assign]
+            last_success = a.membership._last_refresh
+            await _until(lambda: _true(not a.membership.is_leader), "a to stop leading", within=TTL_S * 2)
+            stopped_after = asyncio.get_running_loop().time() - last_success
+            assert stopped_after < TTL_S * 2 / 3 + 0.3
+        finally:
+            await a.stop()
+
+    _run(etcd, body)
+
+
+def test_a_keepalive_without_an_answer_is_a_failed_refresh_not_an_expired_lease(etcd: EmbeddedEtcd) -> None:
+    """refresh_lease answering None (no keepalive response) does not make the replica drop a lease
+    that still holds its keys: it keeps the lease and refreshes it again."""
+
+    async def body(prefix: str) -> None:
+        a = await Replica(etcd, prefix, "ctl-a").start()
+        try:
+            await _until(lambda: _true(a.membership.is_leader), "a to lead")
+            lease = a.membership.lease_id
+            real = a.client.refresh_lease
+            answers: list[object] = []
+
+            async def once_none(lease_id: int) -> object:
+                if not answers:
+                    answers.append(None)
+                    return None
+                reply = await real(lease_id)
+                answers.append(reply)
+                return reply
+
+            a.client.refresh_lease = once_none  # type: ignore[method-assign]
+            await _until(lambda: _true(len(answers) >= 3), "three keepalives", within=TTL_S * 3)
+            assert a.membership.lease_id == lease
+            await _until(lambda: _true(a.membership.is_leader), "a to lead on the same lease")
+            assert await a.client.get(f"{prefix}election/leader".encode()) is not None
+        finally:
+            await a.stop()
+
+    _run(etcd, body)
+
+
+def test_the_tls_client_checks_each_member_by_its_own_name_and_fails_over(tmp_path: Path) -> None:
+    """Three TLS members, each with a certificate naming only its own address, given as
+    https://127.0.0.<i>:port endpoints: puts succeed; when the member in use is killed, the client
+    moves to another and puts (and a lease keepalive) go on succeeding. A request in flight on the
+    dead connection (or at etcd while it elects a new leader) may fail once: callers retry."""
+    tls = make_tls(tmp_path / "pki", members=3)
+    with EtcdCluster(tmp_path / "etcd", size=3, tls=tls) as cluster:
+
+        async def body() -> None:
+            settings = EtcdSettings(
+                tuple(cluster.endpoints), ca=tls.ca, cert=tls.client_cert, key=tls.client_key
+            )
+            async with EtcdClient(settings) as client:  # 10 s: above etcd's request timeout (7 s)
+                lease = await client.lease(10)
+                for i in range(3):
+                    await client.put(b"/failover/k", str(i).encode())
+                in_use = client.endpoint
+                cluster.kill(next(i for i, m in enumerate(cluster.members) if m.endpoint == in_use))
+                failures = []
+                for i in range(5):
+                    for _attempt in range(3):
+                        try:
+                            await client.put(b"/failover/k", f"after-{i}".encode())
+                            break
+                        except aetcd.ClientError as exc:
+                            failures.append(exc)
+                    else:
+                        raise AssertionError(f"put {i} failed three times: {failures}")
+                assert len(failures) <= 2, failures
+                assert client.endpoint != in_use
+                got = await client.get(b"/failover/k")
+                assert got is not None
+                assert got.value == b"after-4"
+                assert (await client.refresh_lease(lease.id)).TTL > 0
 
         asyncio.run(body())

@@ -14,7 +14,7 @@ import pytest
 from storekit import Harness, Run, builtins, closed, custom_policy, take
 
 from telltale.controller.memstore import MemoryStore
-from telltale.controller.store import MAX_BATCH_ALERTS, AlertChange, Conflict
+from telltale.controller.store import MAX_BATCH_ALERTS, MAX_TXN_KEYS, AlertChange, Conflict, Stale
 from telltale.engine import builtin
 from telltale.v1 import alert_pb2, common_pb2, inventory_pb2
 
@@ -311,6 +311,98 @@ def test_commit_batch_refuses_more_alerts_than_one_transaction_holds(run: Run) -
         assert (await h.store.list_alerts())[0] == []
         await h.store.commit_batch(node(), 0, too_many[:MAX_BATCH_ALERTS])
         assert len((await h.store.list_alerts())[0]) == MAX_BATCH_ALERTS
+
+    run(body)
+
+
+def test_commit_records_writes_nodes_and_alerts_at_one_revision(run: Run) -> None:
+    """Several node records and alerts, new and existing, are written at the one revision returned."""
+
+    async def body(h: Harness) -> None:
+        a_rev = await h.store.put_node(node("node-a", last_seq=1), 0)
+        old_rev = await h.store.put_alert(alert("old"), 0)
+        revision = await h.store.commit_records(
+            [(node("node-a", last_seq=2), a_rev), (node("node-b", last_seq=7), 0)],
+            [(alert("old", occurrences=3), old_rev), (alert("new"), 0)],
+        )
+        stored = [await h.store.get_node("node-a"), await h.store.get_node("node-b")]
+        alerts = [await h.store.get_alert("old"), await h.store.get_alert("new")]
+        assert all(v is not None and v.mod_revision == revision for v in [*stored, *alerts])
+        assert [v.value.last_seq for v in stored if v is not None] == [2, 7]
+        assert [v.value.occurrences for v in alerts if v is not None] == [3, 1]
+        # Node records alone, or alerts alone, are fine too.
+        assert await h.store.commit_records([(node("node-a", last_seq=3), revision)], []) > revision
+        assert await h.store.commit_records([], [(alert("other"), 0)]) > revision
+
+    run(body)
+
+
+def test_commit_records_that_lost_writes_nothing_and_says_what_moved(run: Run) -> None:
+    """A stale expectation fails the whole commit; Stale carries the current value of exactly the keys
+    that moved (None for one that is gone), read in the same transaction."""
+
+    async def body(h: Harness) -> None:
+        a_rev = await h.store.put_node(node("node-a", last_seq=1), 0)
+        b_rev = await h.store.put_node(node("node-b", last_seq=4), 0)
+        b_now = await h.store.put_node(node("node-b", last_seq=5), b_rev)  # another replica wrote it
+        x_first = await h.store.put_alert(alert("x"), 0)
+        x_now = await h.store.put_alert(alert("x", occurrences=9), x_first)
+        y_rev = await h.store.put_alert(alert("y"), 0)
+        gone_rev = await h.store.put_alert(alert("gone"), 0)
+        assert await h.store.delete_alerts([("gone", gone_rev)]) == 1
+        before = (await h.store.list_alerts())[0], await h.store.list_node_records()
+        with pytest.raises(Stale) as lost:
+            await h.store.commit_records(
+                [(node("node-a", last_seq=2), a_rev), (node("node-b", last_seq=6), b_rev)],
+                [
+                    (alert("x", occurrences=2), x_first),
+                    (alert("y", occurrences=2), y_rev),
+                    (alert("gone", occurrences=2), gone_rev),
+                ],
+            )
+        assert isinstance(lost.value, Conflict)
+        assert set(lost.value.nodes) == {"node-b"}
+        moved_b = lost.value.nodes["node-b"]
+        assert moved_b is not None
+        assert (moved_b.value.last_seq, moved_b.mod_revision) == (5, b_now)
+        assert set(lost.value.alerts) == {"x", "gone"}
+        moved_x = lost.value.alerts["x"]
+        assert moved_x is not None
+        assert (moved_x.value.occurrences, moved_x.mod_revision, moved_x.value.revision) == (9, x_now, x_now)
+        assert lost.value.alerts["gone"] is None
+        # A record expected absent that exists is reported too.
+        with pytest.raises(Stale) as created:
+            await h.store.commit_records([(node("node-a"), 0)], [])
+        assert set(created.value.nodes) == {"node-a"}
+        assert created.value.alerts == {}
+        after = (await h.store.list_alerts())[0], await h.store.list_node_records()
+        assert after == before
+
+    run(body)
+
+
+def test_commit_records_holds_at_most_max_txn_keys(run: Run) -> None:
+    """MAX_TXN_KEYS keys go in one commit (within etcd's default --max-txn-ops); one more, none, or
+    a key twice raise ValueError and write nothing."""
+
+    async def body(h: Harness) -> None:
+        nodes = [(node(f"node-{i}"), 0) for i in range(10)]
+        alerts = [(alert(f"fp-{i}"), 0) for i in range(MAX_TXN_KEYS - 10)]
+        with pytest.raises(ValueError, match=str(MAX_TXN_KEYS)):
+            await h.store.commit_records(nodes, [*alerts, (alert("one-more"), 0)])
+        with pytest.raises(ValueError, match=str(MAX_TXN_KEYS)):
+            await h.store.commit_records([], [])
+        with pytest.raises(ValueError, match="once"):
+            await h.store.commit_records([(node("n"), 0), (node("n"), 0)], [])
+        assert (await h.store.list_alerts())[0] == []
+        assert await h.store.list_nodes() == []
+        await h.store.commit_records(nodes, alerts)
+        assert len((await h.store.list_alerts())[0]) == MAX_TXN_KEYS - 10
+        assert len(await h.store.list_nodes()) == 10
+        # Every key compared stale at once: the failure branch reads them all back.
+        with pytest.raises(Stale) as lost:
+            await h.store.commit_records(nodes, alerts)
+        assert (len(lost.value.nodes), len(lost.value.alerts)) == (10, MAX_TXN_KEYS - 10)
 
     run(body)
 
