@@ -72,6 +72,20 @@ def _reap(pid: int, timeout: float) -> float | None:
         time.sleep(0.01)
 
 
+# With two usable CPUs or more, the server and the load generator each get their own, so that
+# neither's scheduling noise lands on the other's measurements.
+SERVER_CPU, LOAD_CPU = 0, 1
+
+
+def _pinned(cpu: int, argv: list[str]) -> list[str]:
+    """`argv` run on CPU `cpu` through taskset, when there are two CPUs to share out; else as is."""
+    taskset = shutil.which("taskset")
+    usable = sorted(os.sched_getaffinity(0))
+    if taskset is None or len(usable) < 2:
+        return argv
+    return [taskset, "-c", str(usable[cpu]), *argv]
+
+
 @contextlib.contextmanager
 def _redis(server: str, env: dict[str, str], workdir: Path) -> Iterator[_Server]:
     """A redis-server child on a free loopback port, without persistence; yields it once it
@@ -83,7 +97,8 @@ def _redis(server: str, env: dict[str, str], workdir: Path) -> Iterator[_Server]
         *("--daemonize", "no", "--dir", str(workdir), "--logfile", ""),
     ]
     quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    pid = os.posix_spawn(server, argv, env, file_actions=quiet)
+    argv = _pinned(SERVER_CPU, argv)
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=quiet)
     running = _Server(port)
     exited = False
     try:
@@ -115,11 +130,14 @@ def _redis(server: str, env: dict[str, str], workdir: Path) -> Iterator[_Server]
 def _load(benchmark: str, port: int, requests: int) -> dict[str, float]:
     """Requests per second of each test, from redis-benchmark's CSV output."""
     out = subprocess.run(
-        [
-            benchmark,
-            *("-h", "127.0.0.1", "-p", str(port), "-q", "--csv", "-t", "set,get"),
-            *("-n", str(requests), "-P", "16", "-c", "50"),
-        ],
+        _pinned(
+            LOAD_CPU,
+            [
+                benchmark,
+                *("-h", "127.0.0.1", "-p", str(port), "-q", "--csv", "-t", "set,get"),
+                *("-n", str(requests), "-P", "16", "-c", "50"),
+            ],
+        ),
         env=_clean_env(),
         capture_output=True,
         text=True,
@@ -143,7 +161,7 @@ def _redis_section(quick: bool, drain: Drain, workdir: Path) -> tuple[Table | No
             "redis-server or redis-benchmark was not found (Debian: `apt-get install redis-server "
             "redis-tools`): the real-server figures were skipped."
         ]
-    rounds, requests = (3, 200_000) if quick else (16, 300_000)
+    rounds, requests = (3, 200_000) if quick else (20, 300_000)
     variants = {"bare": _clean_env(), "shim": _shim_env(drain.path)}
     records_before = drain.records
     rps: dict[str, dict[str, list[float]]] = {v: {t: [] for t in TESTS} for v in variants}
@@ -194,7 +212,9 @@ def _redis_section(quick: bool, drain: Drain, workdir: Path) -> tuple[Table | No
     note = (
         f"redis-server {_version(server)} on a loopback port, `--save '' --appendonly no`, a fresh "
         f"server per round; `redis-benchmark -t set,get -n {requests:,} -P 16 -c 50`, run bare; "
-        f"{rounds} rounds alternating bare and shim (which goes first alternates too). The shim "
+        f"{rounds} rounds alternating bare and shim (which goes first alternates too); "
+        + ("the server and redis-benchmark each pinned to one CPU with taskset. " if _pinned(0, []) else "")
+        + "The shim "
         "reports to a socket drained by a reader thread, which received "
         f"{drain.records - records_before:,} records from the servers. Ratios are medians of "
         "per-round ratios."
