@@ -242,6 +242,7 @@ class Agent:
                     instance=self.instance_id,
                     boot=self.boot_id,
                     enforcement=self.enforcer.state,
+                    addresses=identity.node_addresses(self.node_state),
                 )
             )
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 import secrets
 import socket
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import telltale
@@ -61,11 +63,13 @@ def hello(
     instance: str = "",
     boot: str = "",
     enforcement: common_pb2.EnforcementState | None = None,
+    addresses: Sequence[str] = (),
 ) -> agent_pb2.Hello:
     """The Hello this node sends at the start of each stream.
 
     `instance` is the agent instance's id (see `instance_id`), `boot` the kernel's boot id,
-    `enforcement` what the agent's firewall enforces now.
+    `enforcement` what the agent's firewall enforces now, `addresses` the node's IP addresses
+    (see `node_addresses`).
     """
     return agent_pb2.Hello(
         node_id=node,
@@ -78,4 +82,25 @@ def hello(
         instance_id=instance,
         boot_id=boot,
         enforcement=enforcement,
+        addresses=addresses,
     )
+
+
+MAX_HELLO_ADDRESSES = 64
+
+
+def node_addresses(state: agent_pb2.NodeState | None) -> list[str]:
+    """The addresses by which other hosts may know this node, from a host-state snapshot: every
+    interface address that is neither loopback nor link-local, without its prefix length, in
+    order and without repeats, at most MAX_HELLO_ADDRESSES. Empty without a snapshot."""
+    found: dict[str, None] = {}
+    for interface in state.interfaces if state is not None else ():
+        for cidr in interface.addresses:
+            try:
+                address = ipaddress.ip_interface(cidr).ip
+            except ValueError:
+                continue
+            if address.is_loopback or address.is_link_local:
+                continue
+            found.setdefault(str(address))
+    return list(found)[:MAX_HELLO_ADDRESSES]

@@ -596,3 +596,26 @@ async def test_host_state_is_sent_at_each_connect_and_when_it_changes(
             (resent,) = await again.wait_for("node_state")
             assert resent.node_state.sysctls["net.ipv4.ip_forward"] == "1"
         nursery.cancel_scope.cancel()
+
+
+@trio.testing.trio_test
+async def test_hello_carries_the_addresses_of_the_latest_host_snapshot(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """Other hosts' addresses for this node go in the Hello: neither loopback nor link-local."""
+    interfaces = [
+        agent_pb2.InterfaceState(name="lo", addresses=["127.0.0.1/8", "::1/128"]),
+        agent_pb2.InterfaceState(name="eth0", addresses=["10.77.0.101/24", "fe80::1/64", "2001:db8::5/64"]),
+        agent_pb2.InterfaceState(name="eth1", addresses=["10.77.0.101/24", "192.0.2.7/32"]),
+    ]
+    source = MemoryHostState(agent_pb2.NodeState(full=True, interfaces=interfaces))
+    connector = MemoryConnector()
+    agent = Agent(config(tmp_path), connector=connector, host_state=source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with trio.fail_after(DEADLINE_S):
+            session = await connector.controller(CTL_A).wait_session()
+            await session.wait_for("hello")
+        nursery.cancel_scope.cancel()
+    assert list(session.hello.addresses) == ["10.77.0.101", "2001:db8::5", "192.0.2.7"]
+    assert identity.node_addresses(None) == []
