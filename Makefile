@@ -43,6 +43,17 @@ contracts: $(STAMP) ## import-linter: controller and nodeagent independent, a pu
 bench: $(STAMP) ## run the benchmarks under bench/ and print their results
 	$(BIN)/python bench/run.py
 
+NODES ?= 3
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up: $(STAMP) ## (root) multi-node harness: NODES=3 node namespaces, 3 etcd, 2 controllers
+	$(BIN)/python -m telltale.netcluster up --nodes $(NODES)
+
+cluster-down: $(STAMP) ## (root) stop and remove everything cluster-up made
+	$(BIN)/python -m telltale.netcluster down
+
+cluster-status: $(STAMP) ## (root) the harness's processes, namespaces and nodes
+	$(BIN)/python -m telltale.netcluster status
+
 shim: $(STAMP) ## rebuild the shim into the installed package
 	$(MAKE) -C shim OUT=$(CURDIR)/telltale/_native/libtelltale_shim.so
 
