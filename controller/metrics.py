@@ -304,7 +304,15 @@ class _Session(Protocol):
     """What the collector reads of an agent stream (agent_service._Session)."""
 
     node: Any  # Versioned[inventory_pb2.Node]
-    outbound: asyncio.Queue[Any]
+
+    @property
+    def outbound(self) -> _Depth: ...
+
+
+class _Depth(Protocol):
+    """Anything that says how many messages wait in it (a stream's outbound mailbox)."""
+
+    def qsize(self) -> int: ...
 
 
 class _Policies(Protocol):

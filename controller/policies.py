@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from telltale.controller.store import PolicyState, Store
 from telltale.engine import policy as policy_model
@@ -35,6 +36,8 @@ class PolicyView:
         self.state = PolicyState({}, "", {}, 0)
         self._policy_set: PolicySet | None = None
         self._update: agent_pb2.ConnectResponse | None = None
+        self._update_bytes = b""
+        self._subscribers: set[Callable[[], None]] = set()
         self.changed = asyncio.Condition()
 
     @property
@@ -72,6 +75,12 @@ class PolicyView:
         self.state = state
         # One message for every agent stream: built and copied once per revision, not per agent.
         self._update = agent_pb2.ConnectResponse(policy_update=_update_message(state, enforcement))
+        self._update_bytes = self._update.SerializeToString()
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber()
+            except Exception:
+                log.exception("a policy-change subscriber failed")
         async with self.changed:
             self.changed.notify_all()
         log.info(
@@ -105,6 +114,21 @@ class PolicyView:
                 delay = min(delay * 2, FOLLOW_BACKOFF_MAX_S)
                 with contextlib.suppress(Exception):
                     await self.load()
+
+    def subscribe(self, notify: Callable[[], None]) -> None:
+        """Call `notify()` (on the event loop, synchronously: it must not block) after every new
+        revision is in force, until unsubscribe(notify)."""
+        self._subscribers.add(notify)
+
+    def unsubscribe(self, notify: Callable[[], None]) -> None:
+        """Stop notifying `notify`; no error if it was not subscribed."""
+        self._subscribers.discard(notify)
+
+    def update_bytes(self) -> bytes:
+        """The update response serialized, once per revision (what agent streams write)."""
+        if self._update is None:
+            raise RuntimeError("policy state not loaded yet")
+        return self._update_bytes
 
     def update_message(self) -> agent_pb2.PolicyUpdate:
         """The PolicyUpdate agents receive for the current state (one shared message: do not modify)."""

@@ -26,6 +26,11 @@ _NS = 1_000_000_000
 Item = tuple[int, common_pb2.Event, common_pb2.Workload]
 """(time received in ns since the epoch, the event, the workload it came from)."""
 
+_Kept = tuple[int, bytes, bytes]
+"""An item as kept: the event and its workload serialized (the workload's bytes shared by the
+events of one batch). Serializing is cheaper than copying a message, and the bytes are smaller;
+a dry run, which is rare, pays for parsing them back."""
+
 
 def batch_events(
     batch: agent_pb2.EventBatch, node_id: str
@@ -48,9 +53,9 @@ class RecentEvents:
     """A bounded window of received events, in the order received.
 
     At most `max_events` events younger than `max_age_s` seconds, of at most `max_bytes` encoded
-    bytes in all, are kept; the oldest go first. Events are copied out of their batch (a kept
-    sub-message would keep the whole batch alive). Not thread-safe: add and read from the event
-    loop.
+    bytes in all (each event's bytes plus its workload's), are kept; the oldest go first. Events
+    are kept serialized, out of their batch (a kept sub-message would keep the whole batch
+    alive). Not thread-safe: add and read from the event loop.
     """
 
     def __init__(
@@ -68,19 +73,50 @@ class RecentEvents:
         self.max_age_ns = int(max_age_s * _NS)
         self.max_bytes = max_bytes
         self._bytes = 0
-        self._items: deque[Item] = deque()
+        self._items: deque[_Kept] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def add(self, events: Iterable[tuple[common_pb2.Event, common_pb2.Workload]], now_ns: int) -> None:
         """Record `events` as received at `now_ns`, then drop what is too old."""
+        serialized: dict[int, bytes] = {}  # id(workload) -> its bytes, for workloads given again
+        keep: list[tuple[common_pb2.Event, bytes]] = []
         for event, workload in events:
-            own_event, own_workload = common_pb2.Event(), common_pb2.Workload()
-            own_event.CopyFrom(event)
-            own_workload.CopyFrom(workload)
-            self._items.append((now_ns, own_event, own_workload))
-            self._bytes += own_event.ByteSize() + own_workload.ByteSize()
+            workload_bytes = serialized.get(id(workload))
+            if workload_bytes is None:
+                workload_bytes = serialized[id(workload)] = workload.SerializeToString()
+            keep.append((event, workload_bytes))
+        self._keep(keep, now_ns)
+
+    def add_batch(self, batch: agent_pb2.EventBatch, node_id: str, now_ns: int) -> None:
+        """Record the events of `batch` as batch_events() gives them, received at `now_ns`, then
+        drop what is too old (the same as add(batch_events(batch, node_id), now_ns), cheaper)."""
+        described: dict[str, bytes] = {}
+        for workload in batch.workloads:
+            stamped = common_pb2.Workload()
+            stamped.CopyFrom(workload)
+            stamped.node_id = node_id
+            described[workload.id] = stamped.SerializeToString()
+        keep: list[tuple[common_pb2.Event, bytes]] = []
+        for event in batch.events:
+            workload_bytes = described.get(event.workload_id)
+            if workload_bytes is None:
+                unknown = common_pb2.Workload(
+                    id=event.workload_id, application=UNKNOWN_APPLICATION, node_id=node_id
+                )
+                workload_bytes = described[event.workload_id] = unknown.SerializeToString()
+            keep.append((event, workload_bytes))
+        self._keep(keep, now_ns)
+
+    def _keep(self, events: list[tuple[common_pb2.Event, bytes]], now_ns: int) -> None:
+        append = self._items.append
+        added = 0
+        for event, workload_bytes in events:
+            event_bytes = event.SerializeToString()
+            append((now_ns, event_bytes, workload_bytes))
+            added += len(event_bytes) + len(workload_bytes)
+        self._bytes += added
         self.expire(now_ns)
 
     def expire(self, now_ns: int) -> None:
@@ -89,8 +125,8 @@ class RecentEvents:
         limit = now_ns - self.max_age_ns
         items = self._items
         while items and (items[0][0] < limit or len(items) > self.max_events or self._bytes > self.max_bytes):
-            _, event, workload = items.popleft()
-            self._bytes -= event.ByteSize() + workload.ByteSize()
+            _, event_bytes, workload_bytes = items.popleft()
+            self._bytes -= len(event_bytes) + len(workload_bytes)
 
     @property
     def oldest_ns(self) -> int | None:
@@ -101,8 +137,18 @@ class RecentEvents:
         """The events received at or after `start_ns`, oldest first.
 
         Iterates over a snapshot, so events added meanwhile are not seen and do not disturb it.
+        The events of one workload share one Workload message: do not modify what is yielded.
         """
-        return iter([item for item in self._items if item[0] >= start_ns])
+        return _parsed([item for item in self._items if item[0] >= start_ns])
+
+
+def _parsed(kept: list[_Kept]) -> Iterator[Item]:
+    workloads: dict[bytes, common_pb2.Workload] = {}
+    for received_ns, event_bytes, workload_bytes in kept:
+        workload = workloads.get(workload_bytes)
+        if workload is None:
+            workload = workloads[workload_bytes] = common_pb2.Workload.FromString(workload_bytes)
+        yield received_ns, common_pb2.Event.FromString(event_bytes), workload
 
 
 _Tally = dict[str, tuple[Finding, int]]

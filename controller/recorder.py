@@ -135,6 +135,10 @@ class RecorderStream:
         done.add_done_callback(lambda _: self.release())
         return done
 
+    def others_attached(self) -> bool:
+        """Whether another stream of the same node is attached to this recorder now."""
+        return self._node.streams > 1 if not self.closed else self._node.streams > 0
+
     async def drain(self) -> None:
         """Wait until every submitted work is recorded and released."""
         await self._idle.wait()

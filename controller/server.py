@@ -58,7 +58,6 @@ from telltale.engine.geo import country_lookup
 from telltale.netutil import is_loopback_host, split_host_port
 from telltale.v1 import (
     agent_pb2,
-    agent_pb2_grpc,
     alert_pb2,
     alert_pb2_grpc,
     catalog_pb2,
@@ -321,9 +320,7 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
         # The events this replica received, shared by the agent streams (which fill it) and the
         # policy dry run (which reads it).
         recent = RecentEvents()
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(store, policies, controller_id, recent, liveness=membership), server
-        )
+        AgentService(store, policies, controller_id, recent, liveness=membership).register(server)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(store, policies, recent), server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogService(), server)
         alert_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(store), server)

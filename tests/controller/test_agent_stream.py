@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
-from telltale.controller.agent_service import AgentService
+from telltale.controller.agent_service import AgentService, _Session
 from telltale.controller.memstore import MemoryStore
 from telltale.controller.policies import PolicyView
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
-from telltale.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from telltale.v1 import agent_pb2, agent_pb2_grpc, common_pb2, inventory_pb2
 
 DEADLINE_S = 10.0
 
@@ -25,7 +26,7 @@ async def _serve(store: MemoryStore) -> tuple[grpc.aio.Server, int, PolicyView]:
     view = PolicyView(store)
     await view.load()
     server = grpc.aio.server()
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(store, view, "ctl-test"), server)
+    AgentService(store, view, "ctl-test").register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port, view
@@ -100,5 +101,33 @@ def test_host_state_is_judged_by_the_default_policy_and_batches_are_acknowledged
         finally:
             await requests.put(None)
             await server.stop(None)
+
+    asyncio.run(body())
+
+
+def test_the_old_streams_goodbye_does_not_mark_offline_a_node_that_reconnected_here() -> None:
+    """A quick reconnect of the same agent to the same replica: the old stream's offline change,
+    applied after the new stream's registration, leaves the node online; the new stream's own
+    goodbye marks it offline."""
+
+    async def body() -> None:
+        store = MemoryStore()
+        server, _, view = await _serve(store)
+        await server.stop(None)
+        service = AgentService(store, view, "ctl-test")
+        hello = agent_pb2.Hello(node_id="node-r", hostname="r", instance_id="agent-1")
+        context: Any = None  # registration and goodbye do not touch the call
+        old = _Session(service, hello, context)
+        await (await old.recording.change(old._registered))
+        new = _Session(service, hello, context)
+        await (await new.recording.change(new._registered))
+        await old.close(mark_offline=True)
+        node = await store.get_node("node-r")
+        assert node is not None
+        assert node.value.liveness == inventory_pb2.NODE_LIVENESS_ONLINE
+        await new.close(mark_offline=True)
+        node = await store.get_node("node-r")
+        assert node is not None
+        assert node.value.liveness == inventory_pb2.NODE_LIVENESS_OFFLINE
 
     asyncio.run(body())

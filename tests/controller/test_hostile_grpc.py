@@ -19,7 +19,7 @@ from telltale.controller.memstore import MemoryStore
 from telltale.controller.policies import PolicyView
 from telltale.engine import builtin
 from telltale.engine import policy as policy_model
-from telltale.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from telltale.v1 import agent_pb2, common_pb2
 
 MAX_MESSAGE = 16 * 1024 * 1024  # controller/server.py: grpc.max_receive_message_length
 CONNECT = "/telltale.v1.AgentService/Connect"
@@ -93,7 +93,7 @@ def with_server(body: Body) -> None:
         view = PolicyView(store)
         await view.load()
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE)])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(store, view, "ctl-hostile"), server)
+        AgentService(store, view, "ctl-hostile").register(server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
@@ -166,31 +166,21 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller bug: bytes that do not parse as a ConnectRequest end the call with UNKNOWN "
-    "(an uncaught DecodeError in AgentService.Connect), not INVALID_ARGUMENT",
-)
-def test_bytes_that_are_not_a_connect_request_are_invalid_argument() -> None:
+def test_bytes_that_are_not_a_connect_request_are_invalid_argument_and_write_nothing() -> None:
+    """First or after the Hello: INVALID_ARGUMENT, nothing written for them, the server serves on."""
+
     async def body(port: int, store: MemoryStore) -> None:
         before = store.revision
         out = await call(port, [b"\xff\xff\xff\xff"])
         assert store.revision == before
         assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
-
-    with_server(body)
-
-
-def test_bytes_that_are_not_a_connect_request_end_the_call_and_write_nothing() -> None:
-    """Today's behaviour (see the xfail above): an error status, nothing written, server up."""
-
-    async def body(port: int, store: MemoryStore) -> None:
-        before = store.revision
-        out = await call(port, [b"\xff\xff\xff\xff"])
-        assert out.code != grpc.StatusCode.OK
-        assert store.revision == before
+        assert "not a ConnectRequest" in out.details
         out = await call(port, [HELLO], then=[b"\x0a\xff\xff"])
-        assert out.code != grpc.StatusCode.OK
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
+        assert "not a ConnectRequest" in out.details
+        node = await store.get_node("node-h")
+        assert node is not None
+        assert node.value.last_seq == 0
 
     with_server(body)
 
@@ -222,27 +212,146 @@ def test_unknown_enum_values_and_extreme_fields_are_taken_without_harm() -> None
     with_server(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller bug: a batch with seq 2**64-1 is recorded as the node's last_seq, after which "
-    "every real batch of the node is taken for a duplicate and silently not recorded",
-)
-def test_an_out_of_range_seq_does_not_swallow_the_nodes_later_batches() -> None:
+@pytest.mark.parametrize("seq", [2**64 - 1, 2**32 + 2])
+def test_an_out_of_range_seq_is_refused_and_does_not_swallow_the_nodes_later_batches(seq: int) -> None:
+    """A batch numbered more than 2**32 past the node's highest sequence number is refused
+    (INVALID_ARGUMENT naming batch.seq) and not recorded; the node's next real batch is."""
+
     async def body(port: int, store: MemoryStore) -> None:
-        await call(port, [HELLO, batch(2**64 - 1)], want=3)
+        out = await call(port, [HELLO, batch(1), batch(seq)])
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
+        assert "batch.seq" in out.details
+        node = await store.get_node("node-h")
+        assert node is not None
+        assert node.value.last_seq <= 1
         await call(port, [HELLO, batch(2, shell())], want=3)
         alerts, _ = await store.list_alerts()
         assert any(a.value.alert_type == "process.shell_launched" for a in alerts)
+        node = await store.get_node("node-h")
+        assert node is not None
+        assert node.value.last_seq == 2
 
     with_server(body)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="controller bug (intermittent): a status raised while the stream's writer task has a "
-    "write in flight cannot be sent (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, 'Failed sending error "
-    "status from server') and the call hangs until the client gives up",
-)
+def test_a_gap_within_the_bound_is_recorded() -> None:
+    """A batch 2**32 past the last recorded one (batches dropped by the agent's spool) is taken."""
+
+    async def body(port: int, store: MemoryStore) -> None:
+        out = await call(port, [HELLO, batch(1), batch(1 + 2**32)], want=4)
+        assert sorted(out.kinds) == ["batch_ack", "batch_ack", "policy_update", "welcome"], out.details
+        node = await store.get_node("node-h")
+        assert node is not None
+        assert node.value.last_seq == 1 + 2**32
+        assert node.value.sequence_gaps == 2**32 - 1
+
+    with_server(body)
+
+
+def hello(**fields: object) -> bytes:
+    values: dict[str, object] = {"node_id": "node-h", "hostname": "h", **fields}
+    return message(hello=agent_pb2.Hello(**values))  # type: ignore[arg-type]
+
+
+BAD_HELLOS = {
+    "a 15 MiB node_id": (hello(node_id="n" * (15 * 1024 * 1024)), "hello.node_id"),
+    "a node_id of 254 bytes": (hello(node_id="n" * 254), "hello.node_id"),
+    "a node_id with a slash": (hello(node_id="../alerts/x"), "hello.node_id"),
+    "a node_id with a space": (hello(node_id="node h"), "hello.node_id"),
+    "a node_id of non-ASCII letters": (hello(node_id="nöde"), "hello.node_id"),
+    "a node_id starting with a dot": (hello(node_id=".node"), "hello.node_id"),
+    "a 257-byte hostname": (hello(hostname="h" * 257), "hello.hostname"),
+    "a 257-byte kernel": (hello(kernel="k" * 257), "hello.kernel"),
+    "a 257-byte os": (hello(os="o" * 257), "hello.os"),
+    "a 257-byte agent_version": (hello(agent_version="v" * 257), "hello.agent_version"),
+    "a 257-byte instance_id": (hello(instance_id="i" * 257), "hello.instance_id"),
+    "a 257-byte boot_id": (hello(boot_id="b" * 257), "hello.boot_id"),
+    "a 129-character hostname of 2-byte letters": (hello(hostname="é" * 129), "hello.hostname"),
+    "1025 addresses": (hello(addresses=["10.0.0.1"] * 1025), "hello.addresses"),
+    "a 129-byte address": (hello(addresses=["10.0.0.1", "a" * 129]), "hello.addresses[1]"),
+}
+
+
+@pytest.mark.parametrize(("first", "field"), BAD_HELLOS.values(), ids=BAD_HELLOS.keys())
+def test_a_hello_field_out_of_bounds_is_refused_and_writes_nothing(first: bytes, field: str) -> None:
+    async def body(port: int, store: MemoryStore) -> None:
+        before = store.revision
+        out = await call(port, [first])
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
+        assert out.details.startswith(field + ":"), out.details
+        assert out.kinds == []
+        assert store.revision == before
+
+    with_server(body)
+
+
+def test_node_ids_the_agent_and_the_certificates_make_are_accepted() -> None:
+    """What nodeagent/identity.py generates (hostname-random), a certificate name (telltale/pki.py),
+    a fully qualified name of 253 bytes, and a name with a colon; and strings at their limits."""
+    ids = [
+        "web-01.example.com-0123456789ab",
+        "Node_7",
+        ("a" * 63 + ".") * 3 + "a" * 61,
+        "zone:a:node-1",
+    ]
+
+    async def body(port: int, store: MemoryStore) -> None:
+        for node_id in ids:
+            first = hello(node_id=node_id, hostname="h" * 256, os="é" * 128, addresses=["a" * 128] * 1024)
+            out = await call(port, [first], want=2)
+            assert sorted(out.kinds) == ["policy_update", "welcome"], (node_id, out.details)
+            assert await store.get_node(node_id) is not None
+
+    with_server(body)
+
+
+def workload(**fields: object) -> common_pb2.Workload:
+    values: dict[str, object] = {"id": "w", "application": "shop", **fields}
+    return common_pb2.Workload(**values)  # type: ignore[arg-type]
+
+
+BAD_WORKLOADS = {
+    "a 513-byte application": (workload(application="a" * 513), "batch.workloads[0].application"),
+    "a 513-byte component": (workload(component="c" * 513), "batch.workloads[0].component"),
+    "a 513-byte version": (workload(version="v" * 513), "batch.workloads[0].version"),
+    "a 513-byte environment": (workload(environment="e" * 513), "batch.workloads[0].environment"),
+    "a 513-byte policy override": (workload(policy_override="p" * 513), "batch.workloads[0].policy_override"),
+    "a 513-byte id": (workload(id="w" * 513), "batch.workloads[0].id"),
+    "a 513-byte tag value": (workload(tags={"k": "v" * 513}), "batch.workloads[0].tags"),
+    "a 513-byte tag key": (workload(tags={"k" * 513: "v"}), "batch.workloads[0].tags"),
+    "65 tags": (workload(tags={f"k{i}": "v" for i in range(65)}), "batch.workloads[0].tags"),
+}
+
+
+@pytest.mark.parametrize(("described", "field"), BAD_WORKLOADS.values(), ids=BAD_WORKLOADS.keys())
+def test_a_workload_string_out_of_bounds_refuses_the_batch(
+    described: common_pb2.Workload, field: str
+) -> None:
+    async def body(port: int, store: MemoryStore) -> None:
+        bad = message(batch=agent_pb2.EventBatch(seq=1, workloads=[described], events=[shell()]))
+        out = await call(port, [HELLO, bad])
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
+        assert out.details.startswith(field), out.details
+        node = await store.get_node("node-h")
+        assert node is not None
+        assert node.value.last_seq == 0
+        alerts, _ = await store.list_alerts()
+        assert alerts == []
+
+    with_server(body)
+
+
+def test_an_event_naming_a_workload_id_out_of_bounds_refuses_the_batch() -> None:
+    async def body(port: int, store: MemoryStore) -> None:
+        event = shell()
+        event.workload_id = "w" * 513
+        out = await call(port, [HELLO, batch(1, shell(), event)])
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
+        assert out.details.startswith("batch.events[1].workload_id"), out.details
+
+    with_server(body)
+
+
 def test_a_bad_message_right_after_the_hello_always_gets_its_status() -> None:
     """A second Hello, or bytes that are no ConnectRequest, sent right behind the Hello (while the
     server writes the Welcome and the PolicyUpdate): every call ends with an error status."""
@@ -251,6 +360,6 @@ def test_a_bad_message_right_after_the_hello_always_gets_its_status() -> None:
         for bad in [HELLO, b"\x0a\xff\xff"] * 20:
             async with asyncio.timeout(5):
                 out = await call(port, [HELLO, bad])
-            assert out.code != grpc.StatusCode.OK
+            assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (out.code, out.details)
 
     with_server(body)
