@@ -115,6 +115,8 @@ class Step:
     per_agent: float  # bytes per agent added in this step
     arrival_ms: list[float]  # per (agent, change): API call → update received by the agent
     recorded_ms: list[float]  # per change: API call → every acknowledgement recorded
+    controller_cpu_ms: list[float]  # per change: the controller's CPU time until then
+    simulator_cpu_ms: list[float]  # per change: this process's (the simulated agents') CPU time
 
 
 async def _change_policy(stub: policy_pb2_grpc.PolicyServiceStub, flip: int) -> None:
@@ -123,16 +125,28 @@ async def _change_policy(stub: policy_pb2_grpc.PolicyServiceStub, flip: int) -> 
     await stub.UpdatePolicy(policy_pb2.UpdatePolicyRequest(policy=current))
 
 
+@dataclass
+class Propagation:
+    """What `changes` policy changes took: per (agent, change) arrival, and per change the time until
+    every acknowledgement was recorded and the CPU time the controller and the simulator spent."""
+
+    arrival_ms: list[float]
+    recorded_ms: list[float]
+    controller_cpu_ms: list[float]
+    simulator_cpu_ms: list[float]
+
+
 async def _propagate(
-    fleets: list[Fleet], stub: policy_pb2_grpc.PolicyServiceStub, acks: AckWatch, changes: int
-) -> tuple[list[float], list[float]]:
+    fleets: list[Fleet], stub: policy_pb2_grpc.PolicyServiceStub, acks: AckWatch, changes: int, pid: int
+) -> Propagation:
     agents = [a for fleet in fleets for a in fleet.agents]
     node_ids = [a.node_id for a in agents]
-    arrivals: list[float] = []
-    recorded: list[float] = []
+    result = Propagation([], [], [], [])
+    arrivals, recorded = result.arrival_ms, result.recorded_ms
     for i in range(changes):
         before = max((a.stats.policy_updates[-1][0] for a in agents if a.stats.policy_updates), default=0)
         await asyncio.sleep(0.2)  # let the previous change's acknowledgements settle
+        controller_cpu, simulator_cpu = cpu_seconds(pid), time.process_time()
         started = time.monotonic()
         await _change_policy(stub, i)
         got: list[float] = []
@@ -142,7 +156,9 @@ async def _propagate(
         revision = min(r for a in agents for r, _ in a.stats.policy_updates if r > before)
         done = await acks.all_applied(node_ids, revision, within=60)
         recorded.append((done - started) * 1000)
-    return arrivals, recorded
+        result.controller_cpu_ms.append((cpu_seconds(pid) - controller_cpu) * 1000)
+        result.simulator_cpu_ms.append((time.process_time() - simulator_cpu) * 1000)
+    return result
 
 
 async def _scale(api: str, pid: int, etcd: aetcd.Client, sizes: tuple[int, ...], changes: int) -> list[Step]:
@@ -159,7 +175,7 @@ async def _scale(api: str, pid: int, etcd: aetcd.Client, sizes: tuple[int, ...],
             warm = Fleet(api, 1, [], prefix="warm")
             await warm.start()
             fleets.append(warm)
-            await _propagate(fleets, stub, acks, 1)
+            await _propagate(fleets, stub, acks, 1, pid)
             previous_n, previous_rss = 1, rss_bytes(pid)
             for n in sizes:
                 fleet = Fleet(api, n - previous_n, [], prefix=f"sim{n}")
@@ -168,11 +184,21 @@ async def _scale(api: str, pid: int, etcd: aetcd.Client, sizes: tuple[int, ...],
                 await asyncio.sleep(1.0)  # registrations written, first heartbeats spread
                 rss = rss_bytes(pid)
                 per_agent = (rss - previous_rss) / (n - previous_n)
-                arrival_ms, recorded_ms = await _propagate(fleets, stub, acks, changes)
+                spread = await _propagate(fleets, stub, acks, changes, pid)
+                arrival_ms, recorded_ms = spread.arrival_ms, spread.recorded_ms
                 errors = [e for f in fleets for e in f.errors()]
                 if errors:
                     raise RuntimeError(f"{len(errors)} agent streams failed; first: {errors[0]}")
-                step = Step(n, connect_s, rss, per_agent, arrival_ms, recorded_ms)
+                step = Step(
+                    n,
+                    connect_s,
+                    rss,
+                    per_agent,
+                    arrival_ms,
+                    recorded_ms,
+                    spread.controller_cpu_ms,
+                    spread.simulator_cpu_ms,
+                )
                 steps.append(step)
                 say(
                     f"  fleet   {n:5} agents: connected in {connect_s:5.1f} s, controller RSS "
@@ -182,7 +208,9 @@ async def _scale(api: str, pid: int, etcd: aetcd.Client, sizes: tuple[int, ...],
                     f"  fleet   {n:5} agents: policy change → agents "
                     f"p50 {percentile(arrival_ms, 0.5):4.0f} ms p99 {percentile(arrival_ms, 0.99):4.0f} ms; "
                     "all acks recorded "
-                    f"p50 {statistics.median(recorded_ms):4.0f} ms max {max(recorded_ms):4.0f} ms"
+                    f"p50 {statistics.median(recorded_ms):4.0f} ms max {max(recorded_ms):4.0f} ms; CPU per "
+                    f"change: controller {statistics.median(spread.controller_cpu_ms):4.0f} ms, simulated "
+                    f"agents {statistics.median(spread.simulator_cpu_ms):4.0f} ms"
                 )
                 previous_n, previous_rss = n, rss
         finally:
@@ -292,6 +320,8 @@ def _section(steps: list[Step], loads: list[Load], plan: Plan, took: float) -> S
             "p99",
             "→ all acks recorded p50",
             "max",
+            "CPU per change: controller",
+            "simulated agents",
         ),
         title="Fleet size",
     )
@@ -305,6 +335,8 @@ def _section(steps: list[Step], loads: list[Load], plan: Plan, took: float) -> S
             f"{percentile(s.arrival_ms, 0.99):.0f} ms",
             f"{statistics.median(s.recorded_ms):.0f} ms",
             f"{max(s.recorded_ms):.0f} ms",
+            f"{statistics.median(s.controller_cpu_ms):.0f} ms",
+            f"{statistics.median(s.simulator_cpu_ms):.0f} ms",
         )
     load = Table(
         ("offered", "acknowledged", "controller CPU", "events per CPU second"), title="Event load (20 agents)"
@@ -355,7 +387,10 @@ def _section(steps: list[Step], loads: list[Load], plan: Plan, took: float) -> S
         "made through `UpdatePolicy`, timed from the call's start.",
         "'change → agents' is over every (agent, change) pair: when the agent received the update and "
         "sent its acknowledgement. 'all acks recorded' is per change: until the controller had written "
-        "every agent's acknowledgement to etcd (a watch on the node records).",
+        "every agent's acknowledgement to etcd (a watch on the node records). 'CPU per change' is the "
+        "CPU time the controller process, and the benchmark process that simulates every agent, used "
+        "from the call until every acknowledgement was recorded (medians): when the simulator's "
+        "approaches the wall time, the simulated agents, not the controller, set the pace.",
         "The simulated agents send heartbeats only during the fleet-size steps; each agent has its own "
         "TCP connection. The simulator shares the machine's two cores with the controller and etcd.",
         f"Event load: 20 agents, batches of 64 events of the typical mix replayed (mostly repeats of "
