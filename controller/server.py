@@ -56,6 +56,7 @@ from telltale.engine import policy as policy_model
 from telltale.engine.countries import CountryLookup
 from telltale.engine.geo import country_lookup
 from telltale.netutil import is_loopback_host, split_host_port
+from telltale.procutil import raise_open_file_limit
 from telltale.v1 import (
     agent_pb2,
     alert_pb2,
@@ -250,6 +251,8 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     controller_id = config.controller_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    # Every agent stream holds a connection: a soft limit of 1,024 would cap the fleet near 1,000.
+    open_files = raise_open_file_limit()
 
     embedded: EmbeddedEtcd | None = None
     async with contextlib.AsyncExitStack() as stack:
@@ -344,7 +347,7 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.warning(
-            "telltale controller %s serving on %s (%s; etcd %s%s)",
+            "telltale controller %s serving on %s (%s; etcd %s%s; up to %d open files)",
             controller_id,
             config.listen,
             "plaintext, loopback only"
@@ -352,12 +355,14 @@ async def serve(config: ControllerConfig, stop: asyncio.Event | None = None) -> 
             else f"TLS, API tokens; agents with mutual TLS on {config.agent_address()}",
             endpoint,
             ", embedded" if embedded else "",
+            open_files,
             extra={
                 "controller_id": controller_id,
                 "listen": config.listen,
                 "etcd": endpoint,
                 "etcd_embedded": embedded is not None,
                 "policy_revision": policies.revision,
+                "open_files": open_files,
             },
         )
         await stop.wait()

@@ -31,10 +31,11 @@ from telltale.nodeagent.enforce import Firewall, open_firewall
 from telltale.nodeagent.enforcer import Enforcer
 from telltale.nodeagent.hostkernel import KernelHostState
 from telltale.nodeagent.hoststate import HostStateSource, run_host_state
-from telltale.nodeagent.intake import Intake, Workloads, raise_open_file_limit
+from telltale.nodeagent.intake import Intake, Workloads
 from telltale.nodeagent.link import Connector, GrpcConnector, LinkClosed, LinkSession
 from telltale.nodeagent.notify import notify
 from telltale.nodeagent.spool import Spool
+from telltale.procutil import raise_open_file_limit
 from telltale.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,6 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import select
 import socket
 import struct
@@ -87,21 +86,6 @@ MAX_JUDGED_PIDS = 256
 # a serialized prefix followed by the rest (protobuf merges repeated parts when parsing): parse them,
 # never compare bytes. An exception from the sink closes the connection whose records it was given.
 EventSink = Callable[[list[bytes], common_pb2.Workload | None], None]
-
-
-def raise_open_file_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (each shim connection holds a descriptor).
-
-    Returns the soft limit in force afterwards, which stays as it was if the kernel refuses.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:  # an unlimited hard limit is above fs.nr_open
-            log.warning("could not raise the open file limit from %d: %s", soft, exc)
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft
 
 
 class Listener(Protocol):

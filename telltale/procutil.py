@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import resource
 import shutil
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def tied_to_parent(cmd: Sequence[str]) -> list[str]:
@@ -44,3 +48,19 @@ def stop_stale(pid_file: Path, marker: str, timeout: float = 5.0) -> bool:
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return True
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (every shim connection, agent stream or client
+    holds a descriptor).
+
+    Returns the soft limit in force afterwards, which stays as it was if the kernel refuses.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # an unlimited hard limit is above fs.nr_open
+            log.warning("could not raise the open file limit from %d: %s", soft, exc)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft

@@ -25,6 +25,17 @@ from telltale.v1 import agent_pb2, agent_pb2_grpc
 GRPC_CORE_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 
 
+def json_lines(lines: list[str]) -> list[dict[str, object]]:
+    """Each line parsed as a JSON object; a line that is not one fails the test, quoted."""
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"a log line is not JSON: {line!r}")
+    return entries
+
+
 @pytest.fixture
 def capture() -> Iterator[tuple[io.StringIO, logging.Logger]]:
     """A JSON handler on the root logger writing to a buffer, and a logger to log with; undone after."""
@@ -217,7 +228,7 @@ def test_a_controller_with_log_format_json_writes_only_json_lines(tmp_path: Path
     finally:
         cluster.stop()
     raw = [line for line in log_path.read_text().splitlines() if line and not GRPC_CORE_LINE.match(line)]
-    entries = [json.loads(line) for line in raw]
+    entries = json_lines(raw)
     assert entries
     for entry in entries:
         assert {"time", "level", "logger", "message"} <= entry.keys(), entry
@@ -243,6 +254,6 @@ def test_an_agent_with_log_format_json_writes_only_json_lines(tmp_path: Path) ->
         wait_for(lambda: bool(log_path.read_text().strip()), 20, "the agent to log something")
         cluster.stop("agent")
     raw = [line for line in log_path.read_text().splitlines() if line and not GRPC_CORE_LINE.match(line)]
-    entries = [json.loads(line) for line in raw]
+    entries = json_lines(raw)
     assert entries
     assert all(str(e["logger"]).startswith("telltale") for e in entries)

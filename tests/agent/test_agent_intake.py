@@ -37,8 +37,8 @@ from telltale.nodeagent.intake import (
     Intake,
     Workloads,
     accept_patiently,
-    raise_open_file_limit,
 )
+from telltale.procutil import raise_open_file_limit
 from telltale.v1 import common_pb2
 
 try:
