@@ -24,10 +24,8 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +35,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import aetcd
+
+from telltale import pki
 
 log = logging.getLogger(__name__)
 
@@ -330,12 +330,4 @@ async def bootstrap_admin(store: TokenStore, path: Path, *, now_ns: int) -> Toke
 def _write_secret(path: Path, text: str) -> None:
     """Write `text` to `path` atomically, mode 0600 from the start."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    pki.write_atomically(path, text.encode(), 0o600)

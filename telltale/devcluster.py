@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from telltale.netutil import free_tcp_port
-from telltale.procutil import tied_to_parent
+from telltale.procutil import terminate, tied_to_parent
 
 
 class ClusterError(RuntimeError):
@@ -186,14 +186,8 @@ class LocalCluster:
         names = [name] if name else [n for n in ("agent", "controller") if n in self.processes]
         for n in names:
             process = self.processes.pop(n, None)
-            if process is None or process.poll() is not None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            if process is not None:
+                terminate(process, timeout)
 
     def kill(self, name: str) -> None:
         """Kill one process as `kill -9` would (SIGKILL to its process group: no cleanup, no

@@ -115,29 +115,26 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically with mode 0600 (never readable by others, even briefly)."""
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` atomically, with `mode` from the start (a private file is never
+    readable by others, even briefly); the file appears whole or not at all."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    write_atomically(path, data, 0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, 0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

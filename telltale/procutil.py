@@ -8,6 +8,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,3 +65,22 @@ def raise_open_file_limit() -> int:
             log.warning("could not raise the open file limit from %d: %s", soft, exc)
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft
+
+
+def wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to `timeout` seconds for `process` to exit, then SIGKILL its process group (it was
+    started with start_new_session) and reap it."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Stop `process`: SIGTERM, then SIGKILL to its process group after `timeout` seconds.
+    Nothing happens to a process that has already exited."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    wait_or_kill(process, timeout)

@@ -24,7 +24,7 @@ from types import TracebackType
 
 from telltale.controller.etcd import find_etcd_binary
 from telltale.netutil import free_tcp_port
-from telltale.procutil import tied_to_parent
+from telltale.procutil import tied_to_parent, wait_or_kill
 
 READY_S = 30.0
 
@@ -237,13 +237,8 @@ class EtcdCluster:
             process.send_signal(signal.SIGTERM)
         for member in self.members:
             process = member.process
-            if process is None:
-                continue
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            if process is not None:
+                wait_or_kill(process, 10)
 
     def __enter__(self) -> EtcdCluster:
         try:

@@ -4,7 +4,6 @@ and gRPC channels presenting tokens and certificates (importable as `tlskit`).""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from telltale import pki
 from telltale.devcluster import wait_for
 from telltale.netutil import free_tcp_port
-from telltale.procutil import tied_to_parent
+from telltale.procutil import terminate, tied_to_parent
 
 
 @dataclass(frozen=True)
@@ -156,14 +155,8 @@ class TlsController:
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:
+            terminate(process, timeout)
 
     def __enter__(self) -> TlsController:
         try:
